@@ -1,0 +1,114 @@
+# oodnc: the only place that knows set-up.
+#
+#   make demo    all five notebooks end-to-end on the embedded offline dataset (CPU, minutes)
+#   make test    cargo tests + notebook tests (CI runs exactly this)
+#   make lab     JupyterLab with this project's Rust kernel
+#   make bench   benchmarks, each printing ratios against a baseline measured in the same run
+#   make setup   only the set-up (the targets above run it first; it is idempotent)
+#
+# Set-up installs, once per machine and reused by every clone:
+#   - a Python venv keyed by torch and Python version, with the PyPI torch wheel that
+#     matches our tch pin (requirements.txt), JupyterLab, nbconvert, nbclient;
+#   - evcxr_jupyter (pinned) for the Rust kernel;
+# and, per clone: the .venv and .libtorch links (read by .cargo/config.toml) and the
+# kernel spec in .jupyter/ (used through JUPYTER_PATH, so another `rust` kernel the
+# user may have installed does not shadow ours).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+TORCH_VERSION := 2.13.0
+EVCXR_VERSION := 0.22.0
+PYTHON ?= python3
+OODNC_CACHE ?= $(HOME)/.cache/oodnc
+
+PYVER := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+VENV ?= $(OODNC_CACHE)/venv-torch$(TORCH_VERSION)-py$(PYVER)
+REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-12)
+VENV_STAMP := $(VENV)/.oodnc-requirements-$(REQ_HASH)
+EVCXR_ROOT := $(OODNC_CACHE)/evcxr-$(EVCXR_VERSION)
+EVCXR := $(EVCXR_ROOT)/bin/evcxr_jupyter
+KERNEL_JSON := .jupyter/kernels/rust/kernel.json
+LIBTORCH_LINK := .libtorch
+
+export JUPYTER_PATH := $(CURDIR)/.jupyter
+export OODNC_PYTHON := $(CURDIR)/.venv/bin/python
+PY := $(CURDIR)/.venv/bin/python
+
+# Notebook runs: profile and per-cell timeout (seconds).
+OODNC_PROFILE ?= demo
+NB_TIMEOUT ?= 3600
+NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
+
+.PHONY: help setup venv evcxr kernel demo test test-rust test-notebooks lab bench clean-build info
+
+help:
+	@sed -n '3,8p' Makefile | sed 's/^# \{0,1\}//'
+
+setup: venv evcxr kernel
+	@echo "set-up complete: venv $(VENV), evcxr $(EVCXR_VERSION), kernel spec $(KERNEL_JSON)"
+
+# ---------------------------------------------------------------- Python venv
+venv: $(VENV_STAMP) .venv $(LIBTORCH_LINK)
+
+$(VENV_STAMP): requirements.txt
+	@test -n "$(PYVER)" || { echo "error: $(PYTHON) not found; install Python 3.10+ (python3, python3-venv)"; exit 1; }
+	@echo ">> venv $(VENV) (torch $(TORCH_VERSION); first time ~5 GB, a few minutes)"
+	@test -x "$(VENV)/bin/python" || $(PYTHON) -m venv "$(VENV)" || { \
+	  echo "error: could not create a venv; on Debian: apt-get install python3-venv"; exit 1; }
+	"$(VENV)/bin/python" -m pip install --quiet --upgrade pip
+	"$(VENV)/bin/python" -m pip install --progress-bar off -r requirements.txt
+	@"$(VENV)/bin/python" -c 'import torch, sys; v = torch.__version__.split("+")[0]; sys.exit(0 if v == "$(TORCH_VERSION)" else "torch " + v + " != $(TORCH_VERSION)")'
+	@rm -f "$(VENV)"/.oodnc-requirements-*
+	@touch "$@"
+
+.venv: $(VENV_STAMP)
+	@ln -sfn "$(VENV)" .venv
+
+$(LIBTORCH_LINK): $(VENV_STAMP) .venv
+	@ln -sfn "$$(readlink -f .venv)/lib/python$(PYVER)/site-packages/torch" $(LIBTORCH_LINK)
+	@test -d $(LIBTORCH_LINK)/lib || { echo "error: $(LIBTORCH_LINK)/lib missing"; exit 1; }
+
+# ---------------------------------------------------------------- evcxr kernel
+evcxr: $(EVCXR)
+
+$(EVCXR):
+	@if cargo install --list 2>/dev/null | grep -q '^evcxr_jupyter v$(EVCXR_VERSION):' && command -v evcxr_jupyter >/dev/null 2>&1; then \
+	  echo ">> reusing $$(command -v evcxr_jupyter) ($(EVCXR_VERSION))"; \
+	  mkdir -p "$(EVCXR_ROOT)/bin" && ln -sfn "$$(command -v evcxr_jupyter)" "$@"; \
+	else \
+	  echo ">> cargo install evcxr_jupyter $(EVCXR_VERSION) (about 6 minutes on 2 cores)"; \
+	  cargo install --locked evcxr_jupyter --version $(EVCXR_VERSION) --root "$(EVCXR_ROOT)"; \
+	fi
+
+kernel: $(KERNEL_JSON)
+
+$(KERNEL_JSON): scripts/kernel_spec.py scripts/rust-kernel $(EVCXR) $(VENV_STAMP) $(LIBTORCH_LINK)
+	@"$(PY)" scripts/kernel_spec.py --repo "$(CURDIR)" --evcxr "$(EVCXR)" \
+	  --work "$(OODNC_CACHE)/evcxr-work" --out "$@"
+
+# ---------------------------------------------------------------- jobs
+info: setup
+	cargo run --quiet --release --bin oodnc -- info
+
+demo: setup
+	cargo build --release --bin oodnc
+	OODNC_PROFILE=$(OODNC_PROFILE) "$(PY)" scripts/run_notebooks.py --out build/notebooks \
+	  --timeout $(NB_TIMEOUT) $(NOTEBOOKS)
+
+test: setup test-rust test-notebooks
+
+test-rust: setup
+	cargo test --workspace --no-fail-fast
+
+test-notebooks: setup
+	"$(PY)" -m pytest -q tests
+
+lab: setup
+	"$(VENV)/bin/jupyter" lab --notebook-dir="$(CURDIR)"
+
+bench: setup
+	cargo run --release --bin oodnc -- bench all
+
+clean-build:
+	rm -rf build target .jupyter

@@ -1,0 +1,147 @@
+//! Image files to 32x32 tensors: decoding, resizing, and the generic
+//! `<root>/<class>/<image>` folder reader for user-supplied OOD sets
+//! (MNIST-like digits, TinyImageNet, Places365 copies, ...).
+
+use super::{Dataset, SIDE};
+use crate::error::{Error, IoContext, Result};
+use image::imageops::FilterType;
+use std::path::{Path, PathBuf};
+
+/// How an image of arbitrary size becomes 32x32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resize {
+    /// Resize the shorter side to 32 (bilinear, antialiased), then centre-crop 32x32
+    /// (torchvision `Resize(32)` + `CenterCrop(32)`, as OpenOOD does). Keeps aspect ratio.
+    #[default]
+    ShortSideCenterCrop,
+    /// Resize both sides to 32 (torchvision `Resize((32, 32))`), distorting the aspect
+    /// ratio: the original project's choice for Textures.
+    Squash,
+}
+
+/// File extensions recognised as images.
+pub const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff"];
+
+/// Decodes one image file and returns its 32x32 CHW RGB bytes.
+pub fn decode_to_chw(path: &Path, resize: Resize) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).at(path)?;
+    let img = image::load_from_memory(&bytes)
+        .map_err(|e| Error::format(path, format!("unreadable image: {e}")))?
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    if w == 0 || h == 0 {
+        return Err(Error::format(path, "image has zero size"));
+    }
+    let side = SIDE as u32;
+    let out = match resize {
+        Resize::Squash => image::imageops::resize(&img, side, side, FilterType::Triangle),
+        Resize::ShortSideCenterCrop => {
+            // torchvision: the short side becomes 32, the long side int(32 * long / short).
+            let (nw, nh) = if w <= h {
+                (side, ((side as u64 * h as u64) / w as u64).max(side as u64) as u32)
+            } else {
+                (((side as u64 * w as u64) / h as u64).max(side as u64) as u32, side)
+            };
+            let r = image::imageops::resize(&img, nw, nh, FilterType::Triangle);
+            // CenterCrop: top-left at round((size - 32) / 2).
+            let x0 = ((nw - side) as f64 / 2.0).round() as u32;
+            let y0 = ((nh - side) as f64 / 2.0).round() as u32;
+            image::imageops::crop_imm(&r, x0, y0, side, side).to_image()
+        }
+    };
+    let mut chw = vec![0u8; 3 * 1024];
+    for (x, y, p) in out.enumerate_pixels() {
+        for c in 0..3 {
+            chw[c * 1024 + (y * side + x) as usize] = p.0[c];
+        }
+    }
+    Ok(chw)
+}
+
+/// Decodes many files in parallel (all cores), keeping their order.
+pub fn decode_many(paths: &[PathBuf], resize: Resize) -> Result<Vec<u8>> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(16);
+    let chunk = paths.len().div_ceil(threads.max(1)).max(1);
+    let parts: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = paths
+            .chunks(chunk)
+            .map(|ps| {
+                s.spawn(move || {
+                    let mut out = Vec::with_capacity(ps.len() * 3072);
+                    for p in ps {
+                        out.extend(decode_to_chw(p, resize)?);
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(Error::data("image decoding", "a decoder thread panicked"))))
+            .collect()
+    });
+    let mut all = Vec::with_capacity(paths.len() * 3072);
+    for p in parts {
+        all.extend(p?);
+    }
+    Ok(all)
+}
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        .unwrap_or(false)
+}
+
+/// Sorted sub-folder names of `dir`.
+pub(crate) fn sorted_subdirs(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir).at(dir)? {
+        let e = e.at(dir)?;
+        if e.file_type().at(e.path())?.is_dir() {
+            names.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Reads `<root>/<class>/<image>` (classes = sorted sub-folders, images sorted by name).
+///
+/// An image folder with no class sub-folders but images directly inside is read
+/// as a single class named after the folder.
+pub fn load_image_folder(root: impl AsRef<Path>, name: &str, resize: Resize) -> Result<Dataset> {
+    let root = root.as_ref();
+    if !root.is_dir() {
+        return Err(Error::Missing {
+            what: format!("image folder for '{name}'"),
+            path: root.to_path_buf(),
+            hint: "; expected <folder>/<class>/<image files>".into(),
+        });
+    }
+    let mut classes = sorted_subdirs(root)?;
+    let mut paths = Vec::new();
+    let mut labels = Vec::new();
+    let single = classes.is_empty();
+    if single {
+        classes = vec![root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| name.into())];
+    }
+    for (ci, class) in classes.iter().enumerate() {
+        let dir = if single { root.to_path_buf() } else { root.join(class) };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .at(&dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && is_image(p))
+            .collect();
+        files.sort();
+        labels.extend(std::iter::repeat_n(ci as i64, files.len()));
+        paths.extend(files);
+    }
+    if paths.is_empty() {
+        return Err(Error::data(format!("image folder {}", root.display()), "no image files found"));
+    }
+    let pixels = decode_many(&paths, resize)?;
+    Dataset::from_raw(name, pixels, labels, classes)
+}

@@ -1,0 +1,82 @@
+//! `oodnc info`: what this build runs on.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// The tch version this crate is pinned to (see `oodnc/Cargo.toml`).
+pub const TCH_VERSION: &str = "0.26.0";
+/// The libtorch / PyPI `torch` version that [`TCH_VERSION`] requires.
+pub const TORCH_VERSION: &str = "2.13.0";
+
+/// Versions, library paths and devices of the running build.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Info {
+    pub oodnc_version: String,
+    pub tch_version: String,
+    pub torch_version_expected: String,
+    /// The version libtorch reports about itself (from the wheel's `version.py`).
+    pub libtorch_version: Option<String>,
+    /// The `lib/` folder the binaries were linked against (rpath).
+    pub libtorch_lib: Option<PathBuf>,
+    pub cuda_available: bool,
+    pub cuda_device_count: i64,
+    pub cudnn_available: bool,
+    pub threads: i32,
+    pub default_device: String,
+}
+
+/// Collects [`Info`] for this process.
+pub fn info() -> Info {
+    let lib = env!("OODNC_LIBTORCH_LIB");
+    let libtorch_lib = (!lib.is_empty()).then(|| PathBuf::from(lib));
+    let libtorch_version = libtorch_lib.as_ref().and_then(|l| read_torch_version(l));
+    Info {
+        oodnc_version: env!("CARGO_PKG_VERSION").to_string(),
+        tch_version: TCH_VERSION.to_string(),
+        torch_version_expected: TORCH_VERSION.to_string(),
+        libtorch_version,
+        libtorch_lib,
+        cuda_available: crate::device::cuda_available(),
+        cuda_device_count: crate::device::cuda_device_count(),
+        cudnn_available: tch::Cuda::cudnn_is_available(),
+        threads: tch::get_num_threads(),
+        default_device: format!("{:?}", crate::device::best_device()),
+    }
+}
+
+/// Reads `__version__` from the wheel's `torch/version.py`, next to `lib/`.
+fn read_torch_version(lib: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(lib.parent()?.join("version.py")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("__version__"))
+        .map(|rest| rest.trim_start_matches([' ', '=']).trim().trim_matches(['\'', '"']).to_string())
+}
+
+impl fmt::Display for Info {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "oodnc            {}", self.oodnc_version)?;
+        writeln!(f, "tch              {} (requires libtorch {})", self.tch_version, self.torch_version_expected)?;
+        writeln!(
+            f,
+            "libtorch         {}",
+            self.libtorch_version.as_deref().unwrap_or("unknown")
+        )?;
+        writeln!(
+            f,
+            "libtorch lib     {}",
+            self.libtorch_lib
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "unknown".into())
+        )?;
+        writeln!(
+            f,
+            "CUDA             {} ({} device(s)), cuDNN {}",
+            if self.cuda_available { "available" } else { "not available" },
+            self.cuda_device_count,
+            if self.cudnn_available { "yes" } else { "no" }
+        )?;
+        writeln!(f, "threads          {}", self.threads)?;
+        write!(f, "default device   {}", self.default_device)
+    }
+}

@@ -1,0 +1,77 @@
+"""Notebook tests: the runner, the kernel spec, the crate inside evcxr.
+
+These execute real notebooks with our `rust` kernel (evcxr), so the first run
+on a machine compiles tch and the crate inside evcxr's work dir (minutes);
+later runs reuse that build cache.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from nbtools import rust_notebook
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNNER = os.path.join(REPO, "scripts", "run_notebooks.py")
+SMOKE = os.path.join(REPO, "tests", "notebooks", "smoke.ipynb")
+
+
+def run(notebooks, out, *extra):
+    return subprocess.run(
+        [sys.executable, RUNNER, "--out", str(out), "--timeout", "1800", *extra, *map(str, notebooks)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_kernel_spec_is_ours():
+    spec_path = os.path.join(REPO, ".jupyter", "kernels", "rust", "kernel.json")
+    with open(spec_path) as f:
+        spec = json.load(f)
+    assert spec["argv"][1].endswith("scripts/rust-kernel")
+    env = spec["env"]
+    assert os.path.isdir(os.path.join(env["LIBTORCH"], "lib"))
+    assert env["LD_LIBRARY_PATH"].split(os.pathsep)[0] == os.path.join(env["LIBTORCH"], "lib")
+    assert os.path.isdir(env["OODNC_EVCXR_WORK"]) or not os.path.exists(env["OODNC_EVCXR_WORK"])
+    # JUPYTER_PATH (set by the Makefile) makes this spec the one named "rust".
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    found = KernelSpecManager().find_kernel_specs()["rust"]
+    assert os.path.realpath(found) == os.path.realpath(os.path.dirname(spec_path))
+
+
+def test_smoke_notebook_runs_crate_tch_and_inline_figure(tmp_path):
+    res = run([SMOKE], tmp_path, "--require-image")
+    assert res.returncode == 0, res.stdout + res.stderr
+    nb = nbformat.read(tmp_path / "smoke.ipynb", as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    text += "".join(o.get("data", {}).get("text/plain", "") for o in outputs)
+    assert "tch" in text and "libtorch" in text, text
+    assert "14" in text  # the tch op: sum of squares of [1, 2, 3]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_runner_fails_on_a_cell_error(tmp_path):
+    nb = rust_notebook(['let x: i32 = 1;', 'let y: u8 = "not a number";', 'println!("never");'])
+    path = tmp_path / "broken.ipynb"
+    nbformat.write(nb, path)
+    res = run([path], tmp_path / "out")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "FAILED" in res.stdout
+    # The executed copy is still written, for inspection.
+    assert (tmp_path / "out" / "broken.ipynb").exists()
+
+
+def test_runner_fails_without_required_image(tmp_path):
+    nb = rust_notebook(['println!("no figure here");'])
+    path = tmp_path / "noimage.ipynb"
+    nbformat.write(nb, path)
+    res = run([path], tmp_path / "out", "--require-image")
+    assert res.returncode == 1
+    assert "no image" in res.stderr
