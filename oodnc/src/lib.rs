@@ -11,11 +11,15 @@
 //! - every OOD score is **higher = more in-distribution**;
 //! - FPR@95 is reported under both conventions, with explicit names.
 
+pub mod bench;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
 pub mod info;
+pub mod model;
 pub mod plot;
+pub mod tensor_io;
 pub mod util;
 
 pub use error::{Error, Result};

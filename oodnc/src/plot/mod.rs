@@ -10,8 +10,10 @@
 //! so figures look the same on every machine, with or without fontconfig.
 
 pub mod figure;
+pub mod grid;
 pub mod line;
 pub mod style;
 
 pub use figure::{Figure, Plot};
+pub use grid::ImageGrid;
 pub use line::{LinePlot, Series};

@@ -1,0 +1,101 @@
+//! Model checkpoints: safetensors with PyTorch-style names and metadata.
+//!
+//! A checkpoint holds every variable of the VarStore (parameters and BN running
+//! statistics) under its PyTorch name, plus metadata: the epoch, the seed, a hash
+//! of the run config, the model shape, and the epoch's metrics. Optimizer state
+//! lives in a sibling file (see `train`). Writes are atomic.
+//!
+//! Loading accepts state dicts written by PyTorch (`safetensors.torch.save_file(
+//! model.state_dict(), ...)`): `num_batches_tracked` buffers are ignored and
+//! torchvision's `downsample.*` names are mapped to our `shortcut.*`.
+
+use super::resnet::ResNetConfig;
+use crate::error::{Error, Result};
+use crate::tensor_io;
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::nn::VarStore;
+
+/// What a checkpoint says about itself.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, Default)]
+pub struct CheckpointMeta {
+    /// Completed epochs (0 = the initialisation, before any step).
+    pub epoch: i64,
+    pub seed: u64,
+    pub config_hash: String,
+    pub model: Option<ResNetConfig>,
+    /// Metrics of that epoch (train/val loss and accuracy, ...).
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Maps a foreign (torchvision) name to ours.
+pub fn canonical_name(name: &str) -> String {
+    name.replace(".downsample.", ".shortcut.")
+}
+
+/// Writes all variables of `vs` and `meta` to `path`.
+pub fn save_checkpoint(path: impl AsRef<Path>, vs: &VarStore, meta: &CheckpointMeta) -> Result<()> {
+    let mut tensors: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut md = BTreeMap::new();
+    md.insert("format".to_string(), "oodnc-checkpoint-v1".to_string());
+    md.insert(
+        "oodnc".to_string(),
+        serde_json::to_string(meta).map_err(|e| Error::data("checkpoint metadata", e.to_string()))?,
+    );
+    tensor_io::save(path, &tensors, &md)
+}
+
+/// Loads `path` into `vs` (every variable must be present with the same shape).
+/// Returns the metadata (default values for a plain PyTorch state dict).
+pub fn load_checkpoint(path: impl AsRef<Path>, vs: &mut VarStore) -> Result<CheckpointMeta> {
+    let path = path.as_ref();
+    if !path.exists() {
+        return Err(Error::Missing {
+            what: "checkpoint".into(),
+            path: path.to_path_buf(),
+            hint: "; train first (`oodnc train`) or check the run name and epoch".into(),
+        });
+    }
+    let loaded = tensor_io::load(path)?;
+    let mut foreign: BTreeMap<String, tch::Tensor> = BTreeMap::new();
+    for (name, t) in loaded.tensors {
+        if name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        foreign.insert(canonical_name(&name), t);
+    }
+    let mut ours = vs.variables();
+    let mut missing = Vec::new();
+    for (name, var) in ours.iter_mut() {
+        match foreign.remove(name) {
+            None => missing.push(name.clone()),
+            Some(src) => {
+                if src.size() != var.size() {
+                    return Err(Error::shape(
+                        format!("checkpoint {}", path.display()),
+                        format!("'{name}' is {:?} in the file but {:?} in the model", src.size(), var.size()),
+                    ));
+                }
+                tch::no_grad(|| var.f_copy_(&src.to_kind(var.kind())))?;
+            }
+        }
+    }
+    if !missing.is_empty() {
+        missing.sort();
+        return Err(Error::format(
+            path,
+            format!("{} model variables missing, e.g. {}", missing.len(), missing.iter().take(3).cloned().collect::<Vec<_>>().join(", ")),
+        ));
+    }
+    if !foreign.is_empty() {
+        return Err(Error::format(
+            path,
+            format!("unexpected tensors, e.g. {}", foreign.keys().take(3).cloned().collect::<Vec<_>>().join(", ")),
+        ));
+    }
+    match loaded.metadata.get("oodnc") {
+        Some(json) => serde_json::from_str(json).map_err(|e| Error::format(path, format!("bad oodnc metadata: {e}"))),
+        None => Ok(CheckpointMeta::default()),
+    }
+}

@@ -1,0 +1,117 @@
+//! safetensors files of named tch tensors with string metadata.
+//!
+//! Used by checkpoints (model and optimizer state) and the feature cache. Files
+//! are written atomically. Reading validates the header and every tensor;
+//! a truncated or corrupt file is an [`Error::Format`] naming the file.
+
+use crate::error::{Error, Result};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+fn dtype_of(kind: Kind) -> Result<Dtype> {
+    Ok(match kind {
+        Kind::Float => Dtype::F32,
+        Kind::Double => Dtype::F64,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Int64 => Dtype::I64,
+        Kind::Int => Dtype::I32,
+        Kind::Int16 => Dtype::I16,
+        Kind::Int8 => Dtype::I8,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Bool => Dtype::BOOL,
+        k => return Err(Error::param("tensor kind", format!("{k:?} cannot be stored in safetensors here"))),
+    })
+}
+
+fn kind_of(d: Dtype) -> Option<Kind> {
+    Some(match d {
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I8 => Kind::Int8,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::BOOL => Kind::Bool,
+        _ => return None,
+    })
+}
+
+/// Raw little-endian bytes of a tensor (moved to the CPU, made contiguous).
+pub fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let t = t.to_device(Device::Cpu).contiguous();
+    let numel = t.numel();
+    let mut buf = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+    t.f_copy_data_u8(&mut buf, numel)?;
+    Ok(buf)
+}
+
+/// Writes `tensors` (sorted by name in the file) with `metadata`.
+pub fn save(path: impl AsRef<Path>, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
+    let path = path.as_ref();
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let shape = t.size().iter().map(|&s| s as usize).collect();
+        owned.push((name.clone(), dtype_of(t.kind())?, shape, tensor_bytes(t)?));
+    }
+    let mut views = Vec::with_capacity(owned.len());
+    for (name, dt, shape, bytes) in &owned {
+        let v = TensorView::new(*dt, shape.clone(), bytes).map_err(|e| Error::format(path, e.to_string()))?;
+        views.push((name.clone(), v));
+    }
+    let meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| Error::format(path, e.to_string()))?;
+    crate::util::write_atomic(path, &bytes)
+}
+
+/// A loaded file: tensors by name (on the CPU) and metadata.
+pub struct Loaded {
+    pub tensors: BTreeMap<String, Tensor>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Loaded {
+    /// Takes tensor `name`, or a format error naming the file.
+    pub fn take(&mut self, path: &Path, name: &str) -> Result<Tensor> {
+        self.tensors
+            .remove(name)
+            .ok_or_else(|| Error::format(path, format!("no tensor '{name}'")))
+    }
+
+    /// Metadata entry `key`, or a format error.
+    pub fn meta(&self, path: &Path, key: &str) -> Result<&str> {
+        self.metadata
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| Error::format(path, format!("no metadata '{key}'")))
+    }
+}
+
+/// Reads a safetensors file.
+pub fn load(path: impl AsRef<Path>) -> Result<Loaded> {
+    let path = path.as_ref();
+    let bytes = crate::data::read_file(path, "safetensors file", "")?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::format(path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
+    let (_, header) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(path, format!("bad safetensors header: {e}")))?;
+    let metadata: BTreeMap<String, String> = header
+        .metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    let mut tensors = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let kind = kind_of(view.dtype())
+            .ok_or_else(|| Error::format(path, format!("tensor '{name}' has unsupported dtype {:?}", view.dtype())))?;
+        let shape: Vec<i64> = view.shape().iter().map(|&s| s as i64).collect();
+        let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
+        tensors.insert(name, t);
+    }
+    Ok(Loaded { tensors, metadata })
+}

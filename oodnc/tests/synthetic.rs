@@ -1,0 +1,66 @@
+//! The embedded dataset is written in the real formats and read back by the real loaders.
+
+mod common;
+
+use common::TempDir;
+use oodnc::data::dtd::{load_dtd, DtdKind, DtdSplit};
+use oodnc::data::image_folder::Resize;
+use oodnc::data::synthetic::{generate, SynthConfig};
+use oodnc::data::{cifar, svhn, Part};
+
+fn small() -> SynthConfig {
+    SynthConfig {
+        classes: 12,
+        train_per_class: 10,
+        test_per_class: 4,
+        near_per_class: 3,
+        digits_test: 20,
+        textures_per_class: 6,
+        seed: 5,
+    }
+}
+
+#[test]
+fn synthetic_sets_load_through_the_real_readers() {
+    let t = TempDir::new("synth");
+    let s = generate(t.path(), &small()).unwrap();
+    let train = cifar::load_cifar100(t.path(), Part::Train).unwrap();
+    assert_eq!((train.len(), train.num_classes()), (120, 12));
+    assert_eq!(train.class_counts(), vec![10; 12]);
+    assert_eq!(cifar::load_cifar100(t.path(), Part::Test).unwrap().len(), s.id_test);
+    let near = cifar::load_cifar10(t.path(), Part::Test).unwrap();
+    assert_eq!((near.len(), near.num_classes()), (30, 10));
+    let digits = svhn::load_svhn(t.path(), Part::Test).unwrap();
+    assert_eq!(digits.len(), 20);
+    let tex = load_dtd(t.path(), DtdSplit::TEST1, Resize::default()).unwrap();
+    assert_eq!((tex.len(), tex.num_classes()), (16, 8));
+    let tex_val = load_dtd(t.path(), DtdSplit { kind: DtdKind::Val, partition: 10 }, Resize::Squash).unwrap();
+    assert_eq!(tex_val.len(), 16);
+    // Images are not blank: real pixel variation.
+    let std = train.images_f32().std(true).double_value(&[]);
+    assert!(std > 0.1, "pixel std {std}");
+}
+
+#[test]
+fn synthetic_generation_is_deterministic_in_the_seed() {
+    let (a, b, c) = (TempDir::new("synth-a"), TempDir::new("synth-b"), TempDir::new("synth-c"));
+    generate(a.path(), &small()).unwrap();
+    generate(b.path(), &small()).unwrap();
+    generate(c.path(), &SynthConfig { seed: 6, ..small() }).unwrap();
+    for f in ["cifar-100-binary/train.bin", "cifar-10-batches-bin/test_batch.bin", "svhn/test_32x32.mat", "dtd/labels/test1.txt"] {
+        let x = std::fs::read(a.path().join(f)).unwrap();
+        assert_eq!(x, std::fs::read(b.path().join(f)).unwrap(), "{f}");
+    }
+    assert_ne!(
+        std::fs::read(a.path().join("cifar-100-binary/train.bin")).unwrap(),
+        std::fs::read(c.path().join("cifar-100-binary/train.bin")).unwrap()
+    );
+}
+
+#[test]
+fn synthetic_config_is_validated() {
+    let t = TempDir::new("synth-bad");
+    assert!(generate(t.path(), &SynthConfig { classes: 5, ..small() }).is_err());
+    assert!(generate(t.path(), &SynthConfig { classes: 101, ..small() }).is_err());
+    assert!(generate(t.path(), &SynthConfig { train_per_class: 0, ..small() }).is_err());
+}
