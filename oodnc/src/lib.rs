@@ -19,7 +19,9 @@ pub mod error;
 pub mod info;
 pub mod model;
 pub mod plot;
+pub mod progress;
 pub mod tensor_io;
+pub mod train;
 pub mod util;
 
 pub use error::{Error, Result};

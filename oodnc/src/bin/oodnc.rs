@@ -22,12 +22,44 @@ enum Command {
     /// Download, verify, generate and inspect datasets.
     #[command(subcommand)]
     Data(DataCmd),
+    /// Train a ResNet-18 (seeded; resumable; checkpoints and history under runs/NAME).
+    Train(TrainArgs),
     /// Benchmarks; each prints a ratio against a baseline measured in the same run.
     Bench {
         /// data | all
         #[arg(default_value = "all")]
         what: String,
     },
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// demo | coursework | ci
+    #[arg(long, default_value = "demo")]
+    profile: String,
+    /// A config file (TOML, as written to runs/NAME/config.toml) instead of a profile.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run name (folder under --runs).
+    #[arg(long)]
+    run: String,
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
+    /// Override the number of epochs.
+    #[arg(long)]
+    epochs: Option<i64>,
+    /// Override the seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Continue an existing run from its last completed epoch.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many completed epochs (the run can be resumed later).
+    #[arg(long)]
+    stop_after: Option<i64>,
+    /// cpu | cuda (default: cuda when available)
+    #[arg(long)]
+    device: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -97,6 +129,69 @@ fn check(root: &std::path::Path) -> oodnc::Result<bool> {
     Ok(all_ok)
 }
 
+extern "C" fn on_sigint(_: libc::c_int) {
+    oodnc::train::trainer::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn parse_device(d: Option<&str>) -> oodnc::Result<tch::Device> {
+    match d {
+        None => Ok(oodnc::device::best_device()),
+        Some("cpu") => Ok(tch::Device::Cpu),
+        Some("cuda") => {
+            if oodnc::device::cuda_available() {
+                Ok(tch::Device::Cuda(0))
+            } else {
+                Err(oodnc::Error::param("--device", "cuda requested but CUDA is not available (see `oodnc info`)"))
+            }
+        }
+        Some(o) => Err(oodnc::Error::param("--device", format!("'{o}' (expected cpu or cuda)"))),
+    }
+}
+
+fn train(a: TrainArgs) -> oodnc::Result<()> {
+    let mut cfg = match &a.config {
+        Some(p) => oodnc::config::RunConfig::read(p)?,
+        None => oodnc::config::RunConfig::profile(&a.profile)?,
+    };
+    if let Some(e) = a.epochs {
+        cfg.train.epochs = e;
+    }
+    if let Some(s) = a.seed {
+        cfg.seed = s;
+    }
+    let run_dir = a.runs.join(&a.run);
+    let has_state = run_dir.join("state/last.safetensors").exists();
+    if has_state && !a.resume {
+        return Err(oodnc::Error::param(
+            "--run",
+            format!("{} already has training state; pass --resume to continue it, or pick another name", run_dir.display()),
+        ));
+    }
+    let device = parse_device(a.device.as_deref())?;
+    // SAFETY: installing a signal handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+    println!("run {} (profile {}, seed {}, device {device:?})", run_dir.display(), cfg.profile, cfg.seed);
+    let data = oodnc::train::RunData::load(&cfg)?;
+    println!("data: {} train / {} val / {} test images, {} classes", data.train.len(), data.val.len(), data.test.len(), data.train.num_classes());
+    let mut tr = oodnc::train::Trainer::open(cfg, &run_dir, device)?;
+    if tr.epochs_done() > 0 {
+        println!("resuming after epoch {}", tr.epochs_done());
+    }
+    let out = tr.fit(&data, a.stop_after)?;
+    println!(
+        "done: {}/{} epochs; best val acc {:.2}% at epoch {}; final test acc {:.2}%; outputs in {}",
+        out.epochs_done,
+        out.epochs_total,
+        100.0 * out.best_val_acc,
+        out.best_epoch,
+        100.0 * out.final_test_acc,
+        out.run_dir.display()
+    );
+    Ok(())
+}
+
 fn run(cli: Cli) -> oodnc::Result<()> {
     match cli.command {
         Command::Info { json } => {
@@ -143,6 +238,7 @@ fn run(cli: Cli) -> oodnc::Result<()> {
                 s.textures
             );
         }
+        Command::Train(a) => train(a)?,
         Command::Bench { what } => {
             let device = oodnc::device::best_device();
             println!("oodnc bench on {device:?}, {} threads", tch::get_num_threads());

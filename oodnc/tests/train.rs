@@ -1,0 +1,133 @@
+//! Training: history and checkpoint files, config validation, and exact resume
+//! after the process is killed.
+
+mod common;
+
+use common::TempDir;
+use oodnc::config::RunConfig;
+use oodnc::train::History;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn tiny_config(root: &Path) -> RunConfig {
+    let mut c = RunConfig::profile("ci").unwrap();
+    c.data.root = root.join("data");
+    c.data.synth.train_per_class = 24;
+    c.data.synth.test_per_class = 6;
+    c.data.split = oodnc::data::SplitProtocol::Seeded { n_val: 40, seed: 1 };
+    c.train.epochs = 4;
+    c.train.batch_size = 32;
+    c.train.checkpoint_every = 2;
+    c.seed = 11;
+    c
+}
+
+fn oodnc(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_oodnc"));
+    c.args(args).env("OODNC_QUIET", "1").env("OODNC_DEVICE", "cpu");
+    c
+}
+
+fn write_config(dir: &Path, cfg: &RunConfig) -> String {
+    let p = dir.join("cfg.toml");
+    std::fs::write(&p, cfg.to_toml().unwrap()).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn run_writes_history_config_and_checkpoints() {
+    let t = TempDir::new("train-files");
+    let cfg = tiny_config(t.path());
+    let cfg_path = write_config(t.path(), &cfg);
+    let runs = t.path().join("runs");
+    let st = oodnc(&["train", "--config", &cfg_path, "--run", "a", "--runs", runs.to_str().unwrap()]).status().unwrap();
+    assert!(st.success());
+    let run = runs.join("a");
+    let h = History::read(run.join("history.csv")).unwrap();
+    assert_eq!(h.records.iter().map(|r| r.epoch).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert!(h.records.iter().all(|r| r.train_loss.is_finite() && (0.0..=1.0).contains(&r.val_acc)));
+    // LR of epoch k is the cosine value at k-1.
+    assert!((h.records[1].lr - oodnc::train::cosine_lr(0.05, 1.0, 4.0)).abs() < 1e-9);
+    let saved = RunConfig::read(run.join("config.toml")).unwrap();
+    assert_eq!(saved, cfg);
+    for e in [0, 2, 4] {
+        assert!(run.join(format!("checkpoints/epoch_{e:03}.safetensors")).exists(), "epoch {e}");
+    }
+    let best: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/best.json")).unwrap()).unwrap();
+    let be = best["epoch"].as_i64().unwrap();
+    assert!(run.join(format!("checkpoints/epoch_{be:03}.safetensors")).exists());
+    // The checkpoint metadata carries the epoch, seed and config hash.
+    let (_, _, meta) = oodnc::train::trainer::load_run_model(&run, 2, tch::Device::Cpu).unwrap();
+    assert_eq!((meta.epoch, meta.seed, meta.config_hash.clone()), (2, 11, cfg.hash()));
+    assert!(meta.metrics.contains_key("val_acc"));
+    // Re-running without --resume refuses to overwrite; with --resume it is a no-op.
+    let st = oodnc(&["train", "--config", &cfg_path, "--run", "a", "--runs", runs.to_str().unwrap()]).output().unwrap();
+    assert!(!st.status.success());
+    assert!(String::from_utf8_lossy(&st.stderr).contains("--resume"));
+    let st = oodnc(&["train", "--config", &cfg_path, "--run", "a", "--runs", runs.to_str().unwrap(), "--resume"]).status().unwrap();
+    assert!(st.success());
+    assert_eq!(History::read(run.join("history.csv")).unwrap().records.len(), 4);
+}
+
+#[test]
+fn resume_after_kill_gives_the_same_weights() {
+    let t = TempDir::new("train-resume");
+    let cfg = tiny_config(t.path());
+    let cfg_path = write_config(t.path(), &cfg);
+    let runs = t.path().join("runs");
+    let runs_s = runs.to_str().unwrap();
+    // Straight through.
+    assert!(oodnc(&["train", "--config", &cfg_path, "--run", "straight", "--runs", runs_s]).status().unwrap().success());
+    // Killed once at least two epochs are on disk, then resumed.
+    let mut child = oodnc(&["train", "--config", &cfg_path, "--run", "killed", "--runs", runs_s]).spawn().unwrap();
+    let hist = runs.join("killed/history.csv");
+    let t0 = Instant::now();
+    loop {
+        let n = History::read(&hist).map(|h| h.records.len()).unwrap_or(0);
+        if n >= 2 || t0.elapsed() > Duration::from_secs(300) {
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let done_before = History::read(&hist).unwrap().records.len();
+    assert!(done_before >= 2, "killed before two epochs were written");
+    assert!(oodnc(&["train", "--config", &cfg_path, "--run", "killed", "--runs", runs_s, "--resume"]).status().unwrap().success());
+
+    let a = oodnc::tensor_io::load(runs.join("straight/state/last.safetensors")).unwrap();
+    let b = oodnc::tensor_io::load(runs.join("killed/state/last.safetensors")).unwrap();
+    assert_eq!(a.tensors.keys().collect::<Vec<_>>(), b.tensors.keys().collect::<Vec<_>>());
+    for (name, ta) in &a.tensors {
+        let tb = &b.tensors[name];
+        let diff = (ta.to_kind(tch::Kind::Double) - tb.to_kind(tch::Kind::Double)).abs().max().double_value(&[]);
+        assert!(diff <= 1e-6, "{name}: max diff {diff}");
+    }
+    assert!(a.tensors.keys().any(|k| k.starts_with("optim.momentum_buffer.")));
+    let ha = History::read(runs.join("straight/history.csv")).unwrap();
+    let hb = History::read(&hist).unwrap();
+    for (x, y) in ha.records.iter().zip(&hb.records) {
+        assert_eq!(x.epoch, y.epoch);
+        assert!((x.train_loss - y.train_loss).abs() < 1e-6 && (x.val_acc - y.val_acc).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn bad_train_inputs_are_clear_errors() {
+    let t = TempDir::new("train-bad");
+    let mut cfg = tiny_config(t.path());
+    cfg.model.num_classes = 7; // the data has 10
+    let cfg_path = write_config(t.path(), &cfg);
+    let out = oodnc(&["train", "--config", &cfg_path, "--run", "x", "--runs", t.path().join("runs").to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("num_classes"), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(t.path().join("broken.toml"), "profile = 3").unwrap();
+    let out = oodnc(&["train", "--config", t.path().join("broken.toml").to_str().unwrap(), "--run", "y"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("broken.toml"));
+    let out = oodnc(&["train", "--profile", "nope", "--run", "z"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown profile"));
+}
