@@ -92,3 +92,93 @@ pub fn data(device: Device, batches: usize) -> Result<Vec<BenchLine>> {
         baseline_name: "per-sample loop".into(),
     }])
 }
+
+/// The venv's Python (for the PyTorch / numpy baselines): `OODNC_PYTHON`, else
+/// `.venv/bin/python` under the current folder or its parents.
+pub fn python() -> Result<std::path::PathBuf> {
+    if let Ok(p) = std::env::var("OODNC_PYTHON") {
+        return Ok(p.into());
+    }
+    let mut dir = std::env::current_dir().map_err(|e| crate::Error::io(".", e))?;
+    loop {
+        let cand = dir.join(".venv/bin/python");
+        if cand.exists() {
+            return Ok(cand);
+        }
+        if !dir.pop() {
+            return Err(crate::Error::Missing {
+                what: "the project's Python venv".into(),
+                path: ".venv/bin/python".into(),
+                hint: "; run `make setup`, or set OODNC_PYTHON".into(),
+            });
+        }
+    }
+}
+
+/// Runs one of the repo's Python baseline scripts and parses its last stdout line as JSON.
+pub fn run_python_json(script: &str, args: &[String]) -> Result<serde_json::Value> {
+    let py = python()?;
+    let script_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../python").join(script);
+    let out = std::process::Command::new(&py)
+        .arg(&script_path)
+        .args(args)
+        .output()
+        .map_err(|e| crate::Error::io(&py, e))?;
+    if !out.status.success() {
+        return Err(crate::Error::data(
+            format!("baseline {script}"),
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("failed").to_string(),
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or("{}"))
+        .map_err(|e| crate::Error::data(format!("baseline {script} output"), e.to_string()))
+}
+
+/// `oodnc bench train`: images/s of forward + backward + SGD step of the full
+/// ResNet-18 (100 classes) at batch 128 on `device`, against the same model and
+/// step in PyTorch eager (python/torch_resnet.py) on the CPU with the same threads.
+pub fn train(device: Device, steps: usize, width: f64) -> Result<Vec<BenchLine>> {
+    use crate::model::{ResNet18, ResNetConfig};
+    use crate::train::Sgd;
+    let b = 128i64;
+    tch::manual_seed(0);
+    let vs = tch::nn::VarStore::new(device);
+    let model = ResNet18::new(&vs.root(), ResNetConfig { num_classes: 100, width })?;
+    let params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    let mut opt = Sgd::new(params, 0.9, 5e-4, false, true);
+    let x = Tensor::randn([b, 3, 32, 32], (Kind::Float, device));
+    let y = Tensor::randint(100, [b], (Kind::Int64, device));
+    let ours = time_median(steps, || {
+        let loss = model.forward_t(&x, true)?.cross_entropy_for_logits(&y);
+        opt.zero_grad();
+        loss.backward();
+        opt.step(0.1);
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+        Ok(())
+    })?;
+    let base = run_python_json(
+        "torch_resnet.py",
+        &[
+            "bench".into(),
+            "--batch".into(),
+            b.to_string(),
+            "--steps".into(),
+            steps.to_string(),
+            "--width".into(),
+            width.to_string(),
+            "--threads".into(),
+            tch::get_num_threads().to_string(),
+        ],
+    )?;
+    let base_ips = base["images_per_s"].as_f64().unwrap_or(f64::NAN);
+    Ok(vec![BenchLine {
+        name: format!("ResNet-18 train step ({device:?}, batch {b}, width {width})"),
+        ours: b as f64 / ours,
+        baseline: base_ips,
+        unit: "img/s".into(),
+        baseline_name: "PyTorch eager (CPU)".into(),
+    }])
+}

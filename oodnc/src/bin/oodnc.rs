@@ -26,7 +26,7 @@ enum Command {
     Train(TrainArgs),
     /// Benchmarks; each prints a ratio against a baseline measured in the same run.
     Bench {
-        /// data | all
+        /// data | train | all
         #[arg(default_value = "all")]
         what: String,
     },
@@ -246,11 +246,14 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             if what == "data" || what == "all" {
                 lines.extend(oodnc::bench::data(device, 20)?);
             }
+            if what == "train" || what == "all" {
+                lines.extend(oodnc::bench::train(device, 3, 1.0)?);
+            }
             if lines.is_empty() {
                 return Err(oodnc::Error::Unknown {
                     kind: "benchmark".into(),
                     name: what,
-                    known: "data, all".into(),
+                    known: "data, train, all".into(),
                 });
             }
             for l in lines {

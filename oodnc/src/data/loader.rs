@@ -71,7 +71,8 @@ pub fn draw_augmentation(rng: &mut SplitMix64, n: usize) -> (Vec<i64>, Vec<i64>,
 /// Batch-wise random crop (zero padding [`PAD`]) and horizontal flip of `u8 [B,3,32,32]`.
 ///
 /// Output pixel `(b, c, i, j)` = padded input at row `dy_b + i` and column
-/// `dx_b + j` (or `dx_b + 31 - j` when flipped): one advanced-indexing gather.
+/// `dx_b + j` (or `dx_b + 31 - j` when flipped): one strided view of all crops,
+/// one advanced index and a masked flip; no per-sample loop.
 pub fn augment_batch(images: &Tensor, dy: &[i64], dx: &[i64], flip: &[bool]) -> Result<Tensor> {
     let size = images.size();
     let b = size[0];
@@ -82,21 +83,18 @@ pub fn augment_batch(images: &Tensor, dy: &[i64], dx: &[i64], flip: &[bool]) -> 
         return Err(Error::shape("augment_batch", format!("{b} images but {} offsets", dy.len())));
     }
     let dev = images.device();
-    let padded = images.constant_pad_nd([PAD, PAD, PAD, PAD]);
-    let ar = Tensor::arange(SIDE, (Kind::Int64, dev));
+    // All 9x9 crops as a strided view [B, 3, dy, dx, 32, 32] (no copy), then one
+    // advanced index picks each sample's crop, and a masked flip.
+    let windows = images
+        .constant_pad_nd([PAD, PAD, PAD, PAD])
+        .unfold(2, SIDE, 1)
+        .unfold(3, SIDE, 1);
+    let bi = Tensor::arange(b, (Kind::Int64, dev));
     let dy = Tensor::from_slice(dy).to_device(dev);
     let dx = Tensor::from_slice(dx).to_device(dev);
-    let fl = Tensor::from_slice(&flip.iter().map(|&f| f as i64).collect::<Vec<_>>()).to_device(dev);
-    let rows = dy.unsqueeze(1) + &ar.unsqueeze(0); // [B,32]
-    let fl = fl.unsqueeze(1);
-    let sign: Tensor = 1 - 2 * &fl;
-    let col_off: Tensor = ar.unsqueeze(0) * sign + fl * (SIDE - 1); // j, or 31 - j when flipped
-    let cols: Tensor = dx.unsqueeze(1) + col_off; // [B,32]
-    let bi = Tensor::arange(b, (Kind::Int64, dev)).view([b, 1, 1, 1]);
-    let ci = Tensor::arange(3, (Kind::Int64, dev)).view([1, 3, 1, 1]);
-    let ri = rows.view([b, 1, SIDE, 1]);
-    let cj = cols.view([b, 1, 1, SIDE]);
-    Ok(padded.index(&[Some(bi), Some(ci), Some(ri), Some(cj)]))
+    let crops = windows.index(&[Some(bi), None, Some(dy), Some(dx)]);
+    let mask = Tensor::from_slice(flip).to_device(dev).view([b, 1, 1, 1]);
+    Ok(crops.flip([3]).where_self(&mask, &crops))
 }
 
 /// The same augmentation with a per-sample loop: the baseline of `oodnc bench data`
