@@ -1,0 +1,118 @@
+//! The evaluation protocol: which datasets a run is evaluated on.
+//!
+//! - ID: the unaugmented training split (detectors and NC are fitted on it), the
+//!   validation split (hyperparameter selection, calibration), the test set.
+//! - OOD test sets: `svhn` (far), `cifar10` (near), `textures` (far; DTD test
+//!   partition 1, resized by `data.dtd_resize`). The seeded protocol uses the full
+//!   sets; `seed_compatible` the original's 10 % subsets.
+//! - OOD validation: `ood-val`, **not** any test set: ID validation images cut into
+//!   a 4x4 grid of 8x8 tiles and shuffled ("jigsaw" outliers, seeded). Local
+//!   statistics stay ID-like while the global structure is gone. Hyperparameters
+//!   are chosen on ID-val vs this set only.
+
+use super::dtd::{load_dtd, DtdSplit};
+use super::split::SeedSubset;
+use super::{cifar, svhn, Dataset, Part, SIDE};
+use crate::config::RunConfig;
+use crate::error::Result;
+use crate::util::SplitMix64;
+use tch::Tensor;
+
+/// All datasets of an evaluation.
+pub struct EvalSets {
+    pub id_train: Dataset,
+    pub id_val: Dataset,
+    pub id_test: Dataset,
+    /// OOD test sets, named `svhn`, `cifar10`, `textures`.
+    pub ood: Vec<Dataset>,
+    pub ood_val: Dataset,
+}
+
+/// Jigsaw outliers: each image's 4x4 grid of tiles randomly permuted (seeded).
+pub fn jigsaw(data: &Dataset, seed: u64, name: &str) -> Result<Dataset> {
+    let n = data.len() as i64;
+    let g = 4i64;
+    let t = SIDE / g;
+    // [N,3,4,8,4,8] -> [N,16,3,8,8]
+    let tiles = data
+        .images
+        .view([n, 3, g, t, g, t])
+        .permute([0, 2, 4, 1, 3, 5])
+        .reshape([n, g * g, 3, t, t]);
+    let mut rng = SplitMix64::derive(seed, &[0x615]);
+    let mut perm = Vec::with_capacity((n * g * g) as usize);
+    for _ in 0..n {
+        perm.extend(rng.permutation((g * g) as usize));
+    }
+    let idx = Tensor::from_slice(&perm).view([n, g * g, 1, 1, 1]).expand([n, g * g, 3, t, t], false);
+    let shuffled = tiles.gather(1, &idx, false);
+    let images = shuffled
+        .view([n, g, g, 3, t, t])
+        .permute([0, 3, 1, 4, 2, 5])
+        .reshape([n, 3, SIDE, SIDE]);
+    Ok(Dataset {
+        name: name.into(),
+        images,
+        labels: data.labels.shallow_clone(),
+        class_names: data.class_names.clone(),
+    })
+}
+
+/// Loads the evaluation sets of a run config.
+pub fn load_eval_sets(cfg: &RunConfig) -> Result<EvalSets> {
+    let run = crate::train::RunData::load(cfg)?;
+    let root = &cfg.data.root;
+    let proto = cfg.data.split;
+    let mut ood = Vec::new();
+    let sv = svhn::load_svhn(root, Part::Test)?;
+    let idx = proto.ood_subset(SeedSubset::SvhnTest, sv.len())?;
+    ood.push(sv.subset(&idx, "svhn")?);
+    let c10 = cifar::load_cifar10(root, Part::Test)?;
+    let idx = proto.ood_subset(SeedSubset::Cifar10Test, c10.len())?;
+    ood.push(c10.subset(&idx, "cifar10")?);
+    let tex = load_dtd(root, DtdSplit::TEST1, cfg.data.dtd_resize)?;
+    let idx = proto.ood_subset(SeedSubset::DtdTest1, tex.len())?;
+    ood.push(tex.subset(&idx, "textures")?);
+    let ood_val = jigsaw(&run.val, cfg.seed, "ood-val")?;
+    let mut id_train = run.train;
+    id_train.name = "id-train".into();
+    let mut id_test = run.test;
+    id_test.name = "id-test".into();
+    Ok(EvalSets {
+        id_train,
+        id_val: run.val,
+        id_test,
+        ood,
+        ood_val,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jigsaw_permutes_tiles_and_keeps_pixels() {
+        let n = 3;
+        let px: Vec<u8> = (0..n * 3072).map(|i| (i % 253) as u8).collect();
+        let ds = Dataset::from_raw("x", px, vec![0, 1, 0], vec!["a".into(), "b".into()]).unwrap();
+        let j = jigsaw(&ds, 1, "j").unwrap();
+        assert_eq!(j.images.size(), vec![3, 3, 32, 32]);
+        // Same multiset of pixels per image, different arrangement.
+        for i in 0..n as i64 {
+            let a = ds.images.get(i).flatten(0, -1).sort(0, false).0;
+            let b = j.images.get(i).flatten(0, -1).sort(0, false).0;
+            assert!(a.equal(&b));
+        }
+        assert!(!j.images.equal(&ds.images));
+        // Each 8x8 tile of the output is some tile of the input.
+        let out_tile = j.images.get(0).narrow(1, 0, 8).narrow(2, 0, 8);
+        let mut found = false;
+        for r in 0..4 {
+            for c in 0..4 {
+                found |= ds.images.get(0).narrow(1, r * 8, 8).narrow(2, c * 8, 8).equal(&out_tile);
+            }
+        }
+        assert!(found);
+    }
+}

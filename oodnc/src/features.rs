@@ -1,0 +1,212 @@
+//! Feature extraction and its cache.
+//!
+//! For a checkpoint and a dataset: logits, penultimate features and (on request)
+//! the stem and 8 block outputs, global-average pooled (and optionally 2x2
+//! adaptive-average pooled), in eval mode, batched, on the best device. Results
+//! are cached as safetensors under `runs/<run>/features/epoch_XXX/<dataset>.safetensors`
+//! with a key made of the checkpoint's MD5, the dataset's MD5 (images and labels)
+//! and the options, so a changed checkpoint, transform or dataset invalidates it.
+//! OOD detection and Neural Collapse both read from this cache.
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::{ResNet18, TAP_NAMES};
+use crate::tensor_io;
+use md5::{Digest, Md5};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// What to extract besides logits and penultimate features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ExtractOptions {
+    /// The stem and the 8 block outputs, global-average pooled.
+    pub taps: bool,
+    /// Also 2x2 adaptive-average pooled taps (4x the channels), keeping some spatial layout.
+    pub pool2x2: bool,
+}
+
+/// Features of one dataset under one checkpoint, on the CPU.
+pub struct FeatureSet {
+    pub name: String,
+    /// `[N, C]` f32.
+    pub logits: Tensor,
+    /// `[N, D]` f32 (the fc input).
+    pub penultimate: Tensor,
+    /// `[N]` i64 (the dataset's own labels).
+    pub labels: Tensor,
+    /// Tap name (`stem`, `layer1.0`, ..., optionally `+2x2`) -> `[N, D_l]`.
+    pub taps: BTreeMap<String, Tensor>,
+}
+
+impl std::fmt::Debug for FeatureSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FeatureSet({}: {:?} features, {} taps)", self.name, self.penultimate.size(), self.taps.len())
+    }
+}
+
+impl FeatureSet {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.labels.size()[0] as usize
+    }
+
+    /// True when there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Builds a set from tensors (tests, user features), checking shapes and values.
+    pub fn new(name: impl Into<String>, logits: Tensor, penultimate: Tensor, labels: Tensor) -> Result<Self> {
+        let name = name.into();
+        let (l, p, y) = (logits.size(), penultimate.size(), labels.size());
+        if l.len() != 2 || p.len() != 2 || y.len() != 1 || l[0] != p[0] || l[0] != y[0] {
+            return Err(Error::shape(
+                format!("features {name}"),
+                format!("logits {l:?}, penultimate {p:?}, labels {y:?} (need [N,C], [N,D], [N])"),
+            ));
+        }
+        Ok(FeatureSet {
+            name,
+            logits: logits.to_kind(Kind::Float),
+            penultimate: penultimate.to_kind(Kind::Float),
+            labels: labels.to_kind(Kind::Int64),
+            taps: BTreeMap::new(),
+        })
+    }
+
+    /// The features of layer `name` (`penultimate`, `logits`, or a tap).
+    pub fn layer(&self, name: &str) -> Result<&Tensor> {
+        match name {
+            "penultimate" => Ok(&self.penultimate),
+            "logits" => Ok(&self.logits),
+            other => self.taps.get(other).ok_or_else(|| Error::Unknown {
+                kind: "layer".into(),
+                name: other.into(),
+                known: std::iter::once("penultimate".to_string())
+                    .chain(self.taps.keys().cloned())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    /// A subset of rows (e.g. a seed-compatible OOD subset).
+    pub fn rows(&self, idx: &[i64], name: impl Into<String>) -> FeatureSet {
+        let i = Tensor::from_slice(idx);
+        FeatureSet {
+            name: name.into(),
+            logits: self.logits.index_select(0, &i),
+            penultimate: self.penultimate.index_select(0, &i),
+            labels: self.labels.index_select(0, &i),
+            taps: self.taps.iter().map(|(k, v)| (k.clone(), v.index_select(0, &i))).collect(),
+        }
+    }
+}
+
+/// Runs `model` in eval mode over `data`.
+pub fn extract(model: &ResNet18, data: &Dataset, opts: ExtractOptions, device: Device, batch: usize) -> Result<FeatureSet> {
+    if data.is_empty() {
+        return Err(Error::data(format!("extract {}", data.name), "dataset is empty"));
+    }
+    let loader = crate::data::BatchLoader::new(data, batch, device)?;
+    let mut logits = Vec::new();
+    let mut pen = Vec::new();
+    let mut taps: BTreeMap<String, Vec<Tensor>> = BTreeMap::new();
+    tch::no_grad(|| -> Result<()> {
+        for b in loader.epoch(0) {
+            let b = b?;
+            if opts.taps {
+                let t = model.forward_taps(&b.images, false)?;
+                for (i, m) in t.maps.iter().enumerate() {
+                    let name = TAP_NAMES[i];
+                    taps.entry(name.to_string())
+                        .or_default()
+                        .push(m.mean_dim(&[2i64, 3][..], false, Kind::Float).to_device(Device::Cpu));
+                    if opts.pool2x2 {
+                        taps.entry(format!("{name}+2x2"))
+                            .or_default()
+                            .push(m.adaptive_avg_pool2d([2, 2]).flatten(1, -1).to_device(Device::Cpu));
+                    }
+                }
+                pen.push(t.penultimate.to_device(Device::Cpu));
+                logits.push(t.logits.to_device(Device::Cpu));
+            } else {
+                let (p, l) = model.features_t(&b.images, false)?;
+                pen.push(p.to_device(Device::Cpu));
+                logits.push(l.to_device(Device::Cpu));
+            }
+        }
+        Ok(())
+    })?;
+    let mut fs = FeatureSet::new(data.name.clone(), Tensor::cat(&logits, 0), Tensor::cat(&pen, 0), data.labels.to_device(Device::Cpu))?;
+    fs.taps = taps.into_iter().map(|(k, v)| (k, Tensor::cat(&v, 0))).collect();
+    Ok(fs)
+}
+
+/// MD5 (hex) of a file.
+pub fn file_md5(path: &Path) -> Result<String> {
+    crate::data::download::md5_file(path)
+}
+
+/// MD5 (hex) of a dataset's pixels and labels.
+pub fn dataset_md5(data: &Dataset) -> Result<String> {
+    let mut h = Md5::new();
+    h.update(tensor_io::tensor_bytes(&data.images)?);
+    h.update(tensor_io::tensor_bytes(&data.labels)?);
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The cache file of `dataset` features at `epoch` of a run.
+pub fn cache_path(run_dir: &Path, epoch: i64, dataset: &str) -> PathBuf {
+    run_dir.join("features").join(format!("epoch_{epoch:03}")).join(format!("{dataset}.safetensors"))
+}
+
+/// Features of `data` under the run's checkpoint at `epoch`, from the cache when
+/// its key matches, else extracted (on `device`) and cached.
+pub fn cached(run_dir: &Path, epoch: i64, data: &Dataset, opts: ExtractOptions, device: Device) -> Result<FeatureSet> {
+    let ckpt = crate::train::trainer::checkpoint_path(run_dir, epoch);
+    if !ckpt.exists() {
+        return Err(Error::Missing {
+            what: format!("checkpoint of epoch {epoch}"),
+            path: ckpt,
+            hint: "; train first (`oodnc train` or notebook 01)".into(),
+        });
+    }
+    let key = format!(
+        "ckpt={};data={};opts={}",
+        file_md5(&ckpt)?,
+        dataset_md5(data)?,
+        serde_json::to_string(&opts).unwrap_or_default()
+    );
+    let path = cache_path(run_dir, epoch, &data.name);
+    if path.exists() {
+        if let Ok(mut l) = tensor_io::load(&path) {
+            if l.metadata.get("key") == Some(&key) {
+                let logits = l.take(&path, "logits")?;
+                let pen = l.take(&path, "penultimate")?;
+                let labels = l.take(&path, "labels")?;
+                let mut fs = FeatureSet::new(data.name.clone(), logits, pen, labels)?;
+                fs.taps = l
+                    .tensors
+                    .into_iter()
+                    .filter_map(|(k, v)| k.strip_prefix("tap.").map(|s| (s.to_string(), v)))
+                    .collect();
+                return Ok(fs);
+            }
+        }
+    }
+    let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, epoch, device)?;
+    let fs = extract(&model, data, opts, device, 500)?;
+    let mut tensors = vec![
+        ("logits".to_string(), fs.logits.shallow_clone()),
+        ("penultimate".to_string(), fs.penultimate.shallow_clone()),
+        ("labels".to_string(), fs.labels.shallow_clone()),
+    ];
+    tensors.extend(fs.taps.iter().map(|(k, v)| (format!("tap.{k}"), v.shallow_clone())));
+    let mut md = BTreeMap::new();
+    md.insert("key".to_string(), key);
+    md.insert("epoch".to_string(), epoch.to_string());
+    tensor_io::save(&path, &tensors, &md)?;
+    Ok(fs)
+}

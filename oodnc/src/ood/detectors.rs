@@ -1,0 +1,377 @@
+//! The detectors. Notation: z = logits `[C]`, p = softmax(z), h = penultimate
+//! feature `[D]`, W `[C, D]` and b `[C]` the classifier, mu_c class means of the
+//! ID training features. Every score is higher = more in-distribution.
+
+use super::linalg::{check_2d, class_means, eigh_desc, finite_f64, pinv_sqrt, sq_dists};
+use super::{DetectorSpec, FitData, Fitted};
+use crate::error::{Error, Result};
+use crate::features::FeatureSet;
+use tch::{Kind, Tensor};
+
+/// Relative eigenvalue threshold of every pseudo-inverse (documented regularisation
+/// for singular covariances, e.g. fewer samples than dimensions).
+pub const PINV_REL_TOL: f64 = 1e-10;
+
+/// Default hyperparameters.
+pub fn defaults(name: &str) -> Vec<(&'static str, f64)> {
+    match name {
+        "energy" => vec![("t", 1.0)],
+        "gen" => vec![("gamma", 0.1), ("m", 100.0)],
+        "knn" => vec![("k", 50.0)],
+        "vim" | "residual" => vec![("dim", 64.0)],
+        "neco" => vec![("d", 50.0), ("maxlogit", 0.0)],
+        "neco_seed" => vec![("d", 100.0)],
+        "react" => vec![("p", 90.0)],
+        "ash_p" | "ash_b" | "ash_s" => vec![("p", 90.0)],
+        "dice" => vec![("p", 90.0)],
+        _ => vec![],
+    }
+}
+
+/// Range checks of hyperparameters that do not depend on the data.
+pub fn validate(spec: &DetectorSpec) -> Result<()> {
+    let bad = |k: &str, why: &str| Err(Error::param(format!("{}.{k}", spec.name), format!("{} {why}", spec.get(k))));
+    for (k, v) in &spec.params {
+        if !v.is_finite() {
+            return bad(k, "is not finite");
+        }
+    }
+    match spec.name.as_str() {
+        "energy" if spec.get("t") <= 0.0 => bad("t", "must be > 0"),
+        "gen" if !(spec.get("gamma") > 0.0 && spec.get("gamma") <= 1.0) => bad("gamma", "must be in (0, 1]"),
+        "gen" if spec.get("m") < 1.0 || spec.get("m").fract() != 0.0 => bad("m", "must be a positive integer"),
+        "knn" if spec.get("k") < 1.0 || spec.get("k").fract() != 0.0 => bad("k", "must be a positive integer"),
+        "vim" | "residual" if spec.get("dim") < 1.0 || spec.get("dim").fract() != 0.0 => bad("dim", "must be a positive integer"),
+        "neco" | "neco_seed" if spec.get("d") < 1.0 || spec.get("d").fract() != 0.0 => bad("d", "must be a positive integer"),
+        "neco" if spec.get("maxlogit") != 0.0 && spec.get("maxlogit") != 1.0 => bad("maxlogit", "must be 0 or 1"),
+        "react" | "ash_p" | "ash_b" | "ash_s" | "dice" if !(0.0..100.0).contains(&spec.get("p")) => bad("p", "must be in [0, 100)"),
+        _ => Ok(()),
+    }
+}
+
+fn logits(f: &FeatureSet, c: i64, ctx: &str) -> Result<Tensor> {
+    check_2d(&f.logits, Some(c), ctx)?;
+    finite_f64(&f.logits, ctx)
+}
+
+fn feats(f: &FeatureSet, d: i64, ctx: &str) -> Result<Tensor> {
+    check_2d(&f.penultimate, Some(d), ctx)?;
+    finite_f64(&f.penultimate, ctx)
+}
+
+fn energy_of(z: &Tensor, t: f64) -> Tensor {
+    (z / t).logsumexp(&[1i64][..], false) * t
+}
+
+fn max_dim1(x: &Tensor) -> Tensor {
+    x.max_dim(1, false).0
+}
+
+/// Percentile (0..100) of all values of `x` (linear interpolation, like numpy).
+fn percentile(x: &Tensor, p: f64) -> f64 {
+    let v = x.flatten(0, -1).to_kind(Kind::Double);
+    let (sorted, _) = v.sort(0, false);
+    let n = sorted.size()[0];
+    let pos = p / 100.0 * (n - 1) as f64;
+    let (lo, hi) = (pos.floor() as i64, pos.ceil() as i64);
+    let a = sorted.double_value(&[lo]);
+    let b = sorted.double_value(&[hi]);
+    a + (b - a) * (pos - lo as f64)
+}
+
+/// Fits `spec` (dispatch by name).
+pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
+    let ctx = format!("{} fit", spec.name);
+    let w = finite_f64(data.weight, &ctx)?;
+    let b = finite_f64(data.bias, &ctx)?;
+    let ws = w.size();
+    if ws.len() != 2 || b.size() != [ws[0]] {
+        return Err(Error::shape(&ctx, format!("classifier weight {ws:?}, bias {:?}", b.size())));
+    }
+    let (c, d) = (ws[0], ws[1]);
+    let train = data.train;
+    check_2d(&train.penultimate, Some(d), &format!("{ctx} (train features vs classifier)"))?;
+    check_2d(&train.logits, Some(c), &format!("{ctx} (train logits)"))?;
+    let n_train = train.len() as i64;
+    let name = spec.name.clone();
+    let sc = format!("{name} score");
+    match spec.name.as_str() {
+        // MSP: max_c softmax(z)_c.
+        "msp" => Ok(Fitted::new(spec, move |f| Ok(max_dim1(&logits(f, c, &sc)?.softmax(-1, Kind::Double))))),
+        // MaxLogit: max_c z_c.
+        "maxlogit" => Ok(Fitted::new(spec, move |f| Ok(max_dim1(&logits(f, c, &sc)?)))),
+        // Energy: T logsumexp(z / T) (the negative free energy).
+        "energy" => {
+            let t = spec.get("t");
+            Ok(Fitted::new(spec, move |f| Ok(energy_of(&logits(f, c, &sc)?, t))))
+        }
+        // Negative entropy: sum_c p_c log p_c.
+        "entropy" => Ok(Fitted::new(spec, move |f| {
+            let lp = logits(f, c, &sc)?.log_softmax(-1, Kind::Double);
+            Ok((lp.exp() * &lp).sum_dim_intlist(&[1i64][..], false, Kind::Double))
+        })),
+        // GEN: -sum over the top-M probabilities of p^gamma (1 - p)^gamma.
+        "gen" => {
+            let (g, m) = (spec.get("gamma"), (spec.get("m") as i64).min(c));
+            Ok(Fitted::new(spec, move |f| {
+                let p = logits(f, c, &sc)?.softmax(-1, Kind::Double);
+                let (top, _) = p.topk(m, 1, true, true);
+                let one_minus: Tensor = 1.0 - &top;
+                Ok(-(top.pow_tensor_scalar(g) * one_minus.pow_tensor_scalar(g)).sum_dim_intlist(&[1i64][..], false, Kind::Double))
+            }))
+        }
+        // TempScale: MSP of z / T, T minimising the NLL on ID validation data (golden-section on log T).
+        "tempscale" => {
+            let val = data.val.ok_or_else(|| Error::data(&ctx, "needs ID validation features"))?;
+            let zv = logits(val, c, &ctx)?;
+            let yv = val.labels.to_kind(Kind::Int64);
+            let nll = |t: f64| -> f64 { (&zv / t).log_softmax(-1, Kind::Double).nll_loss(&yv).double_value(&[]) };
+            let (mut a, mut bb) = ((0.05f64).ln(), (20.0f64).ln());
+            let phi = (5f64.sqrt() - 1.0) / 2.0;
+            for _ in 0..60 {
+                let (x1, x2) = (bb - phi * (bb - a), a + phi * (bb - a));
+                if nll(x1.exp()) < nll(x2.exp()) {
+                    bb = x2;
+                } else {
+                    a = x1;
+                }
+            }
+            let t = ((a + bb) / 2.0).exp();
+            let mut fitted = Fitted::new(spec, move |f| Ok(max_dim1(&(logits(f, c, &sc)? / t).softmax(-1, Kind::Double))));
+            fitted.params.insert("t_fitted".into(), t);
+            Ok(fitted)
+        }
+        // KLM: -min_c KL(p || d_c), d_c = mean softmax of train samples predicted as c.
+        "klm" => {
+            let p = logits(train, c, &ctx)?.softmax(-1, Kind::Double);
+            let pred = p.argmax(1, false);
+            let counts = pred.bincount::<Tensor>(None, c).to_kind(Kind::Double);
+            let sums = Tensor::zeros([c, c], (Kind::Double, p.device())).index_add(0, &pred, &p);
+            let present = counts.gt(0.0).nonzero().squeeze_dim(1);
+            if present.size()[0] == 0 {
+                return Err(Error::data(&ctx, "no training predictions"));
+            }
+            let templates = (sums.index_select(0, &present) / counts.index_select(0, &present).unsqueeze(1)).clamp_min(1e-12);
+            let log_t = templates.log();
+            Ok(Fitted::new(spec, move |f| {
+                let lp = logits(f, c, &sc)?.log_softmax(-1, Kind::Double);
+                let p = lp.exp();
+                // KL(p || d_k) = sum p log p - sum p log d_k
+                let self_term = (&p * &lp).sum_dim_intlist(&[1i64][..], true, Kind::Double);
+                let kl = self_term - p.matmul(&log_t.tr());
+                Ok(-kl.min_dim(1, false).0)
+            }))
+        }
+        // Mahalanobis: -min_c (h - mu_c)^T Sigma^+ (h - mu_c), tied covariance about the class means.
+        "mahalanobis" | "rmds" => {
+            let h = feats(train, d, &ctx)?;
+            let (mu, _) = class_means(&h, &train.labels, c, &ctx)?;
+            let centred = &h - mu.index_select(0, &train.labels.to_kind(Kind::Int64));
+            let sigma = centred.tr().matmul(&centred) / n_train as f64;
+            let l = pinv_sqrt(&sigma, PINV_REL_TOL)?;
+            let mu_l = mu.matmul(&l);
+            let rel = if spec.name == "rmds" {
+                // RMDS background: one Gaussian on all training features.
+                let mu0 = h.mean_dim(&[0i64][..], true, Kind::Double);
+                let c0 = &h - &mu0;
+                let l0 = pinv_sqrt(&(c0.tr().matmul(&c0) / n_train as f64), PINV_REL_TOL)?;
+                Some((mu0, l0))
+            } else {
+                None
+            };
+            Ok(Fitted::new(spec, move |f| {
+                let x = feats(f, d, &sc)?;
+                let md = sq_dists(&x.matmul(&l), &mu_l);
+                let md = match &rel {
+                    Some((mu0, l0)) => md - (&x - mu0).matmul(l0).square().sum_dim_intlist(&[1i64][..], true, Kind::Double),
+                    None => md,
+                };
+                Ok(-md.min_dim(1, false).0)
+            }))
+        }
+        // KNN: -(distance to the k-th nearest L2-normalised training feature).
+        "knn" => {
+            let k = spec.get("k") as i64;
+            if k > n_train {
+                return Err(Error::param("knn.k", format!("{k} neighbours but only {n_train} training samples")));
+            }
+            let dev = crate::device::best_device();
+            let bank = normalize_rows(&feats(train, d, &ctx)?).to_kind(Kind::Float).to_device(dev);
+            Ok(Fitted::new(spec, move |f| {
+                let x = normalize_rows(&feats(f, d, &sc)?).to_kind(Kind::Float);
+                let mut out = Vec::new();
+                tch::no_grad(|| {
+                    for chunk in x.split(2048, 0) {
+                        let sims = chunk.to_device(dev).matmul(&bank.tr());
+                        let (top, _) = sims.topk(k, 1, true, true);
+                        let kth = top.select(1, k - 1).to_kind(Kind::Double);
+                        let two_minus: Tensor = 2.0 - kth * 2.0;
+                        let dist = two_minus.clamp_min(0.0).sqrt();
+                        out.push(-dist.to_device(tch::Device::Cpu));
+                    }
+                });
+                Ok(Tensor::cat(&out, 0))
+            }))
+        }
+        // ViM: logsumexp(z) - alpha ||NS^T (h - u)||, u = -W^+ b, NS = eigenvectors of the
+        // (h - u) covariance beyond the top `dim`, alpha = mean max-logit / mean residual on train.
+        "vim" | "residual" => {
+            let dim = spec.get("dim") as i64;
+            if dim >= d {
+                return Err(Error::param(
+                    format!("{name}.dim"),
+                    format!("{dim} must be smaller than the feature dimension {d} (else the residual space is empty)"),
+                ));
+            }
+            let h = feats(train, d, &ctx)?;
+            let u = -w.linalg_pinv(1e-15, false).matmul(&b);
+            let x = &h - &u;
+            let cov = x.tr().matmul(&x) / n_train as f64;
+            let (_, vecs) = eigh_desc(&cov);
+            let ns = vecs.narrow(1, dim, d - dim);
+            let res_train = x.matmul(&ns).norm_scalaropt_dim(2, &[1i64][..], false);
+            let alpha = max_dim1(&logits(train, c, &ctx)?).mean(Kind::Double).double_value(&[])
+                / res_train.mean(Kind::Double).double_value(&[]).max(1e-12);
+            let vim = spec.name == "vim";
+            let mut fitted = Fitted::new(spec, move |f| {
+                let r = (feats(f, d, &sc)? - &u).matmul(&ns).norm_scalaropt_dim(2, &[1i64][..], false);
+                Ok(if vim { energy_of(&logits(f, c, &sc)?, 1.0) - r * alpha } else { -r })
+            });
+            fitted.params.insert("alpha".into(), alpha);
+            Ok(fitted)
+        }
+        // NECO: ||P_d x|| / ||x||, x = standardised h, P_d the top-d principal directions
+        // of standardised ID training features (optionally times max logit).
+        "neco" => {
+            let dd = spec.get("d") as i64;
+            if dd >= d {
+                return Err(Error::param("neco.d", format!("{dd} must be smaller than the feature dimension {d}")));
+            }
+            let h = feats(train, d, &ctx)?;
+            let mean = h.mean_dim(&[0i64][..], true, Kind::Double);
+            let std = h.std_dim(&[0i64][..], false, true);
+            let std = std.where_self(&std.gt(1e-12), &std.ones_like());
+            let xs = (&h - &mean) / &std;
+            let cov = xs.tr().matmul(&xs) / n_train as f64;
+            let (_, vecs) = eigh_desc(&cov);
+            let pd = vecs.narrow(1, 0, dd);
+            let use_ml = spec.get("maxlogit") == 1.0;
+            Ok(Fitted::new(spec, move |f| {
+                let x = (feats(f, d, &sc)? - &mean) / &std;
+                let num = x.matmul(&pd).norm_scalaropt_dim(2, &[1i64][..], false);
+                let den = x.norm_scalaropt_dim(2, &[1i64][..], false).clamp_min(1e-12);
+                let r = num / den;
+                Ok(if use_ml { r * max_dim1(&logits(f, c, &sc)?) } else { r })
+            }))
+        }
+        // The original project's NECO: PCA fitted on centred h, projection of the
+        // uncentred h, no standardisation, d = C: ||P_d h|| / (||h|| + 1e-8).
+        "neco_seed" => {
+            let dd = (spec.get("d") as i64).min(d);
+            let h = feats(train, d, &ctx)?;
+            let x = &h - h.mean_dim(&[0i64][..], true, Kind::Double);
+            let (_, vecs) = eigh_desc(&(x.tr().matmul(&x) / n_train as f64));
+            let pd = vecs.narrow(1, 0, dd);
+            Ok(Fitted::new(spec, move |f| {
+                let h = feats(f, d, &sc)?;
+                Ok(h.matmul(&pd).norm_scalaropt_dim(2, &[1i64][..], false) / (h.norm_scalaropt_dim(2, &[1i64][..], false) + 1e-8))
+            }))
+        }
+        // ReAct: energy of W min(h, c) + b, c = p-th percentile of ID training activations.
+        "react" => {
+            let clip = percentile(&feats(train, d, &ctx)?, spec.get("p"));
+            let mut fitted = Fitted::new(spec, move |f| {
+                let h = feats(f, d, &sc)?.clamp_max(clip);
+                Ok(energy_of(&(h.matmul(&w.tr()) + &b), 1.0))
+            });
+            fitted.params.insert("clip".into(), clip);
+            Ok(fitted)
+        }
+        // ASH: per sample, keep the activations above the sample's p-th percentile;
+        // -p: prune the rest; -b: set the kept ones to s1 / K; -s: scale them by exp(s1 / s2)
+        // (s1, s2 the sums before and after pruning, K the number kept). Then energy.
+        "ash_p" | "ash_b" | "ash_s" => {
+            let p = spec.get("p");
+            let variant = spec.name.clone();
+            Ok(Fitted::new(spec, move |f| {
+                let h = feats(f, d, &sc)?;
+                let k = ((d as f64) * (1.0 - p / 100.0)).round().max(1.0) as i64;
+                let (top, _) = h.topk(k, 1, true, true);
+                let thresh = top.select(1, k - 1).unsqueeze(1);
+                let keep = h.ge_tensor(&thresh).to_kind(Kind::Double);
+                let s1 = h.sum_dim_intlist(&[1i64][..], true, Kind::Double);
+                let pruned = &h * &keep;
+                let shaped = match variant.as_str() {
+                    "ash_p" => pruned,
+                    "ash_b" => {
+                        let kept = keep.sum_dim_intlist(&[1i64][..], true, Kind::Double).clamp_min(1.0);
+                        keep * (s1 / kept)
+                    }
+                    _ => {
+                        let s2 = pruned.sum_dim_intlist(&[1i64][..], true, Kind::Double).clamp_min(1e-12);
+                        &pruned * (s1 / s2).exp()
+                    }
+                };
+                Ok(energy_of(&(shaped.matmul(&w.tr()) + &b), 1.0))
+            }))
+        }
+        // DICE: energy with W masked to its top (100 - p) % contributions W_cd * mean_train(h_d).
+        "dice" => {
+            let mean_h = feats(train, d, &ctx)?.mean_dim(&[0i64][..], false, Kind::Double);
+            let contrib = &w * mean_h.unsqueeze(0);
+            let thresh = percentile(&contrib, spec.get("p"));
+            let wm = &w * contrib.gt(thresh).to_kind(Kind::Double);
+            Ok(Fitted::new(spec, move |f| Ok(energy_of(&(feats(f, d, &sc)?.matmul(&wm.tr()) + &b), 1.0))))
+        }
+        // SHE: <h, pattern of the predicted class>, patterns = mean feature of the
+        // correctly classified training samples of each class.
+        "she" => {
+            let h = feats(train, d, &ctx)?;
+            let pred = logits(train, c, &ctx)?.argmax(1, false);
+            let correct = pred.eq_tensor(&train.labels.to_kind(Kind::Int64)).nonzero().squeeze_dim(1);
+            if correct.size()[0] == 0 {
+                return Err(Error::data(&ctx, "no correctly classified training sample"));
+            }
+            let (patterns, _) = class_means(
+                &h.index_select(0, &correct),
+                &train.labels.index_select(0, &correct),
+                c,
+                &format!("{ctx} (correctly classified samples per class)"),
+            )?;
+            Ok(Fitted::new(spec, move |f| {
+                let x = feats(f, d, &sc)?;
+                let pred = logits(f, c, &sc)?.argmax(1, false);
+                Ok((&x * patterns.index_select(0, &pred)).sum_dim_intlist(&[1i64][..], false, Kind::Double))
+            }))
+        }
+        // fDBD: mean over j != c of |(w_c - w_j) h + b_c - b_j| / ||w_c - w_j||, divided by
+        // ||h - mean_train(h)||; c the predicted class.
+        "fdbd" => {
+            let mu = feats(train, d, &ctx)?.mean_dim(&[0i64][..], true, Kind::Double);
+            Ok(Fitted::new(spec, move |f| {
+                let x = feats(f, d, &sc)?;
+                let z = x.matmul(&w.tr()) + &b;
+                let pred = z.argmax(1, false);
+                let zc = z.gather(1, &pred.unsqueeze(1), false);
+                let wc = w.index_select(0, &pred); // [N, D]
+                // ||w_c - w_j||^2 = |w_c|^2 + |w_j|^2 - 2 w_c.w_j
+                let wn = w.square().sum_dim_intlist(&[1i64][..], false, Kind::Double);
+                let cross = wc.matmul(&w.tr());
+                let dn = (wn.index_select(0, &pred).unsqueeze(1) + wn.unsqueeze(0) - cross * 2.0).clamp_min(1e-12).sqrt();
+                let num = (&zc - &z).abs() / dn;
+                let mask = Tensor::ones_like(&num).scatter_value(1, &pred.unsqueeze(1), 0.0);
+                let mean = (num * &mask).sum_dim_intlist(&[1i64][..], false, Kind::Double) / (c - 1).max(1) as f64;
+                Ok(mean / (x - &mu).norm_scalaropt_dim(2, &[1i64][..], false).clamp_min(1e-12))
+            }))
+        }
+        other => Err(Error::Unknown {
+            kind: "detector".into(),
+            name: other.into(),
+            known: super::detector_names().join(", "),
+        }),
+    }
+}
+
+fn normalize_rows(x: &Tensor) -> Tensor {
+    x / x.norm_scalaropt_dim(2, &[1i64][..], true).clamp_min(1e-12)
+}

@@ -1,0 +1,141 @@
+//! Hyperparameter selection on held-out data and evaluation into a long-form table.
+
+use super::metrics::{ood_metrics, ood_metrics_ci};
+use super::{DetectorSpec, FitData};
+use crate::error::{Error, Result};
+use crate::features::FeatureSet;
+use polars::prelude::*;
+use tch::Tensor;
+
+/// Features of one checkpoint needed to evaluate detectors.
+pub struct EvalInputs<'a> {
+    pub train: &'a FeatureSet,
+    pub val: &'a FeatureSet,
+    /// OOD validation set (never a test OOD set).
+    pub ood_val: &'a FeatureSet,
+    pub id_test: &'a FeatureSet,
+    pub ood: Vec<&'a FeatureSet>,
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+}
+
+impl EvalInputs<'_> {
+    fn fit_data(&self) -> FitData<'_> {
+        FitData {
+            train: self.train,
+            val: Some(self.val),
+            weight: self.weight,
+            bias: self.bias,
+        }
+    }
+}
+
+/// The hyperparameters chosen for one detector.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Selection {
+    pub chosen: DetectorSpec,
+    /// Every candidate with its AUROC of ID-val against OOD-val.
+    pub candidates: Vec<(DetectorSpec, f64)>,
+}
+
+/// Fits every candidate of `name`'s grid on ID train and keeps the one with the
+/// best AUROC of ID-val against OOD-val (the first on ties). Test OOD sets are
+/// never looked at.
+pub fn select_hyperparameters(name: &str, inputs: &EvalInputs) -> Result<Selection> {
+    let (n, d) = (inputs.train.penultimate.size()[0], inputs.train.penultimate.size()[1]);
+    let c = inputs.weight.size()[0];
+    let grid = DetectorSpec::grid(name, d, c, n)?;
+    let mut candidates = Vec::new();
+    for spec in grid {
+        let fitted = spec.fit(&inputs.fit_data())?;
+        let auc = ood_metrics(&fitted.score_vec(inputs.val)?, &fitted.score_vec(inputs.ood_val)?)?.auroc;
+        candidates.push((spec, auc));
+    }
+    let best = candidates
+        .iter()
+        .fold(None::<&(DetectorSpec, f64)>, |b, x| match b {
+            Some(b) if b.1 >= x.1 => Some(b),
+            _ => Some(x),
+        })
+        .ok_or_else(|| Error::data(format!("selection of {name}"), "empty grid"))?;
+    Ok(Selection {
+        chosen: best.0.clone(),
+        candidates,
+    })
+}
+
+/// One row of the long-form results table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    pub epoch: i64,
+    pub detector: String,
+    pub dataset: String,
+    pub metric: String,
+    pub value: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+/// Evaluates `specs` (already chosen) at one checkpoint on every OOD set, with
+/// `reps` bootstrap replicates (0 = no intervals). Also reports ID accuracy
+/// (detector "classifier", dataset "id-test").
+pub fn evaluate(epoch: i64, specs: &[DetectorSpec], inputs: &EvalInputs, reps: usize, seed: u64) -> Result<Vec<Row>> {
+    if inputs.ood.is_empty() {
+        return Err(Error::data("OOD evaluation", "no OOD set"));
+    }
+    let mut rows = vec![Row {
+        epoch,
+        detector: "classifier".into(),
+        dataset: inputs.id_test.name.clone(),
+        metric: "id_accuracy".into(),
+        value: super::metrics::accuracy(&inputs.id_test.logits, &inputs.id_test.labels)?,
+        ci_low: f64::NAN,
+        ci_high: f64::NAN,
+    }];
+    for spec in specs {
+        let fitted = spec.fit(&inputs.fit_data())?;
+        let id = fitted.score_vec(inputs.id_test)?;
+        for o in &inputs.ood {
+            let os = fitted.score_vec(o)?;
+            if reps > 0 {
+                for (m, v) in ood_metrics_ci(&id, &os, reps, 0.95, seed)? {
+                    rows.push(Row {
+                        epoch,
+                        detector: spec.name.clone(),
+                        dataset: o.name.clone(),
+                        metric: m.into(),
+                        value: v.value,
+                        ci_low: v.ci_low,
+                        ci_high: v.ci_high,
+                    });
+                }
+            } else {
+                for (m, v) in ood_metrics(&id, &os)?.named() {
+                    rows.push(Row {
+                        epoch,
+                        detector: spec.name.clone(),
+                        dataset: o.name.clone(),
+                        metric: m.into(),
+                        value: v,
+                        ci_low: f64::NAN,
+                        ci_high: f64::NAN,
+                    });
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Rows as a polars DataFrame (epoch, detector, dataset, metric, value, ci_low, ci_high).
+pub fn rows_to_frame(rows: &[Row]) -> Result<DataFrame> {
+    Ok(df!(
+        "epoch" => rows.iter().map(|r| r.epoch).collect::<Vec<_>>(),
+        "detector" => rows.iter().map(|r| r.detector.clone()).collect::<Vec<_>>(),
+        "dataset" => rows.iter().map(|r| r.dataset.clone()).collect::<Vec<_>>(),
+        "metric" => rows.iter().map(|r| r.metric.clone()).collect::<Vec<_>>(),
+        "value" => rows.iter().map(|r| r.value).collect::<Vec<_>>(),
+        "ci_low" => rows.iter().map(|r| r.ci_low).collect::<Vec<_>>(),
+        "ci_high" => rows.iter().map(|r| r.ci_high).collect::<Vec<_>>(),
+    )?)
+}

@@ -1,0 +1,88 @@
+//! Small f64 linear-algebra helpers for the detectors and NC (libtorch underneath).
+
+use crate::error::{Error, Result};
+use tch::{Kind, Tensor};
+
+/// Errors on NaN / inf, and returns the f64 copy.
+pub fn finite_f64(x: &Tensor, context: &str) -> Result<Tensor> {
+    let x = x.to_kind(Kind::Double);
+    if x.numel() > 0 && !bool::try_from(x.isfinite().all()).unwrap_or(false) {
+        return Err(Error::data(context, "features contain NaN or infinite values"));
+    }
+    Ok(x)
+}
+
+/// Checks that `x` is `[N, D]` with N > 0 and, when given, D = `dim`.
+pub fn check_2d(x: &Tensor, dim: Option<i64>, context: &str) -> Result<(i64, i64)> {
+    let s = x.size();
+    if s.len() != 2 {
+        return Err(Error::shape(context, format!("expected [N, D], got {s:?}")));
+    }
+    if s[0] == 0 {
+        return Err(Error::data(context, "no samples"));
+    }
+    if let Some(d) = dim {
+        if s[1] != d {
+            return Err(Error::shape(context, format!("feature dimension {} but the detector was fitted on {d}", s[1])));
+        }
+    }
+    Ok((s[0], s[1]))
+}
+
+/// Symmetric eigendecomposition, eigenvalues descending.
+pub fn eigh_desc(sym: &Tensor) -> (Tensor, Tensor) {
+    let (vals, vecs) = sym.linalg_eigh("L");
+    (vals.flip([0]), vecs.flip([1]))
+}
+
+/// Pseudo-inverse square root of a PSD matrix: `L` with `L L^T = A^+`, dropping
+/// eigenvalues below `rel_tol * max eigenvalue` (deterministic, no random start).
+pub fn pinv_sqrt(a: &Tensor, rel_tol: f64) -> Result<Tensor> {
+    let (vals, vecs) = eigh_desc(a);
+    let max = vals.max().double_value(&[]);
+    if !(max > 0.0) {
+        return Err(Error::numerical("pseudo-inverse", "matrix is zero (all features identical?)"));
+    }
+    let keep = vals.gt(rel_tol * max);
+    let r = keep.sum(Kind::Int64).int64_value(&[]);
+    let vals = vals.narrow(0, 0, r);
+    let vecs = vecs.narrow(1, 0, r);
+    Ok(vecs * vals.rsqrt().unsqueeze(0))
+}
+
+/// Moore-Penrose pseudo-inverse of a PSD matrix through [`pinv_sqrt`].
+pub fn pinv_psd(a: &Tensor, rel_tol: f64) -> Result<Tensor> {
+    let l = pinv_sqrt(a, rel_tol)?;
+    Ok(l.matmul(&l.tr()))
+}
+
+/// Per-class means `[C, D]` and counts; every class in `0..c` must have a sample.
+pub fn class_means(x: &Tensor, labels: &Tensor, c: i64, context: &str) -> Result<(Tensor, Tensor)> {
+    let (n, d) = check_2d(x, None, context)?;
+    if labels.size() != [n] {
+        return Err(Error::shape(context, format!("{n} features but labels {:?}", labels.size())));
+    }
+    let y = labels.to_kind(Kind::Int64);
+    let maxl = y.max().int64_value(&[]);
+    let minl = y.min().int64_value(&[]);
+    if minl < 0 || maxl >= c {
+        return Err(Error::data(context, format!("labels span {minl}..={maxl}, expected 0..{c}")));
+    }
+    let counts = y.bincount::<Tensor>(None, c).to_kind(Kind::Double);
+    let empty = counts.eq(0.0).nonzero();
+    if empty.size()[0] > 0 {
+        return Err(Error::data(
+            context,
+            format!("class {} has no training sample", empty.int64_value(&[0, 0])),
+        ));
+    }
+    let sums = Tensor::zeros([c, d], (Kind::Double, x.device())).index_add(0, &y, &x.to_kind(Kind::Double));
+    Ok((sums / counts.unsqueeze(1), counts))
+}
+
+/// Squared distances `[N, C]` between rows of `a` and rows of `b`.
+pub fn sq_dists(a: &Tensor, b: &Tensor) -> Tensor {
+    let an = a.square().sum_dim_intlist(&[1i64][..], true, Kind::Double);
+    let bn = b.square().sum_dim_intlist(&[1i64][..], true, Kind::Double).tr();
+    (an + bn - a.matmul(&b.tr()) * 2.0).clamp_min(0.0)
+}

@@ -1,0 +1,228 @@
+//! OOD detection metrics. Scores are "higher = more in-distribution".
+//!
+//! All metrics are computed exactly from the scores grouped by value (ties count
+//! half for AUROC; thresholds at every distinct score, no vertex dropping):
+//!
+//! - **AUROC** = P(s_ID > s_OOD) + 1/2 P(s_ID = s_OOD) (Mann-Whitney U / (n_ID n_OOD));
+//!   the same whichever class is called positive.
+//! - **fpr95_ood_accepted_at_95_id** (ODIN / ViM / NECO convention, OpenOOD v1
+//!   `fpr_recall`): lower the threshold until at least 95 % of ID samples are
+//!   accepted (score >= t); the fraction of OOD samples accepted at that threshold.
+//! - **fpr95_id_rejected_at_95_ood** (the original project's, pytorch-ood's):
+//!   OOD is the positive class; raise the threshold until at least 95 % of OOD
+//!   samples are flagged (score <= t); the fraction of ID samples flagged.
+//! - **AUPR-In**: average precision with ID positive, ranking by score.
+//!   **AUPR-Out**: OOD positive, ranking by -score. AP = sum_k (R_k - R_{k-1}) P_k
+//!   over distinct thresholds (scikit-learn's `average_precision_score`).
+//!
+//! Confidence intervals: a seeded bootstrap that resamples ID and OOD scores
+//! separately (stratified); every replicate re-weights the pre-sorted scores by
+//! multinomial counts, so a replicate is one O(n) pass.
+
+use crate::error::{Error, Result};
+use crate::util::SplitMix64;
+
+/// The metrics of one (ID, OOD) pair.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OodMetrics {
+    pub auroc: f64,
+    pub fpr95_ood_accepted_at_95_id: f64,
+    pub fpr95_id_rejected_at_95_ood: f64,
+    pub aupr_in: f64,
+    pub aupr_out: f64,
+}
+
+impl OodMetrics {
+    /// (name, value) pairs in a fixed order.
+    pub fn named(&self) -> [(&'static str, f64); 5] {
+        [
+            ("auroc", self.auroc),
+            ("fpr95_ood_accepted_at_95_id", self.fpr95_ood_accepted_at_95_id),
+            ("fpr95_id_rejected_at_95_ood", self.fpr95_id_rejected_at_95_ood),
+            ("aupr_in", self.aupr_in),
+            ("aupr_out", self.aupr_out),
+        ]
+    }
+}
+
+/// Scores of both classes merged and grouped by distinct value, descending.
+#[derive(Debug, Clone)]
+pub struct Ranked {
+    /// For every sample in descending score order: (group index, is_id, original index).
+    order: Vec<(u32, bool, u32)>,
+    groups: usize,
+    n_id: usize,
+    n_ood: usize,
+}
+
+fn check(scores: &[f64], what: &str) -> Result<()> {
+    if scores.is_empty() {
+        return Err(Error::data("OOD metrics", format!("{what} scores are empty")));
+    }
+    if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+        return Err(Error::data("OOD metrics", format!("{what} score {i} is {}", scores[i])));
+    }
+    Ok(())
+}
+
+impl Ranked {
+    /// Sorts and groups the scores (NaN / inf or an empty side is an error).
+    pub fn new(id: &[f64], ood: &[f64]) -> Result<Self> {
+        check(id, "ID")?;
+        check(ood, "OOD")?;
+        let mut all: Vec<(f64, bool, u32)> = id
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| (s, true, i as u32))
+            .chain(ood.iter().enumerate().map(|(i, &s)| (s, false, i as u32)))
+            .collect();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut order = Vec::with_capacity(all.len());
+        let mut g = 0u32;
+        for (k, &(s, is_id, i)) in all.iter().enumerate() {
+            if k > 0 && s != all[k - 1].0 {
+                g += 1;
+            }
+            order.push((g, is_id, i));
+        }
+        Ok(Ranked {
+            order,
+            groups: g as usize + 1,
+            n_id: id.len(),
+            n_ood: ood.len(),
+        })
+    }
+
+    /// Per-group (ID weight, OOD weight), descending score; `w_id`/`w_ood` weight each sample.
+    fn group_weights(&self, w_id: Option<&[f64]>, w_ood: Option<&[f64]>) -> Vec<(f64, f64)> {
+        let mut g = vec![(0.0, 0.0); self.groups];
+        for &(gi, is_id, i) in &self.order {
+            let e = &mut g[gi as usize];
+            if is_id {
+                e.0 += w_id.map(|w| w[i as usize]).unwrap_or(1.0);
+            } else {
+                e.1 += w_ood.map(|w| w[i as usize]).unwrap_or(1.0);
+            }
+        }
+        g
+    }
+
+    /// All metrics, optionally with per-sample weights (bootstrap counts).
+    pub fn metrics_weighted(&self, w_id: Option<&[f64]>, w_ood: Option<&[f64]>) -> OodMetrics {
+        let g = self.group_weights(w_id, w_ood);
+        let (wi, wo): (f64, f64) = g.iter().fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        // Descending sweep: ID accepted (TP), OOD accepted (FP).
+        let (mut tp, mut fp) = (0.0, 0.0);
+        let mut auc = 0.0;
+        let mut fpr_at_95_id = f64::NAN;
+        let mut ap_in = 0.0;
+        for &(gid, good) in &g {
+            auc += good * (tp + 0.5 * gid);
+            tp += gid;
+            fp += good;
+            if gid > 0.0 {
+                ap_in += gid / wi * tp / (tp + fp);
+            }
+            if fpr_at_95_id.is_nan() && tp / wi >= 0.95 - 1e-12 {
+                fpr_at_95_id = fp / wo;
+            }
+        }
+        // Ascending sweep: OOD flagged (TP), ID flagged (FP).
+        let (mut to, mut fi) = (0.0, 0.0);
+        let mut fpr_at_95_ood = f64::NAN;
+        let mut ap_out = 0.0;
+        for &(gid, good) in g.iter().rev() {
+            to += good;
+            fi += gid;
+            if good > 0.0 {
+                ap_out += good / wo * to / (to + fi);
+            }
+            if fpr_at_95_ood.is_nan() && to / wo >= 0.95 - 1e-12 {
+                fpr_at_95_ood = fi / wi;
+            }
+        }
+        OodMetrics {
+            auroc: auc / (wi * wo),
+            fpr95_ood_accepted_at_95_id: fpr_at_95_id,
+            fpr95_id_rejected_at_95_ood: fpr_at_95_ood,
+            aupr_in: ap_in,
+            aupr_out: ap_out,
+        }
+    }
+
+    /// Seeded stratified bootstrap: `reps` replicates of every metric.
+    pub fn bootstrap(&self, reps: usize, seed: u64) -> Vec<OodMetrics> {
+        let mut rng = SplitMix64::derive(seed, &[0xb007]);
+        let mut wi = vec![0.0; self.n_id];
+        let mut wo = vec![0.0; self.n_ood];
+        (0..reps)
+            .map(|_| {
+                wi.iter_mut().for_each(|w| *w = 0.0);
+                wo.iter_mut().for_each(|w| *w = 0.0);
+                for _ in 0..self.n_id {
+                    wi[rng.below(self.n_id as u64) as usize] += 1.0;
+                }
+                for _ in 0..self.n_ood {
+                    wo[rng.below(self.n_ood as u64) as usize] += 1.0;
+                }
+                self.metrics_weighted(Some(&wi), Some(&wo))
+            })
+            .collect()
+    }
+}
+
+/// All metrics of ID scores against OOD scores.
+pub fn ood_metrics(id: &[f64], ood: &[f64]) -> Result<OodMetrics> {
+    Ok(Ranked::new(id, ood)?.metrics_weighted(None, None))
+}
+
+/// AUROC alone.
+pub fn auroc(id: &[f64], ood: &[f64]) -> Result<f64> {
+    Ok(ood_metrics(id, ood)?.auroc)
+}
+
+/// A metric value with a percentile bootstrap interval.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct WithCi {
+    pub value: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+/// Every metric with a `level` (e.g. 0.95) percentile bootstrap interval.
+pub fn ood_metrics_ci(id: &[f64], ood: &[f64], reps: usize, level: f64, seed: u64) -> Result<Vec<(&'static str, WithCi)>> {
+    if !(0.0 < level && level < 1.0) {
+        return Err(Error::param("level", format!("{level} is outside (0, 1)")));
+    }
+    let r = Ranked::new(id, ood)?;
+    let point = r.metrics_weighted(None, None);
+    let boots = r.bootstrap(reps, seed);
+    let q = |v: &mut Vec<f64>, p: f64| -> f64 {
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let pos = p * (v.len() - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+    };
+    Ok(point
+        .named()
+        .iter()
+        .enumerate()
+        .map(|(k, &(name, value))| {
+            let mut vals: Vec<f64> = boots.iter().map(|m| m.named()[k].1).collect();
+            let a = (1.0 - level) / 2.0;
+            (name, WithCi { value, ci_low: q(&mut vals, a), ci_high: q(&mut vals, 1.0 - a) })
+        })
+        .collect())
+}
+
+/// Accuracy of logits `[N, C]` against labels `[N]`.
+pub fn accuracy(logits: &tch::Tensor, labels: &tch::Tensor) -> Result<f64> {
+    let (l, y) = (logits.size(), labels.size());
+    if l.len() != 2 || y.len() != 1 || l[0] != y[0] || l[0] == 0 {
+        return Err(Error::shape("accuracy", format!("logits {l:?}, labels {y:?}")));
+    }
+    Ok(logits.argmax(-1, false).eq_tensor(labels).to_kind(tch::Kind::Double).mean(tch::Kind::Double).double_value(&[]))
+}
