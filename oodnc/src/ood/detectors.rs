@@ -324,20 +324,17 @@ pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
             Ok(Fitted::new(spec, move |f| Ok(energy_of(&(feats(f, d, &sc)?.matmul(&wm.tr()) + &b), 1.0))))
         }
         // SHE: <h, pattern of the predicted class>, patterns = mean feature of the
-        // correctly classified training samples of each class.
+        // correctly classified training samples of each class (a class with none,
+        // e.g. at initialisation, falls back to the mean of all its samples).
         "she" => {
             let h = feats(train, d, &ctx)?;
-            let pred = logits(train, c, &ctx)?.argmax(1, false);
-            let correct = pred.eq_tensor(&train.labels.to_kind(Kind::Int64)).nonzero().squeeze_dim(1);
-            if correct.size()[0] == 0 {
-                return Err(Error::data(&ctx, "no correctly classified training sample"));
-            }
-            let (patterns, _) = class_means(
-                &h.index_select(0, &correct),
-                &train.labels.index_select(0, &correct),
-                c,
-                &format!("{ctx} (correctly classified samples per class)"),
-            )?;
+            let y = train.labels.to_kind(Kind::Int64);
+            let (all_means, _) = class_means(&h, &y, c, &ctx)?;
+            let ok = logits(train, c, &ctx)?.argmax(1, false).eq_tensor(&y).to_kind(Kind::Double);
+            let counts = Tensor::zeros([c], (Kind::Double, h.device())).index_add(0, &y, &ok);
+            let sums = Tensor::zeros([c, d], (Kind::Double, h.device())).index_add(0, &y, &(&h * ok.unsqueeze(1)));
+            let has = counts.gt(0.0).unsqueeze(1);
+            let patterns = (sums / counts.clamp_min(1.0).unsqueeze(1)).where_self(&has, &all_means);
             Ok(Fitted::new(spec, move |f| {
                 let x = feats(f, d, &sc)?;
                 let pred = logits(f, c, &sc)?.argmax(1, false);

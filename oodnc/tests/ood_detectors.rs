@@ -1,0 +1,295 @@
+//! Detectors against hand-derived values and against an independent numpy /
+//! scikit-learn implementation (python/ood_numpy.py), plus bad inputs.
+
+mod common;
+
+use common::{run_python, TempDir};
+use oodnc::features::FeatureSet;
+use oodnc::ood::{detector_names, DetectorSpec, FitData};
+use oodnc::util::SplitMix64;
+use oodnc::Error;
+use tch::{Kind, Tensor};
+
+struct Fixture {
+    train: FeatureSet,
+    val: FeatureSet,
+    test: FeatureSet,
+    w: Tensor,
+    b: Tensor,
+}
+
+fn randn(g: &mut SplitMix64, n: usize) -> Vec<f64> {
+    (0..n).map(|_| g.normal()).collect()
+}
+
+fn fixture(c: i64, d: i64, per_class: i64) -> Fixture {
+    let mut g = SplitMix64::new(42);
+    let mus = Tensor::from_slice(&randn(&mut g, (c * d) as usize)).view([c, d]) * 2.0;
+    let w = Tensor::from_slice(&randn(&mut g, (c * d) as usize)).view([c, d]) * 0.7;
+    let b = Tensor::from_slice(&randn(&mut g, c as usize)) * 0.3;
+    let make = |g: &mut SplitMix64, n: i64, shift: f64, name: &str| {
+        let y: Vec<i64> = (0..n).map(|i| i % c).collect();
+        let yt = Tensor::from_slice(&y);
+        let noise = Tensor::from_slice(&randn(g, (n * d) as usize)).view([n, d]);
+        let h = (mus.index_select(0, &yt) + noise + shift).abs();
+        let z = h.matmul(&w.tr()) + &b;
+        FeatureSet::new(name, z, h, yt).unwrap()
+    };
+    let train = make(&mut g, c * per_class, 0.0, "train");
+    let val = make(&mut g, 2 * c, 0.0, "val");
+    let mut test = make(&mut g, 3 * c, 0.0, "test");
+    let ood = make(&mut g, 3 * c, 3.0, "ood");
+    test = FeatureSet::new(
+        "test",
+        Tensor::cat(&[&test.logits, &ood.logits], 0),
+        Tensor::cat(&[&test.penultimate, &ood.penultimate], 0),
+        Tensor::cat(&[&test.labels, &ood.labels], 0),
+    )
+    .unwrap();
+    Fixture { train, val, test, w, b }
+}
+
+fn fit(spec: &DetectorSpec, f: &Fixture) -> oodnc::Result<oodnc::ood::Fitted> {
+    spec.fit(&FitData { train: &f.train, val: Some(&f.val), weight: &f.w, bias: &f.b })
+}
+
+fn vec(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double)).unwrap()
+}
+
+#[test]
+fn logit_detectors_by_hand() {
+    let z = Tensor::from_slice(&[2.0f64, 1.0, 0.0, 0.0, 0.0, 0.0]).view([2, 3]);
+    let h = Tensor::ones([2, 2], (Kind::Double, tch::Device::Cpu));
+    let fs = FeatureSet::new("x", z, h, Tensor::from_slice(&[0i64, 1])).unwrap();
+    let f = Fixture {
+        train: FeatureSet::new("t", fs.logits.shallow_clone(), fs.penultimate.shallow_clone(), Tensor::from_slice(&[0i64, 1])).unwrap(),
+        val: FeatureSet::new("v", fs.logits.shallow_clone(), fs.penultimate.shallow_clone(), Tensor::from_slice(&[0i64, 1])).unwrap(),
+        test: fs,
+        w: Tensor::zeros([3, 2], (Kind::Double, tch::Device::Cpu)),
+        b: Tensor::zeros([3], (Kind::Double, tch::Device::Cpu)),
+    };
+    let e = std::f64::consts::E;
+    let s = |name: &str, p: &[(&str, f64)]| vec(&fit(&DetectorSpec::new(name, p).unwrap(), &f).unwrap().score(&f.test).unwrap());
+    let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);
+    assert!(close(&s("msp", &[]), &[e * e / (e * e + e + 1.0), 1.0 / 3.0]));
+    assert!(close(&s("maxlogit", &[]), &[2.0, 0.0]));
+    assert!(close(&s("energy", &[]), &[(e * e + e + 1.0).ln(), 3f64.ln()]));
+    assert!(close(&s("energy", &[("t", 2.0)]), &[2.0 * (e + e.sqrt() + 1.0).ln(), 2.0 * 3f64.ln()]));
+    assert!(close(&s("entropy", &[])[1..], &[(1.0f64 / 3.0).ln()]));
+    assert!(close(&s("gen", &[("gamma", 0.5), ("m", 3.0)])[1..], &[-(2f64).sqrt()]));
+}
+
+#[test]
+fn matches_numpy_and_scikit_learn() {
+    let f = fixture(4, 6, 20);
+    let specs: Vec<DetectorSpec> = [
+        ("msp", vec![]),
+        ("maxlogit", vec![]),
+        ("energy", vec![("t", 2.0)]),
+        ("entropy", vec![]),
+        ("gen", vec![("gamma", 0.5), ("m", 3.0)]),
+        ("tempscale", vec![]),
+        ("klm", vec![]),
+        ("mahalanobis", vec![]),
+        ("rmds", vec![]),
+        ("knn", vec![("k", 5.0)]),
+        ("vim", vec![("dim", 3.0)]),
+        ("residual", vec![("dim", 2.0)]),
+        ("neco", vec![("d", 3.0), ("maxlogit", 0.0)]),
+        ("neco", vec![("d", 2.0), ("maxlogit", 1.0)]),
+        ("neco_seed", vec![("d", 4.0)]),
+        ("react", vec![("p", 80.0)]),
+        ("ash_p", vec![("p", 50.0)]),
+        ("ash_b", vec![("p", 50.0)]),
+        ("ash_s", vec![("p", 50.0)]),
+        ("dice", vec![("p", 50.0)]),
+        ("she", vec![]),
+        ("fdbd", vec![]),
+    ]
+    .iter()
+    .map(|(n, p)| DetectorSpec::new(n, p).unwrap())
+    .collect();
+    // Every registered detector is covered.
+    for n in detector_names() {
+        assert!(specs.iter().any(|s| s.name == n), "{n} not compared");
+    }
+    let t = TempDir::new("ood-numpy");
+    let inp = t.path().join("in.safetensors");
+    let tensors = vec![
+        ("train_h".to_string(), f.train.penultimate.to_kind(Kind::Double)),
+        ("train_z".to_string(), f.train.logits.to_kind(Kind::Double)),
+        ("train_y".to_string(), f.train.labels.shallow_clone()),
+        ("val_z".to_string(), f.val.logits.to_kind(Kind::Double)),
+        ("val_y".to_string(), f.val.labels.shallow_clone()),
+        ("test_h".to_string(), f.test.penultimate.to_kind(Kind::Double)),
+        ("test_z".to_string(), f.test.logits.to_kind(Kind::Double)),
+        ("W".to_string(), f.w.to_kind(Kind::Double)),
+        ("b".to_string(), f.b.to_kind(Kind::Double)),
+    ];
+    oodnc::tensor_io::save(&inp, &tensors, &Default::default()).unwrap();
+    let json = serde_json::to_string(
+        &specs.iter().map(|s| serde_json::json!({"name": s.name, "params": s.params, "label": s.label()})).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let out = t.path().join("out.safetensors");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../python/ood_numpy.py");
+    let code = format!("import runpy, sys; sys.argv = ['ood_numpy.py'] + sys.argv[1:]; runpy.run_path('{script}', run_name='__main__')");
+    run_python(&code, &["score", inp.to_str().unwrap(), out.to_str().unwrap(), &json]);
+    let theirs = oodnc::tensor_io::load(&out).unwrap();
+    for spec in &specs {
+        let ours = vec(&fit(spec, &f).unwrap().score(&f.test).unwrap());
+        let ref_ = vec(&theirs.tensors[&spec.label()]);
+        let scale = ref_.iter().map(|x| x.abs()).fold(1e-12, f64::max);
+        // KNN runs its similarity matmul in f32 (speed); TempScale optimises T numerically.
+        let tol = match spec.name.as_str() { "tempscale" => 1e-4, "knn" => 1e-5, _ => 1e-7 };
+        let diff = ours.iter().zip(&ref_).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale;
+        assert!(diff < tol, "{}: relative max diff {diff}\n ours {:?}\n numpy {:?}", spec.label(), &ours[..4], &ref_[..4]);
+    }
+}
+
+#[test]
+fn mahalanobis_against_an_explicit_loop_with_an_f64_inverse() {
+    let f = fixture(3, 4, 15);
+    let s = vec(&fit(&DetectorSpec::new("mahalanobis", &[]).unwrap(), &f).unwrap().score(&f.test).unwrap());
+    let h: Vec<Vec<f64>> = (0..f.train.len()).map(|i| vec(&f.train.penultimate.get(i as i64))).collect();
+    let y: Vec<i64> = Vec::<i64>::try_from(&f.train.labels).unwrap();
+    let d = 4;
+    let mut mu = vec![vec![0.0; d]; 3];
+    let mut cnt = [0.0; 3];
+    for (x, &c) in h.iter().zip(&y) {
+        cnt[c as usize] += 1.0;
+        for k in 0..d {
+            mu[c as usize][k] += x[k];
+        }
+    }
+    for c in 0..3 {
+        for k in 0..d {
+            mu[c][k] /= cnt[c];
+        }
+    }
+    let mut cov = vec![vec![0.0; d]; d];
+    for (x, &c) in h.iter().zip(&y) {
+        for i in 0..d {
+            for j in 0..d {
+                cov[i][j] += (x[i] - mu[c as usize][i]) * (x[j] - mu[c as usize][j]) / h.len() as f64;
+            }
+        }
+    }
+    // Gauss-Jordan inverse.
+    let mut a: Vec<Vec<f64>> = cov.iter().enumerate().map(|(i, r)| {
+        let mut row = r.clone();
+        row.extend((0..d).map(|j| if i == j { 1.0 } else { 0.0 }));
+        row
+    }).collect();
+    for col in 0..d {
+        let piv = (col..d).max_by(|&p, &q| a[p][col].abs().total_cmp(&a[q][col].abs())).unwrap();
+        a.swap(col, piv);
+        let pv = a[col][col];
+        for v in a[col].iter_mut() {
+            *v /= pv;
+        }
+        for r in 0..d {
+            if r != col {
+                let fac = a[r][col];
+                for k in 0..2 * d {
+                    a[r][k] -= fac * a[col][k];
+                }
+            }
+        }
+    }
+    let inv: Vec<Vec<f64>> = a.iter().map(|r| r[d..].to_vec()).collect();
+    for i in 0..f.test.len() {
+        let x = vec(&f.test.penultimate.get(i as i64));
+        let mut best = f64::MAX;
+        for m in &mu {
+            let dv: Vec<f64> = (0..d).map(|k| x[k] - m[k]).collect();
+            let mut q = 0.0;
+            for p in 0..d {
+                for r in 0..d {
+                    q += dv[p] * inv[p][r] * dv[r];
+                }
+            }
+            best = best.min(q);
+        }
+        assert!((s[i] + best).abs() < 1e-9 * best.abs().max(1.0), "sample {i}: {} vs {}", s[i], -best);
+    }
+}
+
+#[test]
+fn knn_against_brute_force_sorting() {
+    let f = fixture(3, 5, 10);
+    let k = 4;
+    let s = vec(&fit(&DetectorSpec::new("knn", &[("k", k as f64)]).unwrap(), &f).unwrap().score(&f.test).unwrap());
+    let norm = |v: Vec<f64>| {
+        let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v.into_iter().map(|x| x / n).collect::<Vec<_>>()
+    };
+    let bank: Vec<Vec<f64>> = (0..f.train.len()).map(|i| norm(vec(&f.train.penultimate.get(i as i64)))).collect();
+    for i in 0..f.test.len() {
+        let x = norm(vec(&f.test.penultimate.get(i as i64)));
+        let mut d: Vec<f64> = bank.iter().map(|b| b.iter().zip(&x).map(|(p, q)| (p - q).powi(2)).sum::<f64>().sqrt()).collect();
+        d.sort_by(|a, b| a.total_cmp(b));
+        assert!((s[i] + d[k - 1]).abs() < 1e-5, "sample {i}: {} vs {}", s[i], -d[k - 1]);
+    }
+}
+
+#[test]
+fn singular_covariance_is_regularised_by_the_pseudo_inverse() {
+    // 6 training samples in 10 dimensions: Sigma has rank <= 6.
+    let f = fixture(2, 10, 3);
+    for name in ["mahalanobis", "rmds"] {
+        let s = vec(&fit(&DetectorSpec::new(name, &[]).unwrap(), &f).unwrap().score(&f.test).unwrap());
+        assert!(s.iter().all(|x| x.is_finite()), "{name}");
+    }
+}
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    let f = fixture(3, 6, 10);
+    // Unknown detector / parameter / invalid values.
+    assert!(matches!(DetectorSpec::new("nope", &[]), Err(Error::Unknown { .. })));
+    assert!(matches!(DetectorSpec::new("vim", &[("k", 3.0)]), Err(Error::InvalidParam { .. })));
+    assert!(DetectorSpec::new("energy", &[("t", 0.0)]).is_err());
+    assert!(DetectorSpec::new("react", &[("p", 100.0)]).is_err());
+    assert!(DetectorSpec::new("knn", &[("k", 1.5)]).is_err());
+    // ViM needs dim < D; KNN needs k <= N.
+    let e = fit(&DetectorSpec::new("vim", &[("dim", 6.0)]).unwrap(), &f).unwrap_err();
+    assert!(e.to_string().contains("smaller than the feature dimension"), "{e}");
+    assert!(fit(&DetectorSpec::new("knn", &[("k", 1000.0)]).unwrap(), &f).is_err());
+    // NaN features.
+    let mut bad = fixture(3, 6, 10);
+    let _ = bad.train.penultimate.get(0).get(0).fill_(f64::NAN);
+    let e = fit(&DetectorSpec::new("mahalanobis", &[]).unwrap(), &bad).unwrap_err();
+    assert!(e.to_string().contains("NaN"), "{e}");
+    let fitted = fit(&DetectorSpec::new("knn", &[("k", 2.0)]).unwrap(), &f).unwrap();
+    let nan_test = FeatureSet::new("t", f.test.logits.shallow_clone(), f.test.penultimate.copy().fill_(f64::NAN), f.test.labels.shallow_clone()).unwrap();
+    assert!(fitted.score(&nan_test).is_err());
+    // Shape mismatch at scoring time.
+    let wrong = FeatureSet::new("w", Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu)), Tensor::zeros([2, 5], (Kind::Float, tch::Device::Cpu)), Tensor::zeros([2], (Kind::Int64, tch::Device::Cpu))).unwrap();
+    assert!(matches!(fitted.score(&wrong), Err(Error::Shape { .. })));
+    // A class with no training sample.
+    let mut holes = fixture(3, 6, 10);
+    holes.train.labels = holes.train.labels.clamp_max(1);
+    let e = fit(&DetectorSpec::new("mahalanobis", &[]).unwrap(), &holes).unwrap_err();
+    assert!(e.to_string().contains("class 2 has no training sample"), "{e}");
+    // An empty set.
+    let empty = f.test.rows(&[], "empty");
+    assert!(fitted.score(&empty).is_err());
+    // Mismatched constructor shapes.
+    assert!(FeatureSet::new("x", Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu)), Tensor::zeros([3, 5], (Kind::Float, tch::Device::Cpu)), Tensor::zeros([2], (Kind::Int64, tch::Device::Cpu))).is_err());
+}
+
+#[test]
+fn every_detector_has_defaults_and_a_grid() {
+    for n in detector_names() {
+        DetectorSpec::new(n, &[]).unwrap();
+        let g = DetectorSpec::grid(n, 512, 100, 45_000).unwrap();
+        assert!(!g.is_empty(), "{n}");
+        if n == "vim" {
+            assert!(g.iter().all(|s| s.get("dim") < 512.0));
+        }
+    }
+    // A small feature dimension restricts the ViM grid below D.
+    assert!(DetectorSpec::grid("vim", 16, 10, 100).unwrap().iter().all(|s| s.get("dim") < 16.0));
+}

@@ -1,0 +1,191 @@
+"""Plain numpy / scikit-learn implementations of oodnc's OOD detectors.
+
+Two uses:
+- an independent formulation for oodnc's tests (`score`): same inputs, scores
+  compared to the Rust ones;
+- the baseline of `oodnc bench ood` (`bench`): fit + score time per detector.
+
+All scores are higher = more in-distribution, as in oodnc.
+
+    python ood_numpy.py score IN.safetensors OUT.safetensors SPEC_JSON
+    python ood_numpy.py bench --n-train 45000 --dim 512 --classes 100 --n-test 10000 --n-ood 26032
+"""
+import json
+import sys
+import time
+
+import numpy as np
+from scipy.special import logsumexp, softmax
+from sklearn.covariance import EmpiricalCovariance
+from sklearn.decomposition import PCA
+from sklearn.preprocessing import StandardScaler
+
+
+def energy(z, t=1.0):
+    return t * logsumexp(z / t, axis=1)
+
+
+def fit_score(name, p, tr_h, tr_y, tr_z, W, b, val_z, val_y, te_h, te_z):
+    C, D = W.shape
+    if name == "msp":
+        return softmax(te_z, axis=1).max(1)
+    if name == "maxlogit":
+        return te_z.max(1)
+    if name == "energy":
+        return energy(te_z, p["t"])
+    if name == "entropy":
+        q = softmax(te_z, axis=1)
+        return (q * np.log(q)).sum(1)
+    if name == "gen":
+        q = np.sort(softmax(te_z, axis=1), axis=1)[:, ::-1][:, : int(min(p["m"], C))]
+        return -(q ** p["gamma"] * (1 - q) ** p["gamma"]).sum(1)
+    if name in ("mahalanobis", "rmds"):
+        mus = np.stack([tr_h[tr_y == c].mean(0) for c in range(C)])
+        cen = tr_h - mus[tr_y]
+        prec = np.linalg.pinv(cen.T @ cen / len(tr_h), hermitian=True)
+        md = np.stack([np.einsum("nd,de,ne->n", te_h - m, prec, te_h - m) for m in mus], 1)
+        if name == "rmds":
+            mu0 = tr_h.mean(0)
+            c0 = tr_h - mu0
+            prec0 = np.linalg.pinv(c0.T @ c0 / len(tr_h), hermitian=True)
+            md = md - np.einsum("nd,de,ne->n", te_h - mu0, prec0, te_h - mu0)[:, None]
+        return -md.min(1)
+    if name == "knn":
+        norm = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        a, bank = norm(te_h), norm(tr_h)
+        k = int(p["k"])
+        out = []
+        for i in range(0, len(a), 2048):
+            d = np.sqrt(np.maximum(2 - 2 * a[i : i + 2048] @ bank.T, 0))
+            out.append(-np.partition(d, k - 1, axis=1)[:, k - 1])
+        return np.concatenate(out)
+    if name in ("vim", "residual"):
+        u = -np.linalg.pinv(W) @ b
+        ec = EmpiricalCovariance(assume_centered=True).fit(tr_h - u)
+        vals, vecs = np.linalg.eigh(ec.covariance_)
+        ns = vecs[:, np.argsort(vals * -1)[int(p["dim"]):]]
+        r_tr = np.linalg.norm((tr_h - u) @ ns, axis=-1)
+        alpha = tr_z.max(1).mean() / r_tr.mean()
+        r = np.linalg.norm((te_h - u) @ ns, axis=-1)
+        return energy(te_z) - alpha * r if name == "vim" else -r
+    if name == "neco":
+        sc = StandardScaler().fit(tr_h)
+        pca = PCA(n_components=D).fit(sc.transform(tr_h))
+        x = sc.transform(te_h)
+        proj = x @ pca.components_[: int(p["d"])].T
+        r = np.linalg.norm(proj, axis=1) / np.linalg.norm(x, axis=1)
+        return r * te_z.max(1) if p.get("maxlogit", 0) == 1 else r
+    if name == "neco_seed":
+        pca = PCA(n_components=min(int(p["d"]), D)).fit(tr_h)
+        return np.linalg.norm(te_h @ pca.components_.T, axis=1) / (np.linalg.norm(te_h, axis=1) + 1e-8)
+    if name == "react":
+        clip = np.percentile(tr_h.flatten(), p["p"])
+        return energy(np.minimum(te_h, clip) @ W.T + b)
+    if name in ("ash_p", "ash_b", "ash_s"):
+        x = te_h.copy()
+        k = max(1, int(round(D * (1 - p["p"] / 100))))
+        thresh = np.sort(x, axis=1)[:, ::-1][:, k - 1 : k]
+        keep = x >= thresh
+        s1 = x.sum(1, keepdims=True)
+        if name == "ash_p":
+            x = x * keep
+        elif name == "ash_b":
+            x = keep * (s1 / np.maximum(keep.sum(1, keepdims=True), 1))
+        else:
+            pr = x * keep
+            x = pr * np.exp(s1 / np.maximum(pr.sum(1, keepdims=True), 1e-12))
+        return energy(x @ W.T + b)
+    if name == "dice":
+        contrib = W * tr_h.mean(0)[None, :]
+        mask = contrib > np.percentile(contrib, p["p"])
+        return energy(te_h @ (W * mask).T + b)
+    if name == "she":
+        pred = tr_z.argmax(1)
+        ok = pred == tr_y
+        pats = np.stack([tr_h[ok & (tr_y == c)].mean(0) if (ok & (tr_y == c)).any() else tr_h[tr_y == c].mean(0) for c in range(C)])
+        return (te_h * pats[te_z.argmax(1)]).sum(1)
+    if name == "klm":
+        q = softmax(tr_z, axis=1)
+        pred = q.argmax(1)
+        temps = np.stack([q[pred == c].mean(0) for c in range(C) if (pred == c).any()])
+        qt = softmax(te_z, axis=1)
+        kl = (qt[:, None, :] * (np.log(qt[:, None, :]) - np.log(np.maximum(temps[None], 1e-12)))).sum(-1)
+        return -kl.min(1)
+    if name == "fdbd":
+        mu = tr_h.mean(0)
+        z = te_h @ W.T + b
+        pred = z.argmax(1)
+        out = np.zeros(len(te_h))
+        for i in range(len(te_h)):
+            c = pred[i]
+            js = [j for j in range(C) if j != c]
+            num = np.abs(z[i, c] - z[i, js]) / np.linalg.norm(W[c] - W[js], axis=1)
+            out[i] = num.mean() / np.linalg.norm(te_h[i] - mu)
+        return out
+    if name == "tempscale":
+        from scipy.optimize import minimize_scalar
+
+        def nll(lt):
+            lp = val_z / np.exp(lt) - logsumexp(val_z / np.exp(lt), axis=1, keepdims=True)
+            return -lp[np.arange(len(val_y)), val_y].mean()
+
+        t = np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20)), method="bounded").x)
+        return softmax(te_z / t, axis=1).max(1)
+    raise SystemExit(f"unknown detector {name}")
+
+
+def cmd_score(inp, out, spec_json):
+    from safetensors.numpy import load_file, save_file
+
+    t = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in load_file(inp).items()}
+    specs = json.loads(spec_json)
+    res = {}
+    for s in specs:
+        res[s["label"]] = fit_score(
+            s["name"], s["params"], t["train_h"], t["train_y"].astype(int), t["train_z"], t["W"], t["b"],
+            t["val_z"], t["val_y"].astype(int), t["test_h"], t["test_z"],
+        ).astype(np.float64)
+    save_file(res, out)
+
+
+def cmd_bench(args):
+    rng = np.random.default_rng(0)
+    C, D = args.classes, args.dim
+    mus = rng.normal(size=(C, D)) * 2
+    tr_y = rng.integers(0, C, args.n_train)
+    tr_h = np.maximum(mus[tr_y] + rng.normal(size=(args.n_train, D)), 0)
+    W = rng.normal(size=(C, D)) * 0.05
+    b = rng.normal(size=C) * 0.1
+    tr_z = tr_h @ W.T + b
+    te = np.maximum(rng.normal(size=(args.n_test + args.n_ood, D)) + 1, 0)
+    te_z = te @ W.T + b
+    val_y = tr_y[:5000]
+    out = {}
+    for name, p in json.loads(args.specs):
+        t0 = time.perf_counter()
+        fit_score(name, p, tr_h, tr_y, tr_z, W, b, tr_z[:5000], val_y, te, te_z)
+        out[name] = time.perf_counter() - t0
+    print(json.dumps(out))
+
+
+def main():
+    if sys.argv[1] == "score":
+        cmd_score(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif sys.argv[1] == "bench":
+        import argparse
+
+        ap = argparse.ArgumentParser()
+        ap.add_argument("cmd")
+        ap.add_argument("--n-train", type=int, default=45000)
+        ap.add_argument("--dim", type=int, default=512)
+        ap.add_argument("--classes", type=int, default=100)
+        ap.add_argument("--n-test", type=int, default=10000)
+        ap.add_argument("--n-ood", type=int, default=26032)
+        ap.add_argument("--specs", required=True)
+        cmd_bench(ap.parse_args())
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
