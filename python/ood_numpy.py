@@ -28,7 +28,7 @@ def energy(z, t=1.0):
 def fit_score(name, p, tr_h, tr_y, tr_z, W, b, val_z, val_y, te_h, te_z):
     C, D = W.shape
     if name == "msp":
-        return softmax(te_z, axis=1).max(1)
+        return np.log(softmax(te_z, axis=1).max(1))
     if name == "maxlogit":
         return te_z.max(1)
     if name == "energy":
@@ -130,7 +130,7 @@ def fit_score(name, p, tr_h, tr_y, tr_z, W, b, val_z, val_y, te_h, te_z):
             return -lp[np.arange(len(val_y)), val_y].mean()
 
         t = np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20)), method="bounded").x)
-        return softmax(te_z / t, axis=1).max(1)
+        return np.log(softmax(te_z / t, axis=1).max(1))
     raise SystemExit(f"unknown detector {name}")
 
 

@@ -22,6 +22,7 @@ pub mod model;
 pub mod ood;
 pub mod plot;
 pub mod progress;
+pub mod report;
 pub mod tensor_io;
 pub mod train;
 pub mod util;

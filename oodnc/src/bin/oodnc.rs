@@ -24,6 +24,35 @@ enum Command {
     Data(DataCmd),
     /// Train a ResNet-18 (seeded; resumable; checkpoints and history under runs/NAME).
     Train(TrainArgs),
+    /// Extract and cache features of every evaluation set at some checkpoints.
+    Extract {
+        #[arg(long)]
+        run: String,
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        /// all | last | a comma-separated list (e.g. 25,50)
+        #[arg(long, default_value = "all")]
+        epochs: String,
+        /// Also the stem and the 8 block outputs (for layer-wise NC).
+        #[arg(long)]
+        taps: bool,
+    },
+    /// OOD detection: every detector on every OOD set, hyperparameters chosen on held-out data.
+    Ood {
+        #[arg(long)]
+        run: String,
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        /// all | last | a comma-separated list
+        #[arg(long, default_value = "all")]
+        epochs: String,
+        /// Comma-separated detector names, or "all" / "seed" (the original's six).
+        #[arg(long, default_value = "all")]
+        detectors: String,
+        /// Bootstrap replicates for the confidence intervals (0 = none).
+        #[arg(long, default_value_t = 200)]
+        bootstrap: usize,
+    },
     /// Benchmarks; each prints a ratio against a baseline measured in the same run.
     Bench {
         /// data | train | all
@@ -148,6 +177,18 @@ fn parse_device(d: Option<&str>) -> oodnc::Result<tch::Device> {
     }
 }
 
+fn parse_epochs(run_dir: &std::path::Path, spec: &str) -> oodnc::Result<Vec<i64>> {
+    let avail = oodnc::train::trainer::available_epochs(run_dir)?;
+    match spec {
+        "all" => Ok(avail),
+        "last" => Ok(avail.last().copied().into_iter().collect()),
+        list => list
+            .split(',')
+            .map(|x| x.trim().parse::<i64>().map_err(|_| oodnc::Error::param("--epochs", format!("'{x}' is not an epoch number"))))
+            .collect(),
+    }
+}
+
 fn train(a: TrainArgs) -> oodnc::Result<()> {
     let mut cfg = match &a.config {
         Some(p) => oodnc::config::RunConfig::read(p)?,
@@ -239,6 +280,34 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             );
         }
         Command::Train(a) => train(a)?,
+        Command::Extract { run, runs, epochs, taps } => {
+            let run_dir = runs.join(&run);
+            let cfg = oodnc::config::RunConfig::read(run_dir.join("config.toml"))?;
+            let eps = parse_epochs(&run_dir, &epochs)?;
+            let sets = oodnc::data::protocol::load_eval_sets(&cfg)?;
+            let opts = oodnc::features::ExtractOptions { taps, pool2x2: false };
+            let device = oodnc::device::best_device();
+            for e in eps {
+                let t = std::time::Instant::now();
+                oodnc::ood::pipeline::epoch_features(&run_dir, e, &sets, opts, device)?;
+                println!("epoch {e}: features cached in {:.1}s", t.elapsed().as_secs_f64());
+            }
+        }
+        Command::Ood { run, runs, epochs, detectors, bootstrap } => {
+            let run_dir = runs.join(&run);
+            let eps = parse_epochs(&run_dir, &epochs)?;
+            let names: Vec<&str> = match detectors.as_str() {
+                "all" => oodnc::ood::detector_names(),
+                "seed" => oodnc::ood::SEED_SIX.to_vec(),
+                list => list.split(',').map(str::trim).collect(),
+            };
+            let study = oodnc::ood::pipeline::run(&run_dir, &eps, &names, bootstrap, oodnc::device::best_device())?;
+            let rows = oodnc::report::long_rows(&study.frame, "detector")?;
+            let last = oodnc::report::last_epoch(&rows)?;
+            println!("{}", oodnc::report::ood_table(&rows, last)?);
+            println!("scores: higher = more in-distribution; FPR95 = fraction of OOD accepted at 95% ID recall");
+            println!("table: {}", study.csv.display());
+        }
         Command::Bench { what } => {
             let device = oodnc::device::best_device();
             println!("oodnc bench on {device:?}, {} threads", tch::get_num_threads());

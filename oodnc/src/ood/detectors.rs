@@ -96,8 +96,9 @@ pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
     let name = spec.name.clone();
     let sc = format!("{name} score");
     match spec.name.as_str() {
-        // MSP: max_c softmax(z)_c.
-        "msp" => Ok(Fitted::new(spec, move |f| Ok(max_dim1(&logits(f, c, &sc)?.softmax(-1, Kind::Double))))),
+        // MSP: max_c softmax(z)_c, returned as its logarithm -log1p(sum_{j != max} exp(z_j - z_max)):
+        // a monotone transform (identical metrics) that does not saturate at 1.0 in floating point.
+        "msp" => Ok(Fitted::new(spec, move |f| Ok(log_msp(&logits(f, c, &sc)?)))),
         // MaxLogit: max_c z_c.
         "maxlogit" => Ok(Fitted::new(spec, move |f| Ok(max_dim1(&logits(f, c, &sc)?)))),
         // Energy: T logsumexp(z / T) (the negative free energy).
@@ -137,7 +138,7 @@ pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
                 }
             }
             let t = ((a + bb) / 2.0).exp();
-            let mut fitted = Fitted::new(spec, move |f| Ok(max_dim1(&(logits(f, c, &sc)? / t).softmax(-1, Kind::Double))));
+            let mut fitted = Fitted::new(spec, move |f| Ok(log_msp(&(logits(f, c, &sc)? / t))));
             fitted.params.insert("t_fitted".into(), t);
             Ok(fitted)
         }
@@ -367,6 +368,13 @@ pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
             known: super::detector_names().join(", "),
         }),
     }
+}
+
+/// log max-softmax, precise for confident samples: -log1p(sum_{j != argmax} exp(z_j - z_max)).
+fn log_msp(z: &Tensor) -> Tensor {
+    let (zmax, arg) = z.max_dim(1, true);
+    let others = (z - &zmax).exp().scatter_value(1, &arg, 0.0).sum_dim_intlist(&[1i64][..], false, Kind::Double);
+    -others.log1p()
 }
 
 fn normalize_rows(x: &Tensor) -> Tensor {

@@ -14,6 +14,7 @@ pub mod detectors;
 pub mod eval;
 pub mod linalg;
 pub mod metrics;
+pub mod pipeline;
 
 use crate::error::{Error, Result};
 use crate::features::FeatureSet;
@@ -86,12 +87,12 @@ pub struct DetectorSpec {
 
 /// Registered detectors: (name, hyperparameter names, one-line description).
 pub const DETECTORS: &[(&str, &[&str], &str)] = &[
-    ("msp", &[], "maximum softmax probability (Hendrycks & Gimpel 2017)"),
+    ("msp", &[], "maximum softmax probability (Hendrycks & Gimpel 2017), returned as log-MSP"),
     ("maxlogit", &[], "maximum logit (Hendrycks et al. 2022)"),
     ("energy", &["t"], "free energy T logsumexp(z/T) (Liu et al. 2020)"),
     ("entropy", &[], "negative predictive entropy"),
     ("gen", &["gamma", "m"], "generalized entropy over the top-M probabilities (Liu et al. 2023)"),
-    ("tempscale", &[], "MSP after temperature scaling fitted on ID val (Guo et al. 2017)"),
+    ("tempscale", &[], "log-MSP after temperature scaling fitted on ID val (Guo et al. 2017)"),
     ("klm", &[], "KL matching to class-conditional mean softmax (Hendrycks et al. 2022)"),
     ("mahalanobis", &[], "min class-conditional Mahalanobis distance, tied covariance (Lee et al. 2018)"),
     ("rmds", &[], "relative Mahalanobis distance (Ren et al. 2021)"),

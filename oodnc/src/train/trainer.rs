@@ -359,3 +359,22 @@ mod tests {
         assert_eq!(cosine_lr(0.1, 0.0, 300.0), 0.1);
     }
 }
+
+/// Epochs that have a checkpoint in a run, ascending (real epoch numbers only).
+pub fn available_epochs(run_dir: &Path) -> Result<Vec<i64>> {
+    let dir = run_dir.join("checkpoints");
+    let rd = std::fs::read_dir(&dir).map_err(|_| Error::Missing {
+        what: "checkpoints folder".into(),
+        path: dir.clone(),
+        hint: "; train first (`oodnc train` or notebook 01)".into(),
+    })?;
+    let mut v: Vec<i64> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_prefix("epoch_")?.strip_suffix(".safetensors")?.parse().ok()
+        })
+        .collect();
+    v.sort_unstable();
+    Ok(v)
+}

@@ -1,0 +1,122 @@
+//! The OOD study of a run: features from the cache, hyperparameters chosen on
+//! held-out data, every detector on every OOD set at every requested checkpoint.
+
+use super::eval::{evaluate, rows_to_frame, select_hyperparameters, EvalInputs, Row, Selection};
+use crate::config::RunConfig;
+use crate::data::protocol::{load_eval_sets, EvalSets};
+use crate::error::{Error, Result};
+use crate::features::{cached, ExtractOptions, FeatureSet};
+use polars::prelude::*;
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+/// Results of [`run`].
+pub struct OodStudy {
+    /// Long form: epoch, detector, dataset, metric, value, ci_low, ci_high.
+    pub frame: DataFrame,
+    /// Chosen hyperparameters per (epoch, detector).
+    pub selections: Vec<(i64, Selection)>,
+    pub csv: PathBuf,
+}
+
+/// Features of every evaluation set at `epoch`.
+pub struct EpochFeatures {
+    pub train: FeatureSet,
+    pub val: FeatureSet,
+    pub ood_val: FeatureSet,
+    pub test: FeatureSet,
+    pub ood: Vec<FeatureSet>,
+}
+
+/// Extracts (or reads from the cache) every evaluation set at `epoch`.
+pub fn epoch_features(run_dir: &Path, epoch: i64, sets: &EvalSets, opts: ExtractOptions, device: Device) -> Result<EpochFeatures> {
+    let f = |d: &crate::data::Dataset| cached(run_dir, epoch, d, opts, device);
+    Ok(EpochFeatures {
+        train: f(&sets.id_train)?,
+        val: f(&sets.id_val)?,
+        ood_val: f(&sets.ood_val)?,
+        test: f(&sets.id_test)?,
+        ood: sets.ood.iter().map(f).collect::<Result<_>>()?,
+    })
+}
+
+/// Runs the OOD study of `run_dir` for `epochs` (all checkpoints when empty) and
+/// `detectors`, with `reps` bootstrap replicates; writes `ood/metrics.csv` and
+/// `ood/selection.json` in the run folder.
+pub fn run(run_dir: &Path, epochs: &[i64], detectors: &[&str], reps: usize, device: Device) -> Result<OodStudy> {
+    let cfg = RunConfig::read(run_dir.join("config.toml"))?;
+    let available = crate::train::trainer::available_epochs(run_dir)?;
+    let epochs: Vec<i64> = if epochs.is_empty() { available.clone() } else { epochs.to_vec() };
+    if let Some(e) = epochs.iter().find(|e| !available.contains(e)) {
+        return Err(Error::Missing {
+            what: format!("checkpoint of epoch {e}"),
+            path: crate::train::trainer::checkpoint_path(run_dir, *e),
+            hint: format!("; available epochs: {available:?}"),
+        });
+    }
+    for d in detectors {
+        super::DetectorSpec::new(d, &[])?;
+    }
+    let sets = load_eval_sets(&cfg)?;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut selections = Vec::new();
+    let mut prog = crate::progress::Progress::new("ood", (epochs.len() * detectors.len()) as u64);
+    for &epoch in &epochs {
+        let feats = epoch_features(run_dir, epoch, &sets, ExtractOptions::default(), device)?;
+        let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, epoch, Device::Cpu)?;
+        let (w, b) = model.head();
+        let inputs = EvalInputs {
+            train: &feats.train,
+            val: &feats.val,
+            ood_val: &feats.ood_val,
+            id_test: &feats.test,
+            ood: feats.ood.iter().collect(),
+            weight: &w,
+            bias: &b,
+        };
+        let mut chosen = Vec::new();
+        for d in detectors {
+            let sel = select_hyperparameters(d, &inputs)?;
+            chosen.push(sel.chosen.clone());
+            selections.push((epoch, sel));
+            prog.inc(1, || format!("epoch {epoch} {d}"));
+        }
+        let mut r = evaluate(epoch, &chosen, &inputs, reps, cfg.seed)?;
+        // Keep the per-detector rows unique for the ID accuracy row too.
+        rows.append(&mut r);
+    }
+    prog.finish();
+    let mut frame = rows_to_frame(&rows)?;
+    let dir = run_dir.join("ood");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let csv = dir.join("metrics.csv");
+    write_csv(&mut frame, &csv)?;
+    let sel_json: Vec<serde_json::Value> = selections
+        .iter()
+        .map(|(e, s)| serde_json::json!({"epoch": e, "detector": s.chosen.name, "chosen": s.chosen.params, "candidates": s.candidates.iter().map(|(c, a)| serde_json::json!({"params": c.params, "val_auroc_vs_ood_val": a})).collect::<Vec<_>>()}))
+        .collect();
+    crate::util::write_atomic(dir.join("selection.json"), serde_json::to_string_pretty(&sel_json).unwrap_or_default().as_bytes())?;
+    Ok(OodStudy { frame, selections, csv })
+}
+
+/// Writes a DataFrame as CSV (atomically).
+pub fn write_csv(df: &mut DataFrame, path: &Path) -> Result<()> {
+    let mut buf = Vec::new();
+    CsvWriter::new(&mut buf).include_header(true).finish(df)?;
+    crate::util::write_atomic(path, &buf)
+}
+
+/// Reads a long-form CSV written by [`write_csv`].
+pub fn read_csv(path: &Path) -> Result<DataFrame> {
+    if !path.exists() {
+        return Err(Error::Missing {
+            what: "results table".into(),
+            path: path.to_path_buf(),
+            hint: "; run the analysis first (`oodnc ood` / `oodnc nc`, or the notebook)".into(),
+        });
+    }
+    Ok(CsvReadOptions::default()
+        .with_has_header(true)
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))?
+        .finish()?)
+}

@@ -1,0 +1,141 @@
+//! Tables from the long-form results: Markdown for the README and notebooks,
+//! plain text for the terminal.
+
+use crate::error::{Error, Result};
+use polars::prelude::*;
+use std::collections::BTreeMap;
+
+/// One row of a long-form table, read back from a DataFrame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongRow {
+    pub epoch: i64,
+    pub key: String,
+    pub dataset: String,
+    pub metric: String,
+    pub value: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+fn str_col(df: &DataFrame, name: &str) -> Result<Vec<String>> {
+    let c = df.column(name)?.str()?;
+    Ok((0..c.len()).map(|i| c.get(i).unwrap_or("").to_string()).collect())
+}
+
+fn f64_col(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
+    let c = df.column(name)?.cast(&DataType::Float64)?;
+    let c = c.f64()?;
+    Ok((0..c.len()).map(|i| c.get(i).unwrap_or(f64::NAN)).collect())
+}
+
+/// Rows of a long-form frame; `key` is the column naming the method or layer
+/// (`detector` for OOD tables, `layer` for NC tables).
+pub fn long_rows(df: &DataFrame, key: &str) -> Result<Vec<LongRow>> {
+    let epochs: Vec<i64> = f64_col(df, "epoch")?.into_iter().map(|v| v as i64).collect();
+    let keys = str_col(df, key)?;
+    let datasets = str_col(df, "dataset")?;
+    let metrics = str_col(df, "metric")?;
+    let values = f64_col(df, "value")?;
+    let n = epochs.len();
+    let (lo, hi) = if df.column("ci_low").is_ok() {
+        (f64_col(df, "ci_low")?, f64_col(df, "ci_high")?)
+    } else {
+        (vec![f64::NAN; n], vec![f64::NAN; n])
+    };
+    Ok((0..n)
+        .map(|i| LongRow {
+            epoch: epochs[i],
+            key: keys[i].clone(),
+            dataset: datasets[i].clone(),
+            metric: metrics[i].clone(),
+            value: values[i],
+            ci_low: lo[i],
+            ci_high: hi[i],
+        })
+        .collect())
+}
+
+/// The last epoch present.
+pub fn last_epoch(rows: &[LongRow]) -> Result<i64> {
+    rows.iter().map(|r| r.epoch).max().ok_or_else(|| Error::data("report", "empty table"))
+}
+
+/// Markdown table of one epoch: a row per detector, for each OOD set
+/// "AUROC / FPR@95 (OOD accepted at 95 % ID)", then the mean over sets.
+pub fn ood_table(rows: &[LongRow], epoch: i64) -> Result<String> {
+    let mut datasets: Vec<String> = Vec::new();
+    let mut detectors: Vec<String> = Vec::new();
+    let mut v: BTreeMap<(String, String, String), f64> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.epoch == epoch && r.key != "classifier") {
+        if !datasets.contains(&r.dataset) {
+            datasets.push(r.dataset.clone());
+        }
+        if !detectors.contains(&r.key) {
+            detectors.push(r.key.clone());
+        }
+        v.insert((r.key.clone(), r.dataset.clone(), r.metric.clone()), r.value);
+    }
+    if detectors.is_empty() {
+        return Err(Error::data("OOD table", format!("no rows for epoch {epoch}")));
+    }
+    let mut s = format!("| detector (epoch {epoch}) |");
+    for d in &datasets {
+        s.push_str(&format!(" {d} AUROC / FPR95 |"));
+    }
+    s.push_str(" mean AUROC / FPR95 |\n|---|");
+    s.push_str(&"---|".repeat(datasets.len() + 1));
+    s.push('\n');
+    for det in &detectors {
+        s.push_str(&format!("| {det} |"));
+        let (mut sa, mut sf) = (0.0, 0.0);
+        for d in &datasets {
+            let a = v.get(&(det.clone(), d.clone(), "auroc".into())).copied().unwrap_or(f64::NAN);
+            let f = v.get(&(det.clone(), d.clone(), "fpr95_ood_accepted_at_95_id".into())).copied().unwrap_or(f64::NAN);
+            sa += a;
+            sf += f;
+            s.push_str(&format!(" {a:.4} / {:.1}% |", 100.0 * f));
+        }
+        let k = datasets.len() as f64;
+        s.push_str(&format!(" {:.4} / {:.1}% |\n", sa / k, 100.0 * sf / k));
+    }
+    Ok(s)
+}
+
+/// Markdown table with one row per `key` and one column per metric, for one
+/// epoch and dataset (NC tables).
+pub fn wide_table(rows: &[LongRow], epoch: i64, dataset: &str, metrics: &[&str]) -> Result<String> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut v: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.epoch == epoch && r.dataset == dataset) {
+        if !keys.contains(&r.key) {
+            keys.push(r.key.clone());
+        }
+        v.insert((r.key.clone(), r.metric.clone()), r.value);
+    }
+    if keys.is_empty() {
+        return Err(Error::data("table", format!("no rows for epoch {epoch}, dataset {dataset}")));
+    }
+    let mut s = String::from("| |");
+    for m in metrics {
+        s.push_str(&format!(" {m} |"));
+    }
+    s.push_str("\n|---|");
+    s.push_str(&"---|".repeat(metrics.len()));
+    s.push('\n');
+    for k in &keys {
+        s.push_str(&format!("| {k} |"));
+        for m in metrics {
+            match v.get(&(k.clone(), m.to_string())) {
+                Some(x) if x.is_finite() => s.push_str(&format!(" {x:.4} |")),
+                _ => s.push_str(" – |"),
+            }
+        }
+        s.push('\n');
+    }
+    Ok(s)
+}
+
+/// Shows Markdown in a notebook (evcxr `text/markdown`) as well as plain text.
+pub fn display_markdown(md: &str) {
+    println!("EVCXR_BEGIN_CONTENT text/markdown\n{md}\nEVCXR_END_CONTENT");
+}
