@@ -19,6 +19,7 @@ pub mod error;
 pub mod features;
 pub mod info;
 pub mod model;
+pub mod nc;
 pub mod ood;
 pub mod plot;
 pub mod progress;

@@ -53,6 +53,22 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         bootstrap: usize,
     },
+    /// Neural Collapse NC1-NC5 across checkpoints (and layers with --layers).
+    Nc {
+        #[arg(long)]
+        run: String,
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        /// all | last | a comma-separated list
+        #[arg(long, default_value = "all")]
+        epochs: String,
+        /// Layer-wise NC (stem, 8 blocks, penultimate).
+        #[arg(long)]
+        layers: bool,
+        /// With --layers: also 2x2 adaptive pooling of the block outputs.
+        #[arg(long)]
+        pool2x2: bool,
+    },
     /// Benchmarks; each prints a ratio against a baseline measured in the same run.
     Bench {
         /// data | train | all
@@ -280,6 +296,22 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             );
         }
         Command::Train(a) => train(a)?,
+        Command::Nc { run, runs, epochs, layers, pool2x2 } => {
+            let run_dir = runs.join(&run);
+            let eps = parse_epochs(&run_dir, &epochs)?;
+            let opts = oodnc::nc::study::NcOptions { layers, pool2x2, ..Default::default() };
+            let st = oodnc::nc::study::run(&run_dir, &eps, opts, oodnc::device::best_device())?;
+            let df = &st.frame;
+            let rows = oodnc::report::long_rows(df, "layer")?;
+            let last = oodnc::report::last_epoch(&rows)?;
+            let metrics = ["accuracy", "nc1", "nc1_raw", "cdnv", "nc2_equinorm_m", "nc2_maxangle_m", "nc2_equinorm_w", "nc2_maxangle_w", "nc3", "nc4_ncc_mismatch", "ncc_accuracy"];
+            println!("epoch {last}, ID train (unaugmented):\n{}", oodnc::report::wide_table(&rows, last, "id-train", &metrics)?);
+            match st.terminal_phase_start {
+                Some(e) => println!("terminal phase of training starts at epoch {e} (first epoch with train accuracy >= 99.9%)"),
+                None => println!("terminal phase not reached (no checkpoint with train accuracy >= 99.9%)"),
+            }
+            println!("table: {}", st.csv.display());
+        }
         Command::Extract { run, runs, epochs, taps } => {
             let run_dir = runs.join(&run);
             let cfg = oodnc::config::RunConfig::read(run_dir.join("config.toml"))?;

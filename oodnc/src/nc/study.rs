@@ -1,0 +1,154 @@
+//! The NC study of a run: across checkpoints (real epoch numbers) and layers.
+
+use super::layers::{layer_metrics, separation_fuzziness_slope};
+use super::metrics::{nc5, nc_metrics, nc_with_ood_class};
+use crate::config::RunConfig;
+use crate::data::protocol::load_eval_sets;
+use crate::error::{Error, Result};
+use crate::features::{cached, ExtractOptions};
+use polars::prelude::*;
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+/// One row: (epoch, layer, dataset, metric, value).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NcRow {
+    pub epoch: i64,
+    pub layer: String,
+    pub dataset: String,
+    pub metric: String,
+    pub value: f64,
+}
+
+/// Results of [`run`].
+pub struct NcStudy {
+    pub frame: DataFrame,
+    pub rows: Vec<NcRow>,
+    /// First epoch whose unaugmented train accuracy reaches the threshold.
+    pub terminal_phase_start: Option<i64>,
+    pub csv: PathBuf,
+}
+
+/// Options of the study.
+#[derive(Debug, Clone, Copy)]
+pub struct NcOptions {
+    /// Also every block (features extracted with taps).
+    pub layers: bool,
+    /// 2x2 adaptive pooling of the taps in addition to global average pooling.
+    pub pool2x2: bool,
+    /// Train accuracy that marks the terminal phase of training.
+    pub tpt_threshold: f64,
+}
+
+impl Default for NcOptions {
+    fn default() -> Self {
+        NcOptions {
+            layers: false,
+            pool2x2: false,
+            tpt_threshold: 0.999,
+        }
+    }
+}
+
+/// The terminal phase of training: the first epoch with `accuracy >= threshold`.
+pub fn terminal_phase(acc_by_epoch: &[(i64, f64)], threshold: f64) -> Option<i64> {
+    let mut v = acc_by_epoch.to_vec();
+    v.sort_by_key(|x| x.0);
+    v.into_iter().find(|(_, a)| *a >= threshold).map(|(e, _)| e)
+}
+
+/// Runs NC1-NC5 (and layer-wise NC with `opts.layers`) on the ID training split
+/// of `run_dir` at `epochs` (all checkpoints when empty); writes `nc/metrics.csv`.
+pub fn run(run_dir: &Path, epochs: &[i64], opts: NcOptions, device: Device) -> Result<NcStudy> {
+    let cfg = RunConfig::read(run_dir.join("config.toml"))?;
+    let available = crate::train::trainer::available_epochs(run_dir)?;
+    let epochs: Vec<i64> = if epochs.is_empty() { available.clone() } else { epochs.to_vec() };
+    let sets = load_eval_sets(&cfg)?;
+    let c = cfg.model.num_classes;
+    let x_opts = ExtractOptions { taps: opts.layers, pool2x2: opts.layers && opts.pool2x2 };
+    let mut rows = Vec::new();
+    let mut push = |epoch: i64, layer: &str, dataset: &str, metric: &str, value: f64| {
+        rows.push(NcRow { epoch, layer: layer.into(), dataset: dataset.into(), metric: metric.into(), value });
+    };
+    let mut prog = crate::progress::Progress::new("nc", epochs.len() as u64);
+    let mut acc = Vec::new();
+    for &epoch in &epochs {
+        if !available.contains(&epoch) {
+            return Err(Error::Missing {
+                what: format!("checkpoint of epoch {epoch}"),
+                path: crate::train::trainer::checkpoint_path(run_dir, epoch),
+                hint: format!("; available: {available:?}"),
+            });
+        }
+        let train = cached(run_dir, epoch, &sets.id_train, x_opts, device)?;
+        let ood: Vec<_> = sets.ood.iter().map(|d| cached(run_dir, epoch, d, x_opts, device)).collect::<Result<_>>()?;
+        let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, epoch, Device::Cpu)?;
+        let (w, _) = model.head();
+        let (m, st) = nc_metrics(&train.penultimate, &train.labels, c, Some(&train.logits), Some(&w))?;
+        for (k, v) in m.named() {
+            push(epoch, "penultimate", "id-train", k, v);
+        }
+        acc.push((epoch, m.accuracy.unwrap_or(0.0)));
+        for o in &ood {
+            let (a, b) = nc5(&st, &o.penultimate)?;
+            push(epoch, "penultimate", &o.name, "nc5", a);
+            push(epoch, "penultimate", &o.name, "nc5_uncentred", b);
+            let (nc1o, ang) = nc_with_ood_class(&st, &train.penultimate, &train.labels, &o.penultimate)?;
+            push(epoch, "penultimate", &o.name, "nc1_with_ood_class", nc1o);
+            push(epoch, "penultimate", &o.name, "nc2_maxangle_with_ood_class", ang);
+        }
+        if opts.layers {
+            let oref: Vec<&_> = ood.iter().collect();
+            for pooled in [false, true] {
+                if pooled && !opts.pool2x2 {
+                    continue;
+                }
+                let res = layer_metrics(&train, &w, c, &oref, pooled)?;
+                let mut fuzz = Vec::new();
+                for r in &res {
+                    let lname = if pooled && r.layer == "penultimate" { "penultimate" } else { &r.layer };
+                    if pooled && r.layer == "penultimate" {
+                        continue; // already reported above
+                    }
+                    for (k, v) in r.metrics.named() {
+                        push(epoch, lname, "id-train", k, v);
+                    }
+                    push(epoch, lname, "id-train", "dim", r.dim as f64);
+                    push(epoch, lname, "id-train", "dim_below_classes", if r.dim < c - 1 { 1.0 } else { 0.0 });
+                    for (oname, a, b) in &r.nc5 {
+                        push(epoch, lname, oname, "nc5", *a);
+                        push(epoch, lname, oname, "nc5_uncentred", *b);
+                    }
+                    fuzz.push(r.metrics.nc1_raw);
+                }
+                if !pooled {
+                    if let Ok((_, slope)) = separation_fuzziness_slope(&fuzz) {
+                        push(epoch, "all", "id-train", "fuzziness_log_slope", slope);
+                        push(epoch, "all", "id-train", "fuzziness_ratio_per_layer", slope.exp());
+                    }
+                }
+            }
+        }
+        prog.inc(1, || format!("epoch {epoch}"));
+    }
+    prog.finish();
+    let tpt = terminal_phase(&acc, opts.tpt_threshold);
+    let mut frame = df!(
+        "epoch" => rows.iter().map(|r| r.epoch).collect::<Vec<_>>(),
+        "layer" => rows.iter().map(|r| r.layer.clone()).collect::<Vec<_>>(),
+        "dataset" => rows.iter().map(|r| r.dataset.clone()).collect::<Vec<_>>(),
+        "metric" => rows.iter().map(|r| r.metric.clone()).collect::<Vec<_>>(),
+        "value" => rows.iter().map(|r| r.value).collect::<Vec<_>>(),
+    )?;
+    let dir = run_dir.join("nc");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let csv = dir.join(if opts.layers { "layers.csv" } else { "metrics.csv" });
+    crate::ood::pipeline::write_csv(&mut frame, &csv)?;
+    let summary = serde_json::json!({
+        "terminal_phase_rule": format!("first epoch with unaugmented train accuracy >= {}", opts.tpt_threshold),
+        "terminal_phase_start": tpt,
+        "train_accuracy_by_epoch": acc,
+    });
+    crate::util::write_atomic(dir.join("terminal_phase.json"), summary.to_string().as_bytes())?;
+    Ok(NcStudy { frame, rows, terminal_phase_start: tpt, csv })
+}

@@ -1,0 +1,218 @@
+//! Neural Collapse metrics on exact and perturbed simplex ETFs, against an
+//! independent computation, and on bad input.
+
+use oodnc::nc::metrics::{nc5, nc_metrics, nc_with_ood_class};
+use oodnc::nc::study::terminal_phase;
+use oodnc::nc::{separation_fuzziness_slope, ClassStats};
+use oodnc::util::SplitMix64;
+use tch::{Device, Kind, Tensor};
+
+fn dd() -> (Kind, Device) {
+    (Kind::Double, Device::Cpu)
+}
+
+/// Simplex ETF: C unit vectors in R^D (D >= C) with pairwise cosine -1/(C-1).
+fn etf(c: i64, d: i64) -> Tensor {
+    let i = Tensor::eye(c, dd());
+    let m = (&i - Tensor::ones([c, c], dd()) / c as f64) * (c as f64 / (c - 1) as f64).sqrt();
+    // Embed in D dimensions with a fixed rotation-free padding.
+    Tensor::cat(&[m, Tensor::zeros([c, d - c], dd())], 1)
+}
+
+/// `per` samples per class at mean + offset + noise.
+fn samples(means: &Tensor, per: i64, noise: f64, seed: u64) -> (Tensor, Tensor) {
+    let (c, d) = (means.size()[0], means.size()[1]);
+    let y = Tensor::arange(c, (Kind::Int64, Device::Cpu)).repeat_interleave_self_int(per, 0, None);
+    let mut g = SplitMix64::new(seed);
+    let n: Vec<f64> = (0..c * per * d).map(|_| g.normal() * noise).collect();
+    let h = means.index_select(0, &y) + 3.0 + Tensor::from_slice(&n).view([c * per, d]);
+    (h, y)
+}
+
+#[test]
+fn exact_etf_collapses_every_metric() {
+    let (c, d) = (5, 8);
+    let m = etf(c, d) * 2.0;
+    let (h, y) = samples(&m, 4, 0.0, 0);
+    let w = &m * 0.7; // W equal to the (centred) means up to scale
+    let logits = h.matmul(&w.tr());
+    let (r, _) = nc_metrics(&h, &y, c, Some(&logits), Some(&w)).unwrap();
+    for (name, v) in r.named() {
+        match name {
+            "ncc_accuracy" | "accuracy" => assert!((v - 1.0).abs() < 1e-9, "{name} = {v}"),
+            _ => assert!(v.abs() < 1e-9, "{name} = {v}"),
+        }
+    }
+}
+
+#[test]
+fn perturbations_move_each_metric_the_right_way() {
+    let (c, d) = (6, 10);
+    let m = etf(c, d) * 2.0;
+    let w = m.copy();
+    let run = |means: &Tensor, noise: f64, w: &Tensor| {
+        let (h, y) = samples(means, 30, noise, 1);
+        let logits = h.matmul(&w.tr());
+        nc_metrics(&h, &y, c, Some(&logits), Some(w)).unwrap().0
+    };
+    let base = run(&m, 0.05, &w);
+    let noisy = run(&m, 0.3, &w);
+    assert!(noisy.nc1 > base.nc1 * 5.0, "NC1 {} -> {}", base.nc1, noisy.nc1);
+    assert!(noisy.cdnv > base.cdnv);
+    assert!(noisy.nc4_ncc_mismatch.unwrap() >= base.nc4_ncc_mismatch.unwrap());
+    // One class mean twice as long: equinorm and angles worsen.
+    let scale = Tensor::ones([c, 1], dd()).index_fill(0, &Tensor::from_slice(&[0i64]), 2.0);
+    let unequal = run(&(&m * &scale), 0.05, &w);
+    assert!(unequal.nc2_equinorm_m > base.nc2_equinorm_m + 0.1);
+    // A classifier that is not aligned with the means: NC3 grows, NC2(W) stays ETF-like.
+    let rot = {
+        let mut g = SplitMix64::new(3);
+        let a = Tensor::from_slice(&(0..d * d).map(|_| g.normal()).collect::<Vec<_>>()).view([d, d]);
+        let (q, _) = Tensor::linalg_qr(&a, "reduced");
+        q
+    };
+    let w_rot = m.matmul(&rot);
+    let turned = run(&m, 0.05, &w_rot);
+    assert!(turned.nc3.unwrap() > base.nc3.unwrap() + 0.5, "NC3 {} -> {}", base.nc3.unwrap(), turned.nc3.unwrap());
+    assert!(turned.nc2_maxangle_w.unwrap() < 1e-9);
+}
+
+/// Gauss-Jordan inverse of a small matrix given as rows.
+fn inverse(a: Vec<Vec<f64>>) -> Vec<Vec<f64>> {
+    let n = a.len();
+    let mut m: Vec<Vec<f64>> = a
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut r)| {
+            r.extend((0..n).map(|j| if i == j { 1.0 } else { 0.0 }));
+            r
+        })
+        .collect();
+    for col in 0..n {
+        let piv = (col..n).max_by(|&p, &q| m[p][col].abs().total_cmp(&m[q][col].abs())).unwrap();
+        m.swap(col, piv);
+        let pv = m[col][col];
+        m[col].iter_mut().for_each(|v| *v /= pv);
+        for r in 0..n {
+            if r != col {
+                let f = m[r][col];
+                for k in 0..2 * n {
+                    m[r][k] -= f * m[col][k];
+                }
+            }
+        }
+    }
+    m.into_iter().map(|r| r[n..].to_vec()).collect()
+}
+
+#[test]
+fn nc1_against_an_independent_computation() {
+    // C = 4 classes in D = 3: Sigma_B has full rank 3, so its inverse is the pseudo-inverse.
+    let (c, d, per) = (4usize, 3usize, 7usize);
+    let mut g = SplitMix64::new(9);
+    let means: Vec<Vec<f64>> = (0..c).map(|_| (0..d).map(|_| 3.0 * g.normal()).collect()).collect();
+    let mut h = Vec::new();
+    let mut y = Vec::new();
+    for (k, mu) in means.iter().enumerate() {
+        for _ in 0..per {
+            h.push(mu.iter().map(|m| m + g.normal()).collect::<Vec<f64>>());
+            y.push(k as i64);
+        }
+    }
+    // Plain loops.
+    let n = h.len() as f64;
+    let mut mu = vec![vec![0.0; d]; c];
+    for (x, &k) in h.iter().zip(&y) {
+        for j in 0..d {
+            mu[k as usize][j] += x[j] / per as f64;
+        }
+    }
+    let g_mean: Vec<f64> = (0..d).map(|j| mu.iter().map(|m| m[j]).sum::<f64>() / c as f64).collect();
+    let mut sw = vec![vec![0.0; d]; d];
+    for (x, &k) in h.iter().zip(&y) {
+        for a in 0..d {
+            for b in 0..d {
+                sw[a][b] += (x[a] - mu[k as usize][a]) * (x[b] - mu[k as usize][b]) / n;
+            }
+        }
+    }
+    let mut sb = vec![vec![0.0; d]; d];
+    for m in &mu {
+        for a in 0..d {
+            for b in 0..d {
+                sb[a][b] += (m[a] - g_mean[a]) * (m[b] - g_mean[b]) / c as f64;
+            }
+        }
+    }
+    let sbi = inverse(sb);
+    let mut tr = 0.0;
+    for a in 0..d {
+        for b in 0..d {
+            tr += sw[a][b] * sbi[b][a];
+        }
+    }
+    let ht = Tensor::from_slice(&h.concat()).view([(c * per) as i64, d as i64]);
+    let (r, _) = nc_metrics(&ht, &Tensor::from_slice(&y), c as i64, None, None).unwrap();
+    assert!((r.nc1_raw - tr).abs() < 1e-9 * tr.abs().max(1.0), "{} vs {tr}", r.nc1_raw);
+    assert!((r.nc1 - tr / c as f64).abs() < 1e-9 * tr.abs().max(1.0));
+    // And against an SVD-based pseudo-inverse (a second route) when D > C - 1.
+    let (h2, y2) = samples(&(etf(3, 6) * 1.5), 10, 0.2, 4);
+    let (r2, st) = nc_metrics(&h2, &y2, 3, None, None).unwrap();
+    let (u, s, v) = st.sigma_b.svd(true, true);
+    let vh = v.tr();
+    let keep = s.gt(1e-10 * s.max().double_value(&[]));
+    let sinv = s.reciprocal().where_self(&keep, &s.zeros_like());
+    let pinv = vh.tr().matmul(&sinv.diag_embed(0, -2, -1)).matmul(&u.tr());
+    let t2 = st.sigma_w.matmul(&pinv).trace().double_value(&[]);
+    assert!((r2.nc1_raw - t2).abs() < 1e-8 * t2.max(1.0), "{} vs {t2}", r2.nc1_raw);
+}
+
+#[test]
+fn nc5_centred_reaches_zero_uncentred_does_not() {
+    let (c, d) = (3, 5);
+    let m = etf(c, d) * 2.0;
+    let (h, y) = samples(&m, 10, 0.0, 0);
+    let (_, st) = nc_metrics(&h, &y, c, None, None).unwrap();
+    // OOD mean = ID mean + a direction orthogonal to every centred class mean (axis 4).
+    let dir = Tensor::zeros([d], dd()).index_fill(0, &Tensor::from_slice(&[4i64]), 1.0);
+    let ood = (st.sample_mean.shallow_clone() + dir * 2.0).unsqueeze(0).repeat([7, 1]);
+    let (centred, uncentred) = nc5(&st, &ood).unwrap();
+    assert!(centred.abs() < 1e-12, "{centred}");
+    assert!(uncentred > 0.3, "{uncentred}");
+    // OOD as class C+1 at a new ETF-like vertex: finite, non-negative statistics.
+    let (nc1o, ang) = nc_with_ood_class(&st, &h, &y, &ood).unwrap();
+    assert!(nc1o.is_finite() && nc1o >= 0.0 && ang.is_finite());
+}
+
+#[test]
+fn fuzziness_slope_and_terminal_phase_rule() {
+    let d: Vec<f64> = (0..6).map(|l| 100.0 * 0.5f64.powi(l)).collect();
+    let (a, b) = separation_fuzziness_slope(&d).unwrap();
+    assert!((b - 0.5f64.ln()).abs() < 1e-12 && (a - 100f64.ln()).abs() < 1e-12);
+    assert!(separation_fuzziness_slope(&[1.0]).is_err());
+    assert!(separation_fuzziness_slope(&[1.0, -1.0]).is_err());
+    assert_eq!(terminal_phase(&[(0, 0.1), (25, 0.98), (50, 0.9995), (75, 0.9999)], 0.999), Some(50));
+    assert_eq!(terminal_phase(&[(0, 0.1), (25, 0.5)], 0.999), None);
+}
+
+#[test]
+fn edge_cases() {
+    // D < C: the pseudo-inverse gives a finite NC1 (documented: Sigma_B has rank <= D).
+    let mut g = SplitMix64::new(2);
+    let h = Tensor::from_slice(&(0..40 * 2).map(|_| g.normal()).collect::<Vec<_>>()).view([40, 2]);
+    let y = Tensor::arange(40, (Kind::Int64, Device::Cpu)).remainder(5);
+    let (r, _) = nc_metrics(&h, &y, 5, None, None).unwrap();
+    assert!(r.nc1.is_finite());
+    // A single class is an error; so is a class with no sample, NaN, and a wrong W.
+    assert!(ClassStats::compute(&h, &y.zeros_like(), 1).is_err());
+    assert!(ClassStats::compute(&h, &y.clamp_max(3), 5).unwrap_err().to_string().contains("class 4 has no"));
+    let nan = h.copy();
+    let _ = nan.get(3).get(1).fill_(f64::NAN);
+    assert!(ClassStats::compute(&nan, &y, 5).unwrap_err().to_string().contains("NaN"));
+    assert!(nc_metrics(&h, &y, 5, None, Some(&Tensor::zeros([5, 3], dd()))).is_err());
+    // A class with a single sample is fine (zero within-class variance for it).
+    let y1 = Tensor::from_slice(&[0i64, 1, 1, 1, 2, 2]);
+    let h1 = Tensor::from_slice(&[0.0, 0.0, 1.0, 1.0, 1.1, 0.9, 0.9, 1.1, -1.0, 1.0, -1.2, 1.0]).view([6, 2]);
+    let st = ClassStats::compute(&h1, &y1, 3).unwrap();
+    assert_eq!(st.class_var.double_value(&[0]), 0.0);
+}
