@@ -69,6 +69,15 @@ enum Command {
         #[arg(long)]
         pool2x2: bool,
     },
+    /// Write every figure of a run (PNG + SVG) to figures/NAME/.
+    Figures {
+        #[arg(long)]
+        run: String,
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        #[arg(long, default_value = "figures")]
+        out: PathBuf,
+    },
     /// Benchmarks; each prints a ratio against a baseline measured in the same run.
     Bench {
         /// data | train | all
@@ -296,6 +305,10 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             );
         }
         Command::Train(a) => train(a)?,
+        Command::Figures { run, runs, out } => {
+            let files = oodnc::plot::run_figures::write_run_figures(&runs.join(&run), &out.join(&run), oodnc::device::best_device())?;
+            println!("{} figures written to {} (PNG + SVG)", files.len(), out.join(&run).display());
+        }
         Command::Nc { run, runs, epochs, layers, pool2x2 } => {
             let run_dir = runs.join(&run);
             let eps = parse_epochs(&run_dir, &epochs)?;

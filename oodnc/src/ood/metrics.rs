@@ -226,3 +226,19 @@ pub fn accuracy(logits: &tch::Tensor, labels: &tch::Tensor) -> Result<f64> {
     }
     Ok(logits.argmax(-1, false).eq_tensor(labels).to_kind(tch::Kind::Double).mean(tch::Kind::Double).double_value(&[]))
 }
+
+/// ROC curve points (FPR = OOD accepted, TPR = ID accepted), one per distinct
+/// threshold from the highest score down, starting at (0, 0).
+pub fn roc_points(id: &[f64], ood: &[f64]) -> Result<Vec<(f64, f64)>> {
+    let r = Ranked::new(id, ood)?;
+    let g = r.group_weights(None, None);
+    let (wi, wo) = (r.n_id as f64, r.n_ood as f64);
+    let mut pts = vec![(0.0, 0.0)];
+    let (mut tp, mut fp) = (0.0, 0.0);
+    for (a, b) in g {
+        tp += a;
+        fp += b;
+        pts.push((fp / wo, tp / wi));
+    }
+    Ok(pts)
+}

@@ -68,6 +68,8 @@ pub struct LinePlot {
     pub shaded: Vec<(f64, f64, String)>,
     /// Horizontal reference lines (value, label).
     pub hlines: Vec<(f64, String)>,
+    /// Where the legend goes (default upper right).
+    pub legend_lower: bool,
 }
 
 impl LinePlot {
@@ -102,6 +104,12 @@ impl LinePlot {
     /// Shades `[x0, x1]` with a legend label.
     pub fn shade(mut self, x0: f64, x1: f64, label: impl Into<String>) -> Self {
         self.shaded.push((x0, x1, label.into()));
+        self
+    }
+
+    /// Puts the legend in the lower right corner.
+    pub fn legend_lower(mut self) -> Self {
+        self.legend_lower = true;
         self
     }
 
@@ -195,6 +203,8 @@ impl LinePlot {
             .configure_mesh()
             .x_desc(&self.x_label)
             .y_desc(&self.y_label)
+            .x_label_formatter(&super::style::fmt_tick)
+            .y_label_formatter(&super::style::fmt_tick)
             .label_style((FONT, base * 0.85))
             .axis_desc_style((FONT, base))
             .light_line_style(RGBColor(235, 235, 235))
@@ -258,7 +268,7 @@ impl LinePlot {
                 .label_font((FONT, base * 0.85))
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK.mix(0.3))
-                .position(SeriesLabelPosition::UpperRight)
+                .position(if self.legend_lower { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperRight })
                 .draw()
                 .map_err(plot_err)?;
         }

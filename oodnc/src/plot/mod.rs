@@ -9,11 +9,23 @@
 //! Text uses DejaVu Sans embedded in the binary (see [`style::register_fonts`]),
 //! so figures look the same on every machine, with or without fontconfig.
 
+pub mod bar;
 pub mod figure;
+pub mod figures;
 pub mod grid;
+pub mod heatmap;
+pub mod hist;
 pub mod line;
+pub mod panels;
+pub mod run_figures;
+pub mod scatter;
 pub mod style;
 
 pub use figure::{Figure, Plot};
+pub use bar::BarChart;
 pub use grid::ImageGrid;
+pub use heatmap::Heatmap;
+pub use hist::Histogram;
 pub use line::{LinePlot, Series};
+pub use panels::{AnyPlot, Panels, TextBox};
+pub use scatter::ScatterPlot;

@@ -101,3 +101,41 @@ mod tests {
         assert_eq!(hsl_to_rgb(240.0, 1.0, 0.5), RGBColor(0, 0, 255));
     }
 }
+
+/// Tick label: integers without decimals, others with up to 4 significant
+/// digits, scientific notation for very small or large magnitudes.
+pub fn fmt_tick(v: &f64) -> String {
+    let v = *v;
+    if v == 0.0 {
+        return "0".into();
+    }
+    let a = v.abs();
+    if !(1e-3..1e5).contains(&a) {
+        return format!("{v:.1e}");
+    }
+    if (v - v.round()).abs() < 1e-9 * a.max(1.0) {
+        return format!("{}", v.round() as i64);
+    }
+    let digits = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
+    let s = format!("{v:.digits$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tick_tests {
+    use super::fmt_tick;
+
+    #[test]
+    fn ticks_are_short() {
+        assert_eq!(fmt_tick(&2.0), "2");
+        assert_eq!(fmt_tick(&0.009000000000000001), "0.009");
+        assert_eq!(fmt_tick(&0.25), "0.25");
+        assert_eq!(fmt_tick(&12.5), "12.5");
+        assert_eq!(fmt_tick(&1e-5), "1.0e-5");
+        assert_eq!(fmt_tick(&0.0), "0");
+    }
+}

@@ -1,0 +1,134 @@
+//! `oodnc figures --run NAME`: every figure of a run, as PNG and SVG.
+
+use super::figures::*;
+use super::Figure;
+use crate::config::RunConfig;
+use crate::error::Result;
+use crate::features::{cached, ExtractOptions};
+use crate::report::long_rows;
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+/// The terminal phase span (start, last epoch) recorded by the NC study, if reached.
+pub fn terminal_phase_span(run_dir: &Path) -> Option<(i64, i64)> {
+    let text = std::fs::read_to_string(run_dir.join("nc/terminal_phase.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let start = v["terminal_phase_start"].as_i64()?;
+    let last = crate::train::trainer::available_epochs(run_dir).ok()?.last().copied()?;
+    Some((start, last))
+}
+
+/// Writes every figure that the run's artefacts allow into `out`; returns the files.
+pub fn write_run_figures(run_dir: &Path, out: &Path, device: Device) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    let mut save = |fig: Figure, stem: &str| -> Result<()> {
+        fig.save_both(out, stem)?;
+        written.push(out.join(format!("{stem}.png")));
+        Ok(())
+    };
+    let cfg = RunConfig::read(run_dir.join("config.toml"))?;
+    let tpt = terminal_phase_span(run_dir);
+    // Training.
+    let hist = crate::train::History::read(run_dir.join("history.csv"))?;
+    save(training_curves(&hist)?, "training_curves")?;
+    save(final_metrics(&hist)?, "final_metrics")?;
+    training_gif(&hist, out.join("training_curves.gif"), 50, 10)?;
+    let sets = crate::data::protocol::load_eval_sets(&cfg)?;
+    save(sample_grid(&sets.id_train, 16, true, cfg.seed)?, "sample_batch")?;
+    let last = crate::train::trainer::available_epochs(run_dir)?.last().copied().unwrap_or(0);
+    // OOD.
+    let ood_csv = run_dir.join("ood/metrics.csv");
+    if ood_csv.exists() {
+        let rows = long_rows(&crate::ood::pipeline::read_csv(&ood_csv)?, "detector")?;
+        let detectors: Vec<String> = {
+            let mut v = Vec::new();
+            for r in rows.iter().filter(|r| r.key != "classifier") {
+                if !v.contains(&r.key) {
+                    v.push(r.key.clone());
+                }
+            }
+            v
+        };
+        for d in &detectors {
+            save(ood_vs_epoch(&rows, d, tpt)?, &format!("ood_{d}_per_dataset"))?;
+        }
+        let le = crate::report::last_epoch(&rows)?;
+        save(ood_summary_bars(&rows, le, "auroc")?, "ood_summary_auroc")?;
+        save(ood_summary_bars(&rows, le, "fpr95_ood_accepted_at_95_id")?, "ood_summary_fpr95")?;
+        // Histograms and ROC curves of the original six at the last evaluated epoch.
+        let feats = crate::ood::pipeline::epoch_features(run_dir, le, &sets, ExtractOptions::default(), device)?;
+        let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, le, Device::Cpu)?;
+        let (w, b) = model.head();
+        let inputs = crate::ood::EvalInputs {
+            train: &feats.train,
+            val: &feats.val,
+            ood_val: &feats.ood_val,
+            id_test: &feats.test,
+            ood: feats.ood.iter().collect(),
+            weight: &w,
+            bias: &b,
+        };
+        for d in crate::ood::SEED_SIX {
+            if !detectors.iter().any(|x| x == d) {
+                continue;
+            }
+            let sel = crate::ood::select_hyperparameters(d, &inputs)?;
+            let fitted = sel.chosen.fit(&crate::ood::FitData { train: &feats.train, val: Some(&feats.val), weight: &w, bias: &b })?;
+            let id = fitted.score_vec(&feats.test)?;
+            let oods: Vec<(String, Vec<f64>)> = feats.ood.iter().map(|o| Ok((o.name.clone(), fitted.score_vec(o)?))).collect::<Result<_>>()?;
+            save(score_histograms(&sel.chosen.label(), &id, &oods)?, &format!("scores_{d}"))?;
+            save(roc_curves(&sel.chosen.label(), &id, &oods)?, &format!("roc_{d}"))?;
+        }
+    }
+    // Neural Collapse.
+    let nc_csv = run_dir.join("nc/metrics.csv");
+    if nc_csv.exists() {
+        let rows = long_rows(&crate::ood::pipeline::read_csv(&nc_csv)?, "layer")?;
+        save(nc_evolution(&rows, tpt)?, "nc_evolution_all")?;
+        save(nc5_evolution(&rows, tpt)?, "nc5_combined")?;
+        save(nc_id_vs_ood(&rows)?, "nc_ood_summary")?;
+        let mut epochs: Vec<i64> = rows.iter().map(|r| r.epoch).collect();
+        epochs.sort();
+        epochs.dedup();
+        let mut vars = Vec::new();
+        let mut diag = Vec::new();
+        let c = cfg.model.num_classes;
+        for &e in &epochs {
+            let f = cached(run_dir, e, &sets.id_train, ExtractOptions::default(), device)?;
+            let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, e, Device::Cpu)?;
+            let (w, _) = model.head();
+            let st = crate::nc::ClassStats::compute(&f.penultimate, &f.labels, c)?;
+            let g = crate::nc::ClassGeometry::new(&st, Some(&w));
+            if e == *epochs.last().unwrap_or(&0) {
+                save(class_geometry(&g, e)?, "nc_class_geometry")?;
+                let test = cached(run_dir, e, &sets.id_test, ExtractOptions::default(), device)?;
+                let ood: Vec<(String, tch::Tensor)> = sets
+                    .ood
+                    .iter()
+                    .map(|d| Ok((d.name.clone(), cached(run_dir, e, d, ExtractOptions::default(), device)?.penultimate)))
+                    .collect::<Result<_>>()?;
+                save(pca_2d(&f.penultimate, &test.penultimate, &test.labels, &sets.id_train.class_names, &ood, 2000)?, "pca_2d")?;
+            }
+            vars.push(g.class_variance.shallow_clone());
+            if let Some(wm) = &g.w_mean_cosines {
+                diag.push(wm.diagonal(0, 0, 1));
+            }
+        }
+        save(class_variance_over_epochs(&epochs, &vars, &diag)?, "nc_class_variance")?;
+    }
+    let layers_csv = run_dir.join("nc/layers.csv");
+    if layers_csv.exists() {
+        let rows = long_rows(&crate::ood::pipeline::read_csv(&layers_csv)?, "layer")?;
+        let le = crate::report::last_epoch(&rows)?;
+        save(layer_bars(&rows, le)?, "nc_by_layer")?;
+        for (m, log) in [("nc1", true), ("nc2_equinorm_m", false), ("nc2_maxangle_m", false), ("nc4_ncc_mismatch", false)] {
+            save(layer_epoch_heatmap(&rows, m, "id-train", log)?, &format!("nc_heatmap_{m}"))?;
+        }
+        if let Some(first_ood) = sets.ood.first() {
+            save(layer_epoch_heatmap(&rows, "nc5", &first_ood.name, false)?, "nc_heatmap_nc5")?;
+        }
+        save(fuzziness_vs_depth(&rows, le)?, "nc_fuzziness_by_depth")?;
+    }
+    let _ = last;
+    Ok(written)
+}
