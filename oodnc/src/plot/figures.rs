@@ -357,7 +357,7 @@ pub fn class_variance_over_epochs(epochs: &[i64], class_var: &[Tensor], diag_cos
 
 fn layer_order(rows: &[LongRow]) -> Vec<String> {
     let order = crate::model::TAP_NAMES;
-    let mut v = distinct(rows.iter().filter(|r| r.key != "all" && !r.key.contains("+2x2")).map(|r| r.key.clone()));
+    let mut v = distinct(rows.iter().filter(|r| order.contains(&r.key.as_str())).map(|r| r.key.clone()));
     v.sort_by_key(|l| order.iter().position(|o| o == l).unwrap_or(usize::MAX));
     v
 }
