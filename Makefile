@@ -40,7 +40,7 @@ OODNC_PROFILE ?= demo
 NB_TIMEOUT ?= 3600
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: help setup venv evcxr kernel demo test test-rust test-notebooks lab bench clean-build info
+.PHONY: help setup venv evcxr kernel demo reproduce test test-rust test-notebooks lab bench clean-build info
 
 help:
 	@sed -n '3,8p' Makefile | sed 's/^# \{0,1\}//'
@@ -92,9 +92,17 @@ info: setup
 	cargo run --quiet --release --bin oodnc -- info
 
 demo: setup
-	cargo build --release --bin oodnc
+	@echo ">> the five notebooks, profile $(OODNC_PROFILE); executed copies in build/notebooks, figures in figures/"
 	OODNC_PROFILE=$(OODNC_PROFILE) "$(PY)" scripts/run_notebooks.py --out build/notebooks \
-	  --timeout $(NB_TIMEOUT) $(NOTEBOOKS)
+	  --timeout $(NB_TIMEOUT) --require-image $(NOTEBOOKS)
+
+# The coursework profile: real datasets (downloaded and verified), the full ResNet-18,
+# 300 epochs (a GPU is strongly advised), then the five notebooks on that run.
+reproduce: setup
+	cargo run --release --bin oodnc -- data fetch --dataset all --root data
+	cargo run --release --bin oodnc -- train --profile coursework --run coursework --resume
+	OODNC_PROFILE=coursework "$(PY)" scripts/run_notebooks.py --out build/notebooks-coursework \
+	  --timeout 86400 --require-image $(NOTEBOOKS)
 
 test: setup test-rust test-notebooks
 

@@ -75,3 +75,36 @@ def test_runner_fails_without_required_image(tmp_path):
     res = run([path], tmp_path / "out", "--require-image")
     assert res.returncode == 1
     assert "no image" in res.stderr
+
+
+def test_the_five_notebooks_run_on_the_ci_profile(tmp_path):
+    """The five notebooks in order, CI size: no error output and an inline figure in each."""
+    import shutil
+
+    run = "ci-nbtest"
+    shutil.rmtree(os.path.join(REPO, "runs", run), ignore_errors=True)
+    shutil.rmtree(os.path.join(REPO, "figures", run), ignore_errors=True)
+    notebooks = sorted(
+        os.path.join(REPO, "notebooks", n) for n in os.listdir(os.path.join(REPO, "notebooks")) if n.endswith(".ipynb")
+    )
+    assert [os.path.basename(n)[:2] for n in notebooks] == ["01", "02", "03", "04", "05"]
+    env = dict(os.environ, OODNC_PROFILE="ci", OODNC_RUN=run)
+    res = subprocess.run(
+        [sys.executable, RUNNER, "--out", str(tmp_path), "--timeout", "1800", "--require-image", *notebooks],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
+    for n in notebooks:
+        nb = nbformat.read(tmp_path / os.path.basename(n), as_version=4)
+        outs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        assert not [o for o in outs if o.get("output_type") == "error"], n
+        assert any("image/png" in o.get("data", {}) for o in outs), n
+    # Artefacts of every stage exist.
+    rd = os.path.join(REPO, "runs", run)
+    for f in ["config.toml", "history.csv", "ood/metrics.csv", "ood/selection.json", "nc/metrics.csv", "nc/layers.csv"]:
+        assert os.path.exists(os.path.join(rd, f)), f
+    figs = os.listdir(os.path.join(REPO, "figures", run))
+    assert "training_curves.png" in figs and "nc_evolution_all.svg" in figs and "nc_by_layer.png" in figs

@@ -20,6 +20,7 @@ pub mod features;
 pub mod info;
 pub mod model;
 pub mod nc;
+pub mod notebook;
 pub mod ood;
 pub mod plot;
 pub mod progress;

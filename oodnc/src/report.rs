@@ -139,3 +139,107 @@ pub fn wide_table(rows: &[LongRow], epoch: i64, dataset: &str, metrics: &[&str])
 pub fn display_markdown(md: &str) {
     println!("EVCXR_BEGIN_CONTENT text/markdown\n{md}\nEVCXR_END_CONTENT");
 }
+
+fn find(rows: &[LongRow], epoch: i64, key: &str, dataset: &str, metric: &str) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.epoch == epoch && r.key == key && r.dataset == dataset && r.metric == metric)
+        .map(|r| r.value)
+}
+
+fn cell(v: Option<f64>) -> String {
+    v.filter(|x| x.is_finite()).map(|x| format!(" {x:.4} |")).unwrap_or_else(|| " – |".into())
+}
+
+fn epochs_of(rows: &[LongRow]) -> Vec<i64> {
+    let mut e: Vec<i64> = rows.iter().map(|r| r.epoch).collect();
+    e.sort_unstable();
+    e.dedup();
+    e
+}
+
+/// Markdown: one row per epoch, one column per metric (penultimate layer, ID train).
+pub fn nc_epoch_table(rows: &[LongRow], metrics: &[&str]) -> String {
+    let mut t = String::from("| epoch |");
+    for m in metrics {
+        t.push_str(&format!(" {m} |"));
+    }
+    t.push_str("\n|---|");
+    t.push_str(&"---|".repeat(metrics.len()));
+    t.push('\n');
+    for e in epochs_of(rows) {
+        t.push_str(&format!("| {e} |"));
+        for m in metrics {
+            t.push_str(&cell(find(rows, e, "penultimate", "id-train", m)));
+        }
+        t.push('\n');
+    }
+    t
+}
+
+/// Markdown: per epoch, ID NC1 and for each OOD set NC5 (centred, uncentred) and NC1 with the OOD class.
+pub fn nc5_table(rows: &[LongRow], ood: &[String]) -> String {
+    let mut t = String::from("| epoch | NC1 (ID) |");
+    for o in ood {
+        t.push_str(&format!(" NC5 {o} | NC5 uncentred {o} | NC1 ID+{o} |"));
+    }
+    t.push_str("\n|---|---|");
+    t.push_str(&"---|---|---|".repeat(ood.len()));
+    t.push('\n');
+    for e in epochs_of(rows) {
+        t.push_str(&format!("| {e} |{}", cell(find(rows, e, "penultimate", "id-train", "nc1"))));
+        for o in ood {
+            for m in ["nc5", "nc5_uncentred", "nc1_with_ood_class"] {
+                t.push_str(&cell(find(rows, e, "penultimate", o, m)));
+            }
+        }
+        t.push('\n');
+    }
+    t
+}
+
+/// Markdown: per epoch and OOD set, centred NC5 next to the AUROC of NECO and of the original's NECO.
+pub fn nc5_vs_neco_table(nc_rows: &[LongRow], ood_rows: &[LongRow], ood: &[String]) -> String {
+    let mut t = String::from("| epoch | OOD set | NC5 (centred) | NECO AUROC | neco_seed AUROC |\n|---|---|---|---|---|\n");
+    for e in epochs_of(nc_rows) {
+        for o in ood {
+            t.push_str(&format!(
+                "| {e} | {o} |{}{}{}\n",
+                cell(find(nc_rows, e, "penultimate", o, "nc5")),
+                cell(find(ood_rows, e, "neco", o, "auroc")),
+                cell(find(ood_rows, e, "neco_seed", o, "auroc"))
+            ));
+        }
+    }
+    t
+}
+
+/// Lines describing the hyperparameters chosen at `epoch` and every candidate's held-out AUROC.
+pub fn selection_lines(selections: &[(i64, crate::ood::Selection)], epoch: i64) -> Vec<String> {
+    selections
+        .iter()
+        .filter(|(e, s)| *e == epoch && !s.chosen.params.is_empty())
+        .map(|(e, s)| {
+            let cands: Vec<String> = s.candidates.iter().map(|(c, a)| format!("{} -> {a:.3}", c.label())).collect();
+            format!("epoch {e} {:<11} chose {:<30} from [{}]", s.chosen.name, s.chosen.label(), cands.join(", "))
+        })
+        .collect()
+}
+
+/// Layer-wise summary at `epoch`: whether NC1 falls monotonically with depth, the
+/// shallowest/deepest NC1 ratio, and the fitted separation-fuzziness ratio per layer.
+pub fn layer_summary(rows: &[LongRow], epoch: i64) -> String {
+    let order = crate::model::TAP_NAMES;
+    let nc1: Vec<f64> = order.iter().filter_map(|l| find(rows, epoch, l, "id-train", "nc1")).collect();
+    let mut s = String::new();
+    if nc1.len() >= 2 {
+        let mono = nc1.windows(2).all(|w| w[1] <= w[0]);
+        s.push_str(&format!(
+            "NC1 decreases monotonically with depth: {mono}; shallowest / deepest NC1 = {:.1}x\n",
+            nc1[0] / nc1[nc1.len() - 1]
+        ));
+    }
+    if let Some(r) = find(rows, epoch, "all", "id-train", "fuzziness_ratio_per_layer") {
+        s.push_str(&format!("separation fuzziness is multiplied by {r:.3} per layer on average (log-linear fit)\n"));
+    }
+    s
+}

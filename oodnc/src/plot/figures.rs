@@ -431,3 +431,29 @@ pub fn fuzziness_vs_depth(rows: &[LongRow], epoch: i64) -> Result<Figure> {
         .log_y();
     Figure::new(&p, 1000, 560)
 }
+
+/// The first `per_set` images of every OOD set, captioned with the set name.
+pub fn ood_samples(sets: &[Dataset], per_set: usize) -> Result<Figure> {
+    let mut imgs = Vec::new();
+    let mut caps = Vec::new();
+    for d in sets {
+        let n = per_set.min(d.len());
+        imgs.push(d.images.narrow(0, 0, n as i64));
+        caps.extend(std::iter::repeat_n(d.name.clone(), n));
+    }
+    if imgs.is_empty() {
+        return Err(Error::data("OOD samples", "no OOD sets"));
+    }
+    let grid = ImageGrid::from_tensor("OOD samples (as the network sees them, 32x32)", &Tensor::cat(&imgs, 0), caps, per_set.max(1))?;
+    let (w, h) = grid.suggested_size();
+    Figure::new(&grid, w, h)
+}
+
+/// Shows a GIF file inline in a notebook (`image/gif`).
+pub fn display_gif(path: impl AsRef<std::path::Path>) -> Result<()> {
+    use base64::Engine;
+    let p = path.as_ref();
+    let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
+    println!("EVCXR_BEGIN_CONTENT image/gif\n{}\nEVCXR_END_CONTENT", base64::engine::general_purpose::STANDARD.encode(bytes));
+    Ok(())
+}

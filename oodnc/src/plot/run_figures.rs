@@ -3,6 +3,7 @@
 use super::figures::*;
 use super::Figure;
 use crate::config::RunConfig;
+use crate::data::protocol::EvalSets;
 use crate::error::Result;
 use crate::features::{cached, ExtractOptions};
 use crate::report::long_rows;
@@ -56,28 +57,13 @@ pub fn write_run_figures(run_dir: &Path, out: &Path, device: Device) -> Result<V
         save(ood_summary_bars(&rows, le, "auroc")?, "ood_summary_auroc")?;
         save(ood_summary_bars(&rows, le, "fpr95_ood_accepted_at_95_id")?, "ood_summary_fpr95")?;
         // Histograms and ROC curves of the original six at the last evaluated epoch.
-        let feats = crate::ood::pipeline::epoch_features(run_dir, le, &sets, ExtractOptions::default(), device)?;
-        let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, le, Device::Cpu)?;
-        let (w, b) = model.head();
-        let inputs = crate::ood::EvalInputs {
-            train: &feats.train,
-            val: &feats.val,
-            ood_val: &feats.ood_val,
-            id_test: &feats.test,
-            ood: feats.ood.iter().collect(),
-            weight: &w,
-            bias: &b,
-        };
         for d in crate::ood::SEED_SIX {
             if !detectors.iter().any(|x| x == d) {
                 continue;
             }
-            let sel = crate::ood::select_hyperparameters(d, &inputs)?;
-            let fitted = sel.chosen.fit(&crate::ood::FitData { train: &feats.train, val: Some(&feats.val), weight: &w, bias: &b })?;
-            let id = fitted.score_vec(&feats.test)?;
-            let oods: Vec<(String, Vec<f64>)> = feats.ood.iter().map(|o| Ok((o.name.clone(), fitted.score_vec(o)?))).collect::<Result<_>>()?;
-            save(score_histograms(&sel.chosen.label(), &id, &oods)?, &format!("scores_{d}"))?;
-            save(roc_curves(&sel.chosen.label(), &id, &oods)?, &format!("roc_{d}"))?;
+            let (label, id, oods) = detector_scores(run_dir, le, &sets, d, device)?;
+            save(score_histograms(&label, &id, &oods)?, &format!("scores_{d}"))?;
+            save(roc_curves(&label, &id, &oods)?, &format!("roc_{d}"))?;
         }
     }
     // Neural Collapse.
@@ -90,31 +76,10 @@ pub fn write_run_figures(run_dir: &Path, out: &Path, device: Device) -> Result<V
         let mut epochs: Vec<i64> = rows.iter().map(|r| r.epoch).collect();
         epochs.sort();
         epochs.dedup();
-        let mut vars = Vec::new();
-        let mut diag = Vec::new();
-        let c = cfg.model.num_classes;
-        for &e in &epochs {
-            let f = cached(run_dir, e, &sets.id_train, ExtractOptions::default(), device)?;
-            let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, e, Device::Cpu)?;
-            let (w, _) = model.head();
-            let st = crate::nc::ClassStats::compute(&f.penultimate, &f.labels, c)?;
-            let g = crate::nc::ClassGeometry::new(&st, Some(&w));
-            if e == *epochs.last().unwrap_or(&0) {
-                save(class_geometry(&g, e)?, "nc_class_geometry")?;
-                let test = cached(run_dir, e, &sets.id_test, ExtractOptions::default(), device)?;
-                let ood: Vec<(String, tch::Tensor)> = sets
-                    .ood
-                    .iter()
-                    .map(|d| Ok((d.name.clone(), cached(run_dir, e, d, ExtractOptions::default(), device)?.penultimate)))
-                    .collect::<Result<_>>()?;
-                save(pca_2d(&f.penultimate, &test.penultimate, &test.labels, &sets.id_train.class_names, &ood, 2000)?, "pca_2d")?;
-            }
-            vars.push(g.class_variance.shallow_clone());
-            if let Some(wm) = &g.w_mean_cosines {
-                diag.push(wm.diagonal(0, 0, 1));
-            }
-        }
-        save(class_variance_over_epochs(&epochs, &vars, &diag)?, "nc_class_variance")?;
+        let (geo, var, pca) = geometry_figures(run_dir, &cfg, &sets, &epochs, device)?;
+        save(geo, "nc_class_geometry")?;
+        save(var, "nc_class_variance")?;
+        save(pca, "pca_2d")?;
     }
     let layers_csv = run_dir.join("nc/layers.csv");
     if layers_csv.exists() {
@@ -131,4 +96,60 @@ pub fn write_run_figures(run_dir: &Path, out: &Path, device: Device) -> Result<V
     }
     let _ = last;
     Ok(written)
+}
+
+/// Scores of detector `name` (hyperparameters chosen on held-out data) at `epoch`:
+/// (label with the chosen values, ID test scores, scores per OOD set).
+pub fn detector_scores(run_dir: &Path, epoch: i64, sets: &EvalSets, name: &str, device: Device) -> Result<(String, Vec<f64>, Vec<(String, Vec<f64>)>)> {
+    let feats = crate::ood::pipeline::epoch_features(run_dir, epoch, sets, ExtractOptions::default(), device)?;
+    let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, epoch, Device::Cpu)?;
+    let (w, b) = model.head();
+    let inputs = crate::ood::EvalInputs {
+        train: &feats.train,
+        val: &feats.val,
+        ood_val: &feats.ood_val,
+        id_test: &feats.test,
+        ood: feats.ood.iter().collect(),
+        weight: &w,
+        bias: &b,
+    };
+    let sel = crate::ood::select_hyperparameters(name, &inputs)?;
+    let fitted = sel.chosen.fit(&crate::ood::FitData { train: &feats.train, val: Some(&feats.val), weight: &w, bias: &b })?;
+    let id = fitted.score_vec(&feats.test)?;
+    let oods = feats.ood.iter().map(|o| Ok((o.name.clone(), fitted.score_vec(o)?))).collect::<Result<_>>()?;
+    Ok((sel.chosen.label(), id, oods))
+}
+
+/// The class-geometry heatmaps (last of `epochs`), the within-class variance over
+/// `epochs`, and the 2-D PCA of ID test and OOD features (last epoch).
+pub fn geometry_figures(run_dir: &Path, cfg: &RunConfig, sets: &EvalSets, epochs: &[i64], device: Device) -> Result<(Figure, Figure, Figure)> {
+    let c = cfg.model.num_classes;
+    let last = *epochs.last().ok_or_else(|| crate::Error::data("geometry figures", "no epochs"))?;
+    let (mut vars, mut diag, mut geo_fig, mut pca_fig) = (Vec::new(), Vec::new(), None, None);
+    for &e in epochs {
+        let f = cached(run_dir, e, &sets.id_train, ExtractOptions::default(), device)?;
+        let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, e, Device::Cpu)?;
+        let (w, _) = model.head();
+        let st = crate::nc::ClassStats::compute(&f.penultimate, &f.labels, c)?;
+        let g = crate::nc::ClassGeometry::new(&st, Some(&w));
+        if e == last {
+            geo_fig = Some(class_geometry(&g, e)?);
+            let test = cached(run_dir, e, &sets.id_test, ExtractOptions::default(), device)?;
+            let ood: Vec<(String, tch::Tensor)> = sets
+                .ood
+                .iter()
+                .map(|d| Ok((d.name.clone(), cached(run_dir, e, d, ExtractOptions::default(), device)?.penultimate)))
+                .collect::<Result<_>>()?;
+            pca_fig = Some(pca_2d(&f.penultimate, &test.penultimate, &test.labels, &sets.id_train.class_names, &ood, 2000)?);
+        }
+        vars.push(g.class_variance.shallow_clone());
+        if let Some(wm) = &g.w_mean_cosines {
+            diag.push(wm.diagonal(0, 0, 1));
+        }
+    }
+    let var_fig = class_variance_over_epochs(epochs, &vars, &diag)?;
+    match (geo_fig, pca_fig) {
+        (Some(g), Some(p)) => Ok((g, var_fig, p)),
+        _ => Err(crate::Error::data("geometry figures", "no figure for the last epoch")),
+    }
 }
