@@ -32,17 +32,28 @@ pub struct BenchLine {
 }
 
 impl BenchLine {
-    /// ours / baseline for throughputs (higher is better).
+    /// How many times faster oodnc is: ours / baseline for throughputs, baseline /
+    /// ours for times (unit "s").
     pub fn ratio(&self) -> f64 {
-        self.ours / self.baseline
+        if self.unit == "s" {
+            self.baseline / self.ours
+        } else {
+            self.ours / self.baseline
+        }
+    }
+
+    /// A line comparing two timings in seconds.
+    pub fn seconds(name: impl Into<String>, ours: f64, baseline: f64, baseline_name: &str) -> Self {
+        BenchLine { name: name.into(), ours, baseline, unit: "s".into(), baseline_name: baseline_name.into() }
     }
 }
 
 impl std::fmt::Display for BenchLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let prec = if self.unit == "s" { 3 } else { 0 };
         write!(
             f,
-            "{:<34} {:>12.0} {}  vs {} {:>12.0} {}  ratio {:>6.2}x",
+            "{:<40} oodnc {:>10.prec$} {:<6} {:<18} {:>10.prec$} {:<6} speed-up {:>7.2}x",
             self.name,
             self.ours,
             self.unit,
@@ -181,4 +192,93 @@ pub fn train(device: Device, steps: usize, width: f64) -> Result<Vec<BenchLine>>
         unit: "img/s".into(),
         baseline_name: "PyTorch eager (CPU)".into(),
     }])
+}
+
+/// `oodnc bench ood`: fit + score time per detector on `n_train` x `dim` train
+/// features (`classes` classes), `n_test` ID + `n_ood` OOD test features, against
+/// plain numpy / scikit-learn (python/ood_numpy.py) on data of the same sizes.
+pub fn ood(n_train: i64, dim: i64, classes: i64, n_test: i64, n_ood: i64, detectors: &[&str]) -> Result<Vec<BenchLine>> {
+    use crate::features::FeatureSet;
+    use crate::ood::{DetectorSpec, FitData};
+    tch::manual_seed(0);
+    let opts = (Kind::Float, Device::Cpu);
+    let mus = Tensor::randn([classes, dim], opts) * 2.0;
+    let y = Tensor::arange(n_train, (Kind::Int64, Device::Cpu)).remainder(classes);
+    let h = (mus.index_select(0, &y) + Tensor::randn([n_train, dim], opts)).relu();
+    let w = Tensor::randn([classes, dim], opts) * 0.05;
+    let b = Tensor::randn([classes], opts) * 0.1;
+    let train = FeatureSet::new("train", h.matmul(&w.tr()) + &b, h, y.shallow_clone())?;
+    let val = train.rows(&(0..5000.min(n_train)).collect::<Vec<i64>>(), "val");
+    let te = (Tensor::randn([n_test + n_ood, dim], opts) + 1.0).relu();
+    let test = FeatureSet::new("test", te.matmul(&w.tr()) + &b, te, Tensor::zeros([n_test + n_ood], (Kind::Int64, Device::Cpu)))?;
+    // Warm-up (libtorch's thread pool and allocator), not timed.
+    let _ = DetectorSpec::new("energy", &[])?.fit(&FitData { train: &train, val: Some(&val), weight: &w, bias: &b })?.score(&test)?;
+    let mut specs = Vec::new();
+    let mut lines = Vec::new();
+    let mut ours_total = 0.0;
+    let mut ours_each = Vec::new();
+    for d in detectors {
+        let spec = DetectorSpec::new(d, &[])?;
+        let t = std::time::Instant::now();
+        let fitted = spec.fit(&FitData { train: &train, val: Some(&val), weight: &w, bias: &b })?;
+        let _ = fitted.score(&test)?;
+        let s = t.elapsed().as_secs_f64();
+        ours_total += s;
+        ours_each.push(s);
+        specs.push(serde_json::json!([d, spec.params]));
+    }
+    let base = run_python_json(
+        "ood_numpy.py",
+        &[
+            "bench".into(),
+            "--n-train".into(),
+            n_train.to_string(),
+            "--dim".into(),
+            dim.to_string(),
+            "--classes".into(),
+            classes.to_string(),
+            "--n-test".into(),
+            n_test.to_string(),
+            "--n-ood".into(),
+            n_ood.to_string(),
+            "--specs".into(),
+            serde_json::Value::Array(specs).to_string(),
+        ],
+    )?;
+    let mut base_total = 0.0;
+    for (d, s) in detectors.iter().zip(&ours_each) {
+        let bs = base[*d].as_f64().unwrap_or(f64::NAN);
+        base_total += bs;
+        lines.push(BenchLine::seconds(format!("ood {d} fit+score"), *s, bs, "numpy/sklearn"));
+    }
+    lines.push(BenchLine::seconds(format!("ood all {} detectors (total)", detectors.len()), ours_total, base_total, "numpy/sklearn"));
+    Ok(lines)
+}
+
+/// `oodnc bench nc`: every NC metric for `checkpoints` checkpoints x the 10 layer
+/// dimensions of ResNet-18 (64 ... 512) on `n` samples of `classes` classes,
+/// against plain numpy (python/nc_numpy.py) on data of the same sizes.
+pub fn nc(n: i64, classes: i64, checkpoints: usize) -> Result<Vec<BenchLine>> {
+    let dims = [64i64, 64, 64, 128, 128, 256, 256, 512, 512, 512];
+    tch::manual_seed(0);
+    let y = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(classes);
+    let feats: Vec<Tensor> = dims
+        .iter()
+        .map(|&d| (Tensor::randn([classes, d], (Kind::Double, Device::Cpu)).index_select(0, &y) + Tensor::randn([n, d], (Kind::Double, Device::Cpu))).abs())
+        .collect();
+    let w = Tensor::randn([classes, 512], (Kind::Double, Device::Cpu));
+    let logits = feats[9].matmul(&w.tr());
+    let t = std::time::Instant::now();
+    for _ in 0..checkpoints {
+        for (i, f) in feats.iter().enumerate() {
+            crate::nc::metrics::nc_metrics(f, &y, classes, Some(&logits), if i == 9 { Some(&w) } else { None })?;
+        }
+    }
+    let ours = t.elapsed().as_secs_f64();
+    let base = run_python_json(
+        "nc_numpy.py",
+        &["bench".into(), "--n".into(), n.to_string(), "--classes".into(), classes.to_string(), "--checkpoints".into(), checkpoints.to_string()],
+    )?;
+    let bs = base["seconds"].as_f64().unwrap_or(f64::NAN);
+    Ok(vec![BenchLine::seconds(format!("nc {checkpoints} ckpt x 10 layers, N={n}"), ours, bs, "numpy")])
 }

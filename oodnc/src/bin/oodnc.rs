@@ -80,9 +80,12 @@ enum Command {
     },
     /// Benchmarks; each prints a ratio against a baseline measured in the same run.
     Bench {
-        /// data | train | all
+        /// data | train | ood | nc | all
         #[arg(default_value = "all")]
         what: String,
+        /// Smaller sizes (a quick check; the ratios are then less representative).
+        #[arg(long)]
+        quick: bool,
     },
 }
 
@@ -353,7 +356,7 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             println!("scores: higher = more in-distribution; FPR95 = fraction of OOD accepted at 95% ID recall");
             println!("table: {}", study.csv.display());
         }
-        Command::Bench { what } => {
+        Command::Bench { what, quick } => {
             let device = oodnc::device::best_device();
             println!("oodnc bench on {device:?}, {} threads", tch::get_num_threads());
             let mut lines = Vec::new();
@@ -361,13 +364,21 @@ fn run(cli: Cli) -> oodnc::Result<()> {
                 lines.extend(oodnc::bench::data(device, 20)?);
             }
             if what == "train" || what == "all" {
-                lines.extend(oodnc::bench::train(device, 3, 1.0)?);
+                lines.extend(oodnc::bench::train(device, 3, if quick { 0.25 } else { 1.0 })?);
+            }
+            if what == "ood" || what == "all" {
+                let names = oodnc::ood::detector_names();
+                let (n, t, o) = if quick { (5000, 2000, 3000) } else { (45_000, 10_000, 26_032) };
+                lines.extend(oodnc::bench::ood(n, 512, 100, t, o, &names)?);
+            }
+            if what == "nc" || what == "all" {
+                lines.extend(oodnc::bench::nc(if quick { 5000 } else { 45_000 }, 100, if quick { 2 } else { 13 })?);
             }
             if lines.is_empty() {
                 return Err(oodnc::Error::Unknown {
                     kind: "benchmark".into(),
                     name: what,
-                    known: "data, train, all".into(),
+                    known: "data, train, ood, nc, all".into(),
                 });
             }
             for l in lines {
