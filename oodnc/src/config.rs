@@ -27,6 +27,19 @@ pub struct DataConfig {
     pub dtd_resize: Resize,
     /// Sizes of the synthetic dataset (ignored for `real`).
     pub synth: crate::data::synthetic::SynthConfig,
+    /// Extra OOD test sets: image folders (`<path>/<class>/<images>` or a flat folder),
+    /// resized like Textures. Evaluated by every detector next to the built-in sets.
+    #[serde(default)]
+    pub extra_ood: Vec<ExtraOod>,
+}
+
+/// A user-supplied OOD test set.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExtraOod {
+    /// Name used in tables and figures.
+    pub name: String,
+    /// Folder of images (relative paths are relative to the repository root).
+    pub path: PathBuf,
 }
 
 /// When the learning rate changes.
@@ -99,6 +112,7 @@ impl RunConfig {
                     split: SplitProtocol::Seeded { n_val: 5000, seed: 0 },
                     dtd_resize: Resize::ShortSideCenterCrop,
                     synth,
+                    extra_ood: vec![],
                 },
                 model: ResNetConfig { num_classes: 100, width: 1.0 },
                 train: coursework_train,
@@ -112,6 +126,7 @@ impl RunConfig {
                     split: SplitProtocol::Seeded { n_val: 500, seed: 0 },
                     dtd_resize: Resize::ShortSideCenterCrop,
                     synth,
+                    extra_ood: vec![],
                 },
                 model: ResNetConfig { num_classes: 10, width: 0.25 },
                 train: TrainConfig {
@@ -140,6 +155,7 @@ impl RunConfig {
                         textures_per_class: 15,
                         seed: 0,
                     },
+                    extra_ood: vec![],
                 },
                 model: ResNetConfig { num_classes: 10, width: 0.125 },
                 train: TrainConfig {

@@ -131,3 +131,28 @@ fn bad_train_inputs_are_clear_errors() {
     let out = oodnc(&["train", "--profile", "nope", "--run", "z"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown profile"));
 }
+
+#[test]
+fn evaluation_sets_follow_the_protocol_and_take_extra_ood_folders() {
+    let t = TempDir::new("eval-sets");
+    let mut cfg = tiny_config(t.path());
+    let folder = t.path().join("mnist-like/7");
+    std::fs::create_dir_all(&folder).unwrap();
+    for i in 0..3 {
+        image::GrayImage::from_pixel(28, 28, image::Luma([40 * i as u8])).save(folder.join(format!("{i}.png"))).unwrap();
+    }
+    cfg.data.extra_ood = vec![oodnc::config::ExtraOod { name: "mnist-like".into(), path: t.path().join("mnist-like") }];
+    let sets = oodnc::data::protocol::load_eval_sets(&cfg).unwrap();
+    let names: Vec<&str> = sets.ood.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, vec!["svhn", "cifar10", "textures", "mnist-like"]);
+    assert_eq!(sets.ood[3].len(), 3);
+    assert_eq!(sets.ood[3].images.size(), vec![3, 3, 32, 32]);
+    // ID splits are disjoint and complete; OOD-val is built from ID-val, never from a test set.
+    assert_eq!(sets.id_train.len() + sets.id_val.len(), 240);
+    assert_eq!(sets.ood_val.len(), sets.id_val.len());
+    assert_eq!(sets.ood_val.name, "ood-val");
+    // A missing extra folder is a clear error.
+    cfg.data.extra_ood[0].path = t.path().join("nope");
+    let e = oodnc::data::protocol::load_eval_sets(&cfg).err().unwrap();
+    assert!(e.to_string().contains("nope"), "{e}");
+}

@@ -9,6 +9,7 @@
 //!   a 4x4 grid of 8x8 tiles and shuffled ("jigsaw" outliers, seeded). Local
 //!   statistics stay ID-like while the global structure is gone. Hyperparameters
 //!   are chosen on ID-val vs this set only.
+//! - Extra OOD test sets from `data.extra_ood` (image folders), when configured.
 
 use super::dtd::{load_dtd, DtdSplit};
 use super::split::SeedSubset;
@@ -73,6 +74,9 @@ pub fn load_eval_sets(cfg: &RunConfig) -> Result<EvalSets> {
     let tex = load_dtd(root, DtdSplit::TEST1, cfg.data.dtd_resize)?;
     let idx = proto.ood_subset(SeedSubset::DtdTest1, tex.len())?;
     ood.push(tex.subset(&idx, "textures")?);
+    for extra in &cfg.data.extra_ood {
+        ood.push(super::image_folder::load_image_folder(&extra.path, &extra.name, cfg.data.dtd_resize)?);
+    }
     let ood_val = jigsaw(&run.val, cfg.seed, "ood-val")?;
     let mut id_train = run.train;
     id_train.name = "id-train".into();
