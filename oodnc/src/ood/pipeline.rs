@@ -28,6 +28,21 @@ pub struct EpochFeatures {
     pub ood: Vec<FeatureSet>,
 }
 
+impl EpochFeatures {
+    /// The detector inputs, with the classifier `w` `[C, D]`, `b` `[C]`.
+    pub fn inputs<'a>(&'a self, w: &'a tch::Tensor, b: &'a tch::Tensor) -> EvalInputs<'a> {
+        EvalInputs {
+            train: &self.train,
+            val: &self.val,
+            ood_val: &self.ood_val,
+            id_test: &self.test,
+            ood: self.ood.iter().collect(),
+            weight: w,
+            bias: b,
+        }
+    }
+}
+
 /// Extracts (or reads from the cache) every evaluation set at `epoch`.
 pub fn epoch_features(run_dir: &Path, epoch: i64, sets: &EvalSets, opts: ExtractOptions, device: Device) -> Result<EpochFeatures> {
     let f = |d: &crate::data::Dataset| cached(run_dir, epoch, d, opts, device);
@@ -65,15 +80,7 @@ pub fn run(run_dir: &Path, epochs: &[i64], detectors: &[&str], reps: usize, devi
         let feats = epoch_features(run_dir, epoch, &sets, ExtractOptions::default(), device)?;
         let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, epoch, Device::Cpu)?;
         let (w, b) = model.head();
-        let inputs = EvalInputs {
-            train: &feats.train,
-            val: &feats.val,
-            ood_val: &feats.ood_val,
-            id_test: &feats.test,
-            ood: feats.ood.iter().collect(),
-            weight: &w,
-            bias: &b,
-        };
+        let inputs = feats.inputs(&w, &b);
         let mut chosen = Vec::new();
         for d in detectors {
             let sel = select_hyperparameters(d, &inputs)?;

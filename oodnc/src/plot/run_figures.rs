@@ -104,15 +104,7 @@ pub fn detector_scores(run_dir: &Path, epoch: i64, sets: &EvalSets, name: &str, 
     let feats = crate::ood::pipeline::epoch_features(run_dir, epoch, sets, ExtractOptions::default(), device)?;
     let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, epoch, Device::Cpu)?;
     let (w, b) = model.head();
-    let inputs = crate::ood::EvalInputs {
-        train: &feats.train,
-        val: &feats.val,
-        ood_val: &feats.ood_val,
-        id_test: &feats.test,
-        ood: feats.ood.iter().collect(),
-        weight: &w,
-        bias: &b,
-    };
+    let inputs = feats.inputs(&w, &b);
     let sel = crate::ood::select_hyperparameters(name, &inputs)?;
     let fitted = sel.chosen.fit(&crate::ood::FitData { train: &feats.train, val: Some(&feats.val), weight: &w, bias: &b })?;
     let id = fitted.score_vec(&feats.test)?;
