@@ -24,7 +24,7 @@ impl Progress {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let b = indicatif::ProgressBar::new(total);
             b.set_style(
-                indicatif::ProgressStyle::with_template("{prefix} [{bar:28}] {pos}/{len} {msg} ETA {eta}")
+                indicatif::ProgressStyle::with_template("{prefix} [{bar:28}] {pos}/{len} {msg} {per_sec} ETA {eta}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
                     .progress_chars("=> "),
             );
@@ -50,6 +50,23 @@ impl Progress {
             b.set_message(msg());
             b.inc(n);
         } else if self.last_line.elapsed() >= self.every && self.done < self.total {
+            self.last_line = Instant::now();
+            let el = self.start.elapsed().as_secs_f64();
+            let eta = el / self.done.max(1) as f64 * (self.total - self.done) as f64;
+            println!("  {} {}/{} ({:.0}%) {}, ETA {:.0}s", self.label, self.done, self.total, 100.0 * self.done as f64 / self.total.max(1) as f64, msg(), eta);
+        }
+    }
+
+    /// Like [`inc`](Self::inc), but the message is only computed when `refresh`
+    /// is true (computing it may be expensive, e.g. a device sync).
+    pub fn inc_throttled(&mut self, n: u64, refresh: bool, msg: impl FnOnce() -> String) {
+        self.done += n;
+        if let Some(b) = &self.bar {
+            if refresh {
+                b.set_message(msg());
+            }
+            b.inc(n);
+        } else if refresh && self.last_line.elapsed() >= self.every && self.done < self.total {
             self.last_line = Instant::now();
             let el = self.start.elapsed().as_secs_f64();
             let eta = el / self.done.max(1) as f64 * (self.total - self.done) as f64;

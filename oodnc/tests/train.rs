@@ -53,6 +53,7 @@ fn run_writes_history_config_and_checkpoints() {
     assert_eq!(saved, cfg);
     for e in [0, 2, 4] {
         assert!(run.join(format!("checkpoints/epoch_{e:03}.safetensors")).exists(), "epoch {e}");
+        assert!(run.join(format!("checkpoints/epoch_{e:03}.optim.safetensors")).exists(), "optimizer state, epoch {e}");
     }
     let best: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/best.json")).unwrap()).unwrap();
     let be = best["epoch"].as_i64().unwrap();

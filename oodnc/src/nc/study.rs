@@ -80,25 +80,42 @@ pub fn run(run_dir: &Path, epochs: &[i64], opts: NcOptions, device: Device) -> R
                 hint: format!("; available: {available:?}"),
             });
         }
-        let train = cached(run_dir, epoch, &sets.id_train, x_opts, device)?;
+        let mut train = cached(run_dir, epoch, &sets.id_train, x_opts, device)?;
+        // Statistics in f64 on the device (the GPU when there is one).
+        train.penultimate = train.penultimate.to_device(device);
+        train.logits = train.logits.to_device(device);
+        train.labels = train.labels.to_device(device);
+        for t in train.taps.values_mut() {
+            *t = t.to_device(device);
+        }
         let ood: Vec<_> = sets.ood.iter().map(|d| cached(run_dir, epoch, d, x_opts, device)).collect::<Result<_>>()?;
         let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, epoch, Device::Cpu)?;
         let (w, _) = model.head();
+        let w = w.to_device(device);
         let (m, st) = nc_metrics(&train.penultimate, &train.labels, c, Some(&train.logits), Some(&w))?;
         for (k, v) in m.named() {
             push(epoch, "penultimate", "id-train", k, v);
         }
         acc.push((epoch, m.accuracy.unwrap_or(0.0)));
         for o in &ood {
-            let (a, b) = nc5(&st, &o.penultimate)?;
+            let op = o.penultimate.to_device(device);
+            let (a, b) = nc5(&st, &op)?;
             push(epoch, "penultimate", &o.name, "nc5", a);
             push(epoch, "penultimate", &o.name, "nc5_uncentred", b);
-            let (nc1o, ang) = nc_with_ood_class(&st, &train.penultimate, &train.labels, &o.penultimate)?;
+            let (nc1o, ang) = nc_with_ood_class(&st, &train.penultimate, &train.labels, &op)?;
             push(epoch, "penultimate", &o.name, "nc1_with_ood_class", nc1o);
             push(epoch, "penultimate", &o.name, "nc2_maxangle_with_ood_class", ang);
         }
         if opts.layers {
-            let oref: Vec<&_> = ood.iter().collect();
+            let ood_dev: Vec<crate::features::FeatureSet> = ood
+                .iter()
+                .map(|o| {
+                    let mut f = crate::features::FeatureSet::new(o.name.clone(), o.logits.to_device(device), o.penultimate.to_device(device), o.labels.to_device(device))?;
+                    f.taps = o.taps.iter().map(|(k, v)| (k.clone(), v.to_device(device))).collect();
+                    Ok(f)
+                })
+                .collect::<Result<_>>()?;
+            let oref: Vec<&_> = ood_dev.iter().collect();
             for pooled in [false, true] {
                 if pooled && !opts.pool2x2 {
                     continue;

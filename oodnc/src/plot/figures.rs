@@ -259,9 +259,18 @@ pub fn nc_evolution(rows: &[LongRow], tpt: Option<(i64, i64)>) -> Result<Figure>
     Figure::new(&Panels::new("Neural Collapse across training (penultimate layer)", 2, 3, panels), 1600, 900)
 }
 
-/// NC5 per OOD set (centred, and the original's uncentred dashed).
+/// NC5 per OOD set (centred, and the original's uncentred dashed); all sets when `only` is `None`.
 pub fn nc5_evolution(rows: &[LongRow], tpt: Option<(i64, i64)>) -> Result<Figure> {
-    let sets = distinct(rows.iter().filter(|r| r.metric == "nc5" && r.key == "penultimate").map(|r| r.dataset.clone()));
+    nc5_evolution_for(rows, tpt, None)
+}
+
+/// NC5 of one OOD set (`only`), or of all.
+pub fn nc5_evolution_for(rows: &[LongRow], tpt: Option<(i64, i64)>, only: Option<&str>) -> Result<Figure> {
+    let sets = distinct(
+        rows.iter()
+            .filter(|r| r.metric == "nc5" && r.key == "penultimate" && only.is_none_or(|o| r.dataset == o))
+            .map(|r| r.dataset.clone()),
+    );
     if sets.is_empty() {
         return Err(Error::data("NC5 figure", "no NC5 rows"));
     }

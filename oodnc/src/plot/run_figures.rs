@@ -72,6 +72,9 @@ pub fn write_run_figures(run_dir: &Path, out: &Path, device: Device) -> Result<V
         let rows = long_rows(&crate::ood::pipeline::read_csv(&nc_csv)?, "layer")?;
         save(nc_evolution(&rows, tpt)?, "nc_evolution_all")?;
         save(nc5_evolution(&rows, tpt)?, "nc5_combined")?;
+        for d in &sets.ood {
+            save(nc5_evolution_for(&rows, tpt, Some(&d.name))?, &format!("nc5_convergence_{}", d.name))?;
+        }
         save(nc_id_vs_ood(&rows)?, "nc_ood_summary")?;
         let mut epochs: Vec<i64> = rows.iter().map(|r| r.epoch).collect();
         epochs.sort();

@@ -85,6 +85,11 @@ fn state_path(run_dir: &Path) -> PathBuf {
     run_dir.join("state").join("last.safetensors")
 }
 
+/// Path of the optimizer state saved beside the checkpoint of `epoch`.
+pub fn optimizer_path(run_dir: &Path, epoch: i64) -> PathBuf {
+    run_dir.join("checkpoints").join(format!("epoch_{epoch:03}.optim.safetensors"))
+}
+
 /// Path of the checkpoint of `epoch` in a run.
 pub fn checkpoint_path(run_dir: &Path, epoch: i64) -> PathBuf {
     run_dir.join("checkpoints").join(format!("epoch_{epoch:03}.safetensors"))
@@ -191,7 +196,14 @@ impl Trainer {
             model: Some(self.cfg.model),
             metrics,
         };
-        save_checkpoint(checkpoint_path(&self.run_dir, epoch), &self.vs, &meta)
+        save_checkpoint(checkpoint_path(&self.run_dir, epoch), &self.vs, &meta)?;
+        // Optimizer state beside it (momentum buffers and step count), so that
+        // training can branch from any checkpoint.
+        let mut md = BTreeMap::new();
+        md.insert("epoch".into(), epoch.to_string());
+        md.insert("steps".into(), self.opt.steps.to_string());
+        md.insert("config_hash".into(), self.cfg.hash());
+        tensor_io::save(optimizer_path(&self.run_dir, epoch), &self.opt.state(), &md)
     }
 
     /// Mean loss and accuracy of the model in eval mode over `loader`.
@@ -259,7 +271,8 @@ impl Trainer {
                     correct += logits.detach().argmax(-1, false).eq_tensor(&b.labels).sum(Kind::Int64);
                 });
                 let (ls, c) = (&loss_sum, &correct);
-                prog.inc(1, || {
+                // Reading the running loss syncs with the device: only every 25 batches.
+                prog.inc_throttled(1, k % 25 == 0, || {
                     format!(
                         "loss {:.3} acc {:.1}%",
                         ls.double_value(&[]) / seen as f64,
@@ -317,6 +330,7 @@ impl Trainer {
                 if let Some((e, _)) = prev_best {
                     if !ckpt_epochs.contains(&e) {
                         let _ = std::fs::remove_file(checkpoint_path(&self.run_dir, e));
+                        let _ = std::fs::remove_file(optimizer_path(&self.run_dir, e));
                     }
                 }
                 let best = serde_json::json!({ "epoch": epoch, "val_acc": rec.val_acc });
