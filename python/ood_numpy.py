@@ -40,15 +40,23 @@ def fit_score(name, p, tr_h, tr_y, tr_z, W, b, val_z, val_y, te_h, te_z):
         q = np.sort(softmax(te_z, axis=1), axis=1)[:, ::-1][:, : int(min(p["m"], C))]
         return -(q ** p["gamma"] * (1 - q) ** p["gamma"]).sum(1)
     if name in ("mahalanobis", "rmds"):
+        # Whitening with the pseudo-inverse square root of the tied covariance:
+        # (h - mu)^T P (h - mu) = ||(h - mu) L||^2 with L L^T = P (eigh, like np.linalg.pinv).
+        def pinv_sqrt(cov):
+            vals, vecs = np.linalg.eigh(cov)
+            keep = vals > 1e-10 * vals.max()
+            return vecs[:, keep] / np.sqrt(vals[keep])
+
         mus = np.stack([tr_h[tr_y == c].mean(0) for c in range(C)])
         cen = tr_h - mus[tr_y]
-        prec = np.linalg.pinv(cen.T @ cen / len(tr_h), hermitian=True)
-        md = np.stack([np.einsum("nd,de,ne->n", te_h - m, prec, te_h - m) for m in mus], 1)
+        L = pinv_sqrt(cen.T @ cen / len(tr_h))
+        a, m = te_h @ L, mus @ L
+        md = (a**2).sum(1)[:, None] + (m**2).sum(1)[None, :] - 2 * a @ m.T
         if name == "rmds":
             mu0 = tr_h.mean(0)
             c0 = tr_h - mu0
-            prec0 = np.linalg.pinv(c0.T @ c0 / len(tr_h), hermitian=True)
-            md = md - np.einsum("nd,de,ne->n", te_h - mu0, prec0, te_h - mu0)[:, None]
+            L0 = pinv_sqrt(c0.T @ c0 / len(tr_h))
+            md = md - (((te_h - mu0) @ L0) ** 2).sum(1)[:, None]
         return -md.min(1)
     if name == "knn":
         norm = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -115,13 +123,12 @@ def fit_score(name, p, tr_h, tr_y, tr_z, W, b, val_z, val_y, te_h, te_z):
         mu = tr_h.mean(0)
         z = te_h @ W.T + b
         pred = z.argmax(1)
-        out = np.zeros(len(te_h))
-        for i in range(len(te_h)):
-            c = pred[i]
-            js = [j for j in range(C) if j != c]
-            num = np.abs(z[i, c] - z[i, js]) / np.linalg.norm(W[c] - W[js], axis=1)
-            out[i] = num.mean() / np.linalg.norm(te_h[i] - mu)
-        return out
+        zc = z[np.arange(len(z)), pred][:, None]
+        wn = (W**2).sum(1)
+        dn = np.sqrt(np.maximum(wn[pred][:, None] + wn[None, :] - 2 * W[pred] @ W.T, 1e-12))
+        num = np.abs(zc - z) / dn
+        num[np.arange(len(z)), pred] = 0
+        return num.sum(1) / (C - 1) / np.linalg.norm(te_h - mu, axis=1)
     if name == "tempscale":
         from scipy.optimize import minimize_scalar
 
