@@ -4,6 +4,7 @@
 #   make test    cargo tests + notebook tests (CI runs exactly this)
 #   make lab     JupyterLab with this project's Rust kernel
 #   make bench   benchmarks, each printing ratios against a baseline measured in the same run
+#   make reproduce  the coursework: real datasets, 300 epochs (GPU), the five notebooks
 #   make setup   only the set-up (the targets above run it first; it is idempotent)
 #
 # Set-up installs, once per machine and reused by every clone:
@@ -43,7 +44,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 .PHONY: help setup venv evcxr kernel demo reproduce test test-rust test-notebooks lab bench clean-build info
 
 help:
-	@sed -n '3,8p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: venv evcxr kernel
 	@echo "set-up complete: venv $(VENV), evcxr $(EVCXR_VERSION), kernel spec $(KERNEL_JSON)"
