@@ -4,7 +4,7 @@ Used by oodnc's interop test (a PyTorch state dict saved as safetensors must giv
 the same logits in oodnc) and by `oodnc bench train` (the PyTorch eager baseline).
 
     python torch_resnet.py export --out DIR [--classes 100] [--width 1.0] [--naming shortcut|downsample]
-    python torch_resnet.py bench --batch 128 --steps 5 [--width 1.0]
+    python torch_resnet.py bench --batch 128 --steps 5 [--width 1.0] [--device cuda] [--amp bf16] [--channels-last]
 """
 import argparse
 import json
@@ -93,19 +93,31 @@ def export(args):
 def bench(args):
     torch.manual_seed(0)
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    model = ResNet18(args.classes, args.width)
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = ResNet18(args.classes, args.width).to(dev, memory_format=fmt)
+    # PyTorch's defaults (foreach kernels on CUDA).
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(args.batch, 3, 32, 32)
-    y = torch.randint(0, args.classes, (args.batch,))
+    x = torch.randn(args.batch, 3, 32, 32, device=dev).contiguous(memory_format=fmt)
+    y = torch.randint(0, args.classes, (args.batch,), device=dev)
     model.train()
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
+        with amp:
+            out = model(x)
+        loss = F.cross_entropy(out.float(), y)
         loss.backward()
         opt.step()
+        if cuda:
+            torch.cuda.synchronize()
 
-    step()  # warm-up
+    for _ in range(10 if cuda else 1):  # warm-up (cuDNN autotuning)
+        step()
     times = []
     for _ in range(args.steps):
         t = time.perf_counter()
@@ -131,6 +143,9 @@ def main():
     b.add_argument("--classes", type=int, default=100)
     b.add_argument("--width", type=float, default=1.0)
     b.add_argument("--threads", type=int, default=0)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--amp", choices=["off", "bf16"], default="off")
+    b.add_argument("--channels-last", action="store_true")
     args = ap.parse_args()
     {"export": export, "bench": bench}[args.cmd](args)
 

@@ -147,50 +147,74 @@ pub fn run_python_json(script: &str, args: &[String]) -> Result<serde_json::Valu
 }
 
 /// `oodnc bench train`: images/s of forward + backward + SGD step of the full
-/// ResNet-18 (100 classes) at batch 128 on `device`, against the same model and
-/// step in PyTorch eager (python/torch_resnet.py) on the CPU with the same threads.
-pub fn train(device: Device, steps: usize, width: f64) -> Result<Vec<BenchLine>> {
+/// ResNet-18 (100 classes) at batch 128 on `device` with the precision and layout
+/// of `fast` (see [`crate::config::TrainConfig::fast_path`]), against the same
+/// model and step in PyTorch eager (python/torch_resnet.py) on the same device,
+/// with the same threads, precision (`torch.autocast`) and layout.
+pub fn train(device: Device, steps: usize, width: f64, fast: crate::config::FastPath) -> Result<Vec<BenchLine>> {
     use crate::model::{ResNet18, ResNetConfig};
-    use crate::train::Sgd;
+    use crate::train::{train_step, Sgd};
     let b = 128i64;
     tch::manual_seed(0);
+    if fast.cudnn_benchmark {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
     let vs = tch::nn::VarStore::new(device);
     let model = ResNet18::new(&vs.root(), ResNetConfig { num_classes: 100, width })?;
+    if fast.channels_last {
+        crate::amp::convert_channels_last(&vs);
+    }
     let params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
     let mut opt = Sgd::new(params, 0.9, 5e-4, false, true);
     let x = Tensor::randn([b, 3, 32, 32], (Kind::Float, device));
     let y = Tensor::randint(100, [b], (Kind::Int64, device));
-    let ours = time_median(steps, || {
-        let loss = model.forward_t(&x, true)?.cross_entropy_for_logits(&y);
-        opt.zero_grad();
-        loss.backward();
-        opt.step(0.1);
+    let sync = || {
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
         }
+    };
+    // Warm-up (cuDNN autotuning, allocator), not timed.
+    for _ in 0..if device.is_cuda() { 10 } else { 1 } {
+        let _ = train_step(&model, &mut opt, &x, &y, 0.1, fast)?;
+    }
+    sync();
+    let ours = time_median(steps, || {
+        let _ = train_step(&model, &mut opt, &x, &y, 0.1, fast)?;
+        sync();
         Ok(())
     })?;
-    let base = run_python_json(
-        "torch_resnet.py",
-        &[
-            "bench".into(),
-            "--batch".into(),
-            b.to_string(),
-            "--steps".into(),
-            steps.to_string(),
-            "--width".into(),
-            width.to_string(),
-            "--threads".into(),
-            tch::get_num_threads().to_string(),
-        ],
-    )?;
+    let mut args: Vec<String> = vec![
+        "bench".into(),
+        "--batch".into(),
+        b.to_string(),
+        "--steps".into(),
+        steps.to_string(),
+        "--width".into(),
+        width.to_string(),
+        "--threads".into(),
+        tch::get_num_threads().to_string(),
+        "--device".into(),
+        if device.is_cuda() { "cuda".into() } else { "cpu".into() },
+    ];
+    if fast.autocast.is_some() {
+        args.extend(["--amp".into(), "bf16".into()]);
+    }
+    if fast.channels_last {
+        args.push("--channels-last".into());
+    }
+    let base = run_python_json("torch_resnet.py", &args)?;
     let base_ips = base["images_per_s"].as_f64().unwrap_or(f64::NAN);
+    let mode = format!(
+        "{}{}",
+        if fast.autocast.is_some() { "bf16" } else { "fp32" },
+        if fast.channels_last { ", channels-last" } else { "" }
+    );
     Ok(vec![BenchLine {
-        name: format!("ResNet-18 train step ({device:?}, batch {b}, width {width})"),
+        name: format!("ResNet-18 train step ({device:?}, {mode}, batch {b}, width {width})"),
         ours: b as f64 / ours,
         baseline: base_ips,
         unit: "img/s".into(),
-        baseline_name: "PyTorch eager (CPU)".into(),
+        baseline_name: "PyTorch eager".into(),
     }])
 }
 

@@ -67,8 +67,52 @@ pub struct TrainConfig {
     /// Save a checkpoint every this many epochs (and at 0, the dense early epochs and the last).
     pub checkpoint_every: i64,
     pub dense_checkpoints: Vec<i64>,
-    /// Mixed precision (bf16 autocast) and channels-last on CUDA.
+    /// On CUDA: cuDNN autotuning, and what `precision` / `channels_last` do on `auto`
+    /// (bf16 autocast, channels-last layout).
     pub gpu_fast_path: bool,
+    /// Precision of the training pass: `auto` (bf16 autocast on CUDA with the fast
+    /// path, f32 elsewhere), `bf16` (everywhere), `fp32`.
+    #[serde(default)]
+    pub precision: crate::amp::Precision,
+    /// Memory layout of images and conv weights: `auto` (channels-last on CUDA with
+    /// the fast path), `on`, `off`.
+    #[serde(default)]
+    pub channels_last: Toggle,
+}
+
+/// A switch whose `auto` position depends on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Toggle {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+/// What the training pass does on a given device, resolved from [`TrainConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastPath {
+    /// Autocast dtype (bf16), or `None` for f32.
+    pub autocast: Option<tch::Kind>,
+    pub channels_last: bool,
+    pub cudnn_benchmark: bool,
+}
+
+impl TrainConfig {
+    /// Resolves the `auto` settings for `device`.
+    pub fn fast_path(&self, device: tch::Device) -> FastPath {
+        let gpu = device.is_cuda() && self.gpu_fast_path;
+        FastPath {
+            autocast: self.precision.autocast_kind(device, self.gpu_fast_path),
+            channels_last: match self.channels_last {
+                Toggle::Auto => gpu,
+                Toggle::On => true,
+                Toggle::Off => false,
+            },
+            cudnn_benchmark: gpu,
+        }
+    }
 }
 
 /// A complete run description.
@@ -100,6 +144,8 @@ impl RunConfig {
             checkpoint_every: 25,
             dense_checkpoints: vec![1, 2, 5, 10],
             gpu_fast_path: true,
+            precision: crate::amp::Precision::Auto,
+            channels_last: Toggle::Auto,
         };
         let synth = crate::data::synthetic::SynthConfig::default();
         match name {

@@ -11,6 +11,7 @@
 //! - every OOD score is **higher = more in-distribution**;
 //! - FPR@95 is reported under both conventions, with explicit names.
 
+pub mod amp;
 pub mod bench;
 pub mod config;
 pub mod data;

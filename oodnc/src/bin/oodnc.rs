@@ -86,6 +86,15 @@ enum Command {
         /// Smaller sizes (a quick check; the ratios are then less representative).
         #[arg(long)]
         quick: bool,
+        /// Training-step precision: auto (bf16 autocast on CUDA, f32 on CPU) | bf16 | fp32.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "bf16", "fp32"])]
+        precision: String,
+        /// Channels-last layout in the training step: auto (on CUDA) | on | off.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+        channels_last: String,
+        /// Timed training steps (median); more on a GPU.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
     },
 }
 
@@ -117,6 +126,31 @@ struct TrainArgs {
     /// cpu | cuda (default: cuda when available)
     #[arg(long)]
     device: Option<String>,
+    /// Override the data root (where cifar-100-binary/ etc. are).
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// Override the precision: auto (bf16 autocast on CUDA, f32 on CPU) | bf16 | fp32.
+    #[arg(long, value_parser = ["auto", "bf16", "fp32"])]
+    precision: Option<String>,
+    /// Override the layout: auto (channels-last on CUDA) | on | off.
+    #[arg(long, value_parser = ["auto", "on", "off"])]
+    channels_last: Option<String>,
+}
+
+fn parse_precision(s: &str) -> oodnc::amp::Precision {
+    match s {
+        "bf16" => oodnc::amp::Precision::Bf16,
+        "fp32" => oodnc::amp::Precision::Fp32,
+        _ => oodnc::amp::Precision::Auto,
+    }
+}
+
+fn parse_toggle(s: &str) -> oodnc::config::Toggle {
+    match s {
+        "on" => oodnc::config::Toggle::On,
+        "off" => oodnc::config::Toggle::Off,
+        _ => oodnc::config::Toggle::Auto,
+    }
 }
 
 #[derive(Subcommand)]
@@ -228,6 +262,15 @@ fn train(a: TrainArgs) -> oodnc::Result<()> {
     if let Some(s) = a.seed {
         cfg.seed = s;
     }
+    if let Some(r) = &a.data_root {
+        cfg.data.root = r.clone();
+    }
+    if let Some(p) = &a.precision {
+        cfg.train.precision = parse_precision(p);
+    }
+    if let Some(c) = &a.channels_last {
+        cfg.train.channels_last = parse_toggle(c);
+    }
     let run_dir = a.runs.join(&a.run);
     let has_state = run_dir.join("state/last.safetensors").exists();
     if has_state && !a.resume {
@@ -241,7 +284,16 @@ fn train(a: TrainArgs) -> oodnc::Result<()> {
     unsafe {
         libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
     }
-    println!("run {} (profile {}, seed {}, device {device:?})", run_dir.display(), cfg.profile, cfg.seed);
+    let fast = cfg.train.fast_path(device);
+    println!(
+        "run {} (profile {}, seed {}, device {device:?}, {}{}{})",
+        run_dir.display(),
+        cfg.profile,
+        cfg.seed,
+        if fast.autocast.is_some() { "bf16 autocast" } else { "fp32" },
+        if fast.channels_last { ", channels-last" } else { "" },
+        if fast.cudnn_benchmark { ", cuDNN autotuning" } else { "" }
+    );
     let data = oodnc::train::RunData::load(&cfg)?;
     println!("data: {} train / {} val / {} test images, {} classes", data.train.len(), data.val.len(), data.test.len(), data.train.num_classes());
     let mut tr = oodnc::train::Trainer::open(cfg, &run_dir, device)?;
@@ -356,7 +408,7 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             println!("scores: higher = more in-distribution; FPR95 = fraction of OOD accepted at 95% ID recall");
             println!("table: {}", study.csv.display());
         }
-        Command::Bench { what, quick } => {
+        Command::Bench { what, quick, precision, channels_last, steps } => {
             let device = oodnc::device::best_device();
             println!("oodnc bench on {device:?}, {} threads", tch::get_num_threads());
             let mut lines = Vec::new();
@@ -364,7 +416,10 @@ fn run(cli: Cli) -> oodnc::Result<()> {
                 lines.extend(oodnc::bench::data(device, 20)?);
             }
             if what == "train" || what == "all" {
-                lines.extend(oodnc::bench::train(device, 3, if quick { 0.25 } else { 1.0 })?);
+                let mut t = oodnc::config::RunConfig::profile("coursework")?.train;
+                t.precision = parse_precision(&precision);
+                t.channels_last = parse_toggle(&channels_last);
+                lines.extend(oodnc::bench::train(device, steps, if quick { 0.25 } else { 1.0 }, t.fast_path(device))?);
             }
             if what == "ood" || what == "all" {
                 let names = oodnc::ood::detector_names();

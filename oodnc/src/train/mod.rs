@@ -15,4 +15,4 @@ pub mod trainer;
 
 pub use history::{EpochRecord, History};
 pub use sgd::Sgd;
-pub use trainer::{cosine_lr, RunData, TrainOutcome, Trainer};
+pub use trainer::{cosine_lr, train_step, RunData, TrainOutcome, Trainer};

@@ -2,7 +2,7 @@
 
 use super::history::{EpochRecord, History};
 use super::sgd::Sgd;
-use crate::config::{LrStep, RunConfig};
+use crate::config::{FastPath, LrStep, RunConfig};
 use crate::data::{cifar, BatchLoader, Dataset, Part};
 use crate::error::{Error, IoContext, Result};
 use crate::model::{load_checkpoint, save_checkpoint, CheckpointMeta, ResNet18};
@@ -24,6 +24,20 @@ pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// exactly like PyTorch's `CosineAnnealingLR(T_max = epochs)` stepped per epoch.
 pub fn cosine_lr(lr0: f64, t: f64, t_max: f64) -> f64 {
     0.5 * lr0 * (1.0 + (std::f64::consts::PI * t / t_max).cos())
+}
+
+/// One optimisation step: forward (under autocast when `fast.autocast` is set,
+/// on a channels-last copy of `images` when `fast.channels_last`), cross-entropy in
+/// f32, backward, SGD update with learning rate `lr`. Returns the loss and the
+/// f32 logits, both still attached to the graph (detach what you keep).
+pub fn train_step(model: &ResNet18, opt: &mut Sgd, images: &Tensor, labels: &Tensor, lr: f64, fast: FastPath) -> Result<(Tensor, Tensor)> {
+    let x = if fast.channels_last { crate::amp::channels_last(images) } else { images.shallow_clone() };
+    let logits = crate::amp::autocast(images.device(), fast.autocast, || model.forward_t(&x, true))??.to_kind(Kind::Float);
+    let loss = logits.cross_entropy_for_logits(labels);
+    opt.zero_grad();
+    loss.f_backward()?;
+    opt.step(lr);
+    Ok((loss, logits))
 }
 
 /// The in-distribution data of a run: train / val (split of the official train
@@ -116,6 +130,9 @@ impl Trainer {
         tch::manual_seed(cfg.seed as i64);
         let vs = VarStore::new(device);
         let model = ResNet18::new(&vs.root(), cfg.model)?;
+        if cfg.train.fast_path(device).channels_last {
+            crate::amp::convert_channels_last(&vs);
+        }
         let params: Vec<(String, Tensor)> = vs
             .variables()
             .into_iter()
@@ -206,15 +223,27 @@ impl Trainer {
         tensor_io::save(optimizer_path(&self.run_dir, epoch), &self.opt.state(), &md)
     }
 
-    /// Mean loss and accuracy of the model in eval mode over `loader`.
+    /// Mean loss and accuracy of the model in eval mode over `loader`, in f32.
     pub fn evaluate(&self, loader: &BatchLoader) -> Result<(f64, f64)> {
+        let plain = FastPath {
+            autocast: None,
+            channels_last: false,
+            cudnn_benchmark: false,
+        };
+        self.evaluate_with(loader, plain)
+    }
+
+    /// [`evaluate`](Self::evaluate) with the training pass's precision and layout
+    /// (what the per-epoch val/test numbers of `history.csv` use).
+    pub fn evaluate_with(&self, loader: &BatchLoader, fast: FastPath) -> Result<(f64, f64)> {
         let dev = self.device;
         let mut loss_sum = Tensor::zeros([], (Kind::Double, dev));
         let mut correct = Tensor::zeros([], (Kind::Int64, dev));
         tch::no_grad(|| -> Result<()> {
             for b in loader.epoch(0) {
                 let b = b?;
-                let logits = self.model.forward_t(&b.images, false)?;
+                let x = if fast.channels_last { crate::amp::channels_last(&b.images) } else { b.images };
+                let logits = crate::amp::autocast(dev, fast.autocast, || self.model.forward_t(&x, false))??.to_kind(Kind::Float);
                 let n = b.labels.size()[0] as f64;
                 loss_sum += logits.cross_entropy_for_logits(&b.labels).to_kind(Kind::Double) * n;
                 correct += logits.argmax(-1, false).eq_tensor(&b.labels).sum(Kind::Int64);
@@ -235,7 +264,8 @@ impl Trainer {
         if self.epochs_done() == 0 && !checkpoint_path(&self.run_dir, 0).exists() {
             self.save_checkpoint_epoch(0, BTreeMap::new())?;
         }
-        if self.device.is_cuda() && t.gpu_fast_path {
+        let fast = t.fast_path(self.device);
+        if fast.cudnn_benchmark {
             tch::Cuda::cudnn_set_benchmark(true);
         }
         let train_loader = BatchLoader::new(&data.train, t.batch_size, self.device)?.train(self.cfg.seed);
@@ -259,11 +289,7 @@ impl Trainer {
                     LrStep::Epoch => lr_epoch,
                     LrStep::Iteration => cosine_lr(t.lr, ((epoch - 1) * iters + k as i64) as f64, (t.epochs * iters) as f64),
                 };
-                let logits = self.model.forward_t(&b.images, true)?;
-                let loss = logits.cross_entropy_for_logits(&b.labels);
-                self.opt.zero_grad();
-                loss.backward();
-                self.opt.step(lr);
+                let (loss, logits) = train_step(&self.model, &mut self.opt, &b.images, &b.labels, lr, fast)?;
                 let n = b.labels.size()[0];
                 seen += n;
                 tch::no_grad(|| {
@@ -282,8 +308,8 @@ impl Trainer {
             }
             let train_secs = prog.elapsed();
             prog.finish();
-            let (val_loss, val_acc) = self.evaluate(&val_loader)?;
-            let (_, test_acc) = self.evaluate(&test_loader)?;
+            let (val_loss, val_acc) = self.evaluate_with(&val_loader, fast)?;
+            let (_, test_acc) = self.evaluate_with(&test_loader, fast)?;
             let rec = EpochRecord {
                 epoch,
                 lr: lr_epoch,
