@@ -14,7 +14,9 @@ use crate::model::{ResNet18, TAP_NAMES};
 use crate::tensor_io;
 use md5::{Digest, Md5};
 use std::collections::BTreeMap;
+use crate::ood::linalg::{ClassMoments, GlobalMoments};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 /// What to extract besides logits and penultimate features.
@@ -37,6 +39,55 @@ pub struct FeatureSet {
     pub labels: Tensor,
     /// Tap name (`stem`, `layer1.0`, ..., optionally `+2x2`) -> `[N, D_l]`.
     pub taps: BTreeMap<String, Tensor>,
+    /// Validated f64 copies of `logits` / `penultimate`, made on first use by the
+    /// detectors (every detector of a study reads the same sets).
+    f64_cache: F64Cache,
+}
+
+/// The f64 copies, each remembered with the identity of the tensor it was made
+/// from: assigning a new tensor to the field (e.g. `to_device`) invalidates it.
+/// Feature tensors are treated as immutable: an in-place edit of their values is
+/// not noticed.
+#[derive(Default)]
+struct F64Cache {
+    logits: std::sync::Mutex<Option<(TensorKey, Tensor)>>,
+    penultimate: std::sync::Mutex<Option<(TensorKey, Tensor)>>,
+    global: std::sync::Mutex<Option<(TensorKey, Arc<GlobalMoments>)>>,
+    class: std::sync::Mutex<Option<((TensorKey, TensorKey, i64), Arc<ClassMoments>)>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct TensorKey {
+    ptr: usize,
+    size: Vec<i64>,
+    stride: Vec<i64>,
+    kind: Kind,
+    device: Device,
+}
+
+impl TensorKey {
+    fn of(t: &Tensor) -> Self {
+        TensorKey {
+            ptr: t.data_ptr() as usize,
+            size: t.size(),
+            stride: t.stride(),
+            kind: t.kind(),
+            device: t.device(),
+        }
+    }
+}
+
+fn cached_f64(slot: &std::sync::Mutex<Option<(TensorKey, Tensor)>>, t: &Tensor, context: &str) -> Result<Tensor> {
+    let key = TensorKey::of(t);
+    let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((k, v)) = guard.as_ref() {
+        if *k == key {
+            return Ok(v.shallow_clone());
+        }
+    }
+    let v = crate::ood::linalg::finite_f64(t, context)?;
+    *guard = Some((key, v.shallow_clone()));
+    Ok(v)
 }
 
 impl std::fmt::Debug for FeatureSet {
@@ -72,7 +123,50 @@ impl FeatureSet {
             penultimate: penultimate.to_kind(Kind::Float),
             labels: labels.to_kind(Kind::Int64),
             taps: BTreeMap::new(),
+            f64_cache: F64Cache::default(),
         })
+    }
+
+    /// `logits` as f64, checked finite (cached; see [`FeatureSet`]).
+    pub fn logits_f64(&self, context: &str) -> Result<Tensor> {
+        cached_f64(&self.f64_cache.logits, &self.logits, context)
+    }
+
+    /// `penultimate` as f64, checked finite (cached).
+    pub fn penultimate_f64(&self, context: &str) -> Result<Tensor> {
+        cached_f64(&self.f64_cache.penultimate, &self.penultimate, context)
+    }
+
+    /// Mean and covariance of `penultimate` (f64; computed once, cached like the
+    /// f64 copy).
+    pub fn global_moments(&self, context: &str) -> Result<Arc<GlobalMoments>> {
+        let h = self.penultimate_f64(context)?;
+        let key = TensorKey::of(&self.penultimate);
+        let mut guard = self.f64_cache.global.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, m)) = guard.as_ref() {
+            if *k == key {
+                return Ok(m.clone());
+            }
+        }
+        let m = Arc::new(GlobalMoments::compute(&h));
+        *guard = Some((key, m.clone()));
+        Ok(m)
+    }
+
+    /// Class means, counts and tied covariance of `penultimate` under `labels`
+    /// for `classes` classes (f64; computed once, cached).
+    pub fn class_moments(&self, classes: i64, context: &str) -> Result<Arc<ClassMoments>> {
+        let h = self.penultimate_f64(context)?;
+        let key = (TensorKey::of(&self.penultimate), TensorKey::of(&self.labels), classes);
+        let mut guard = self.f64_cache.class.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, m)) = guard.as_ref() {
+            if *k == key {
+                return Ok(m.clone());
+            }
+        }
+        let m = Arc::new(ClassMoments::compute(&h, &self.labels, classes, context)?);
+        *guard = Some((key, m.clone()));
+        Ok(m)
     }
 
     /// The features of layer `name` (`penultimate`, `logits`, or a tap).
@@ -100,6 +194,7 @@ impl FeatureSet {
             penultimate: self.penultimate.index_select(0, &i),
             labels: self.labels.index_select(0, &i),
             taps: self.taps.iter().map(|(k, v)| (k.clone(), v.index_select(0, &i))).collect(),
+            f64_cache: F64Cache::default(),
         }
     }
 }

@@ -294,3 +294,45 @@ fn every_detector_has_defaults_and_a_grid() {
     // A small feature dimension restricts the ViM grid below D.
     assert!(DetectorSpec::grid("vim", 16, 10, 100).unwrap().iter().all(|s| s.get("dim") < 16.0));
 }
+
+#[test]
+fn cached_f64_copies_and_moments_follow_replaced_tensors() {
+    // Detectors share f64 copies and moments cached on the FeatureSet; assigning a
+    // new tensor to a field must invalidate them.
+    let mut f = fixture(3, 6, 10);
+    let specs: Vec<DetectorSpec> = [
+        ("mahalanobis", vec![]),
+        ("rmds", vec![]),
+        ("vim", vec![("dim", 2.0)]),
+        ("neco", vec![("d", 2.0)]),
+        ("neco_seed", vec![("d", 2.0)]),
+        ("she", vec![]),
+        ("fdbd", vec![]),
+        ("dice", vec![]),
+        ("react", vec![]),
+    ]
+    .into_iter()
+    .map(|(n, p)| DetectorSpec::new(n, &p).unwrap())
+    .collect();
+    let first: Vec<Vec<f64>> = specs.iter().map(|s| vec(&fit(s, &f).unwrap().score(&f.test).unwrap())).collect();
+    // The same again (now from the caches): identical.
+    for (spec, s) in specs.iter().zip(&first) {
+        assert_eq!(&vec(&fit(spec, &f).unwrap().score(&f.test).unwrap()), s, "{}", spec.name);
+    }
+    // Replace the training features: every detector must see the new ones, exactly
+    // as a fresh FeatureSet with those values does.
+    let col_scale = Tensor::from_slice(&[3.0f32, 0.2, 1.0, 0.5, 2.0, 0.1]);
+    f.train.penultimate = &f.train.penultimate * col_scale + 0.25;
+    let fresh = FeatureSet::new("train", f.train.logits.shallow_clone(), f.train.penultimate.copy(), f.train.labels.shallow_clone()).unwrap();
+    for (spec, before) in specs.iter().zip(&first) {
+        let ours = vec(&fit(spec, &f).unwrap().score(&f.test).unwrap());
+        let reference = vec(&spec.fit(&FitData { train: &fresh, val: Some(&f.val), weight: &f.w, bias: &f.b }).unwrap().score(&f.test).unwrap());
+        assert_eq!(ours, reference, "{} used stale statistics", spec.name);
+        assert_ne!(&ours, before, "{}: the change had no effect", spec.name);
+    }
+    // Replace the test features with NaN ones: the check runs again.
+    let fitted = fit(&DetectorSpec::new("energy", &[]).unwrap(), &f).unwrap();
+    fitted.score(&f.test).unwrap();
+    f.test.logits = f.test.logits.copy().fill_(f64::NAN);
+    assert!(fitted.score(&f.test).is_err());
+}

@@ -2,7 +2,7 @@
 //! feature `[D]`, W `[C, D]` and b `[C]` the classifier, mu_c class means of the
 //! ID training features. Every score is higher = more in-distribution.
 
-use super::linalg::{check_2d, class_means, eigh_desc, finite_f64, pinv_sqrt, sq_dists};
+use super::linalg::{check_2d, eigh_desc, finite_f64, pinv_sqrt, sq_dists};
 use super::{DetectorSpec, FitData, Fitted};
 use crate::error::{Error, Result};
 use crate::features::FeatureSet;
@@ -51,12 +51,12 @@ pub fn validate(spec: &DetectorSpec) -> Result<()> {
 
 fn logits(f: &FeatureSet, c: i64, ctx: &str) -> Result<Tensor> {
     check_2d(&f.logits, Some(c), ctx)?;
-    finite_f64(&f.logits, ctx)
+    f.logits_f64(ctx)
 }
 
 fn feats(f: &FeatureSet, d: i64, ctx: &str) -> Result<Tensor> {
     check_2d(&f.penultimate, Some(d), ctx)?;
-    finite_f64(&f.penultimate, ctx)
+    f.penultimate_f64(ctx)
 }
 
 fn energy_of(z: &Tensor, t: f64) -> Tensor {
@@ -67,16 +67,41 @@ fn max_dim1(x: &Tensor) -> Tensor {
     x.max_dim(1, false).0
 }
 
-/// Percentile (0..100) of all values of `x` (linear interpolation, like numpy).
+/// Percentile (0..100) of all values of `x` (linear interpolation between the
+/// order statistics around `p / 100 * (n - 1)`, like numpy's default), by
+/// selection (O(n)) rather than a full sort: on the CPU through Rust's
+/// introselect on a copy of the values (in their own dtype: the order statistics
+/// of f32 values are the same in f64), elsewhere through `kthvalue`.
 fn percentile(x: &Tensor, p: f64) -> f64 {
-    let v = x.flatten(0, -1).to_kind(Kind::Double);
-    let (sorted, _) = v.sort(0, false);
-    let n = sorted.size()[0];
+    let v = x.flatten(0, -1);
+    let n = v.size()[0];
     let pos = p / 100.0 * (n - 1) as f64;
-    let (lo, hi) = (pos.floor() as i64, pos.ceil() as i64);
-    let a = sorted.double_value(&[lo]);
-    let b = sorted.double_value(&[hi]);
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    let (a, b) = if v.device() == tch::Device::Cpu {
+        match v.kind() {
+            Kind::Float => select_pair(Vec::<f32>::try_from(&v).unwrap_or_default(), lo, hi, f32::total_cmp),
+            _ => select_pair(Vec::<f64>::try_from(&v.to_kind(Kind::Double)).unwrap_or_default(), lo, hi, f64::total_cmp),
+        }
+    } else {
+        // kthvalue's k is 1-based.
+        let a = v.kthvalue(lo as i64 + 1, 0, false).0.double_value(&[]);
+        let b = if hi == lo { a } else { v.kthvalue(hi as i64 + 1, 0, false).0.double_value(&[]) };
+        (a, b)
+    };
     a + (b - a) * (pos - lo as f64)
+}
+
+/// The `lo`-th and `hi`-th smallest values (0-based, `hi` is `lo` or `lo + 1`).
+fn select_pair<T: Copy + Into<f64>>(mut v: Vec<T>, lo: usize, hi: usize, cmp: fn(&T, &T) -> std::cmp::Ordering) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let (_, a, right) = v.select_nth_unstable_by(lo, cmp);
+    let a = *a;
+    // After the selection everything right of `lo` is >= a: the next order
+    // statistic is their minimum.
+    let b = if hi > lo { right.iter().copied().min_by(cmp).unwrap_or(a) } else { a };
+    (a.into(), b.into())
 }
 
 /// Fits `spec` (dispatch by name).
@@ -116,7 +141,8 @@ pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
             let (g, m) = (spec.get("gamma"), (spec.get("m") as i64).min(c));
             Ok(Fitted::new(spec, move |f| {
                 let p = logits(f, c, &sc)?.softmax(-1, Kind::Double);
-                let (top, _) = p.topk(m, 1, true, true);
+                // All classes: no need to select (the sum is order-free).
+                let top = if m >= c { p } else { p.topk(m, 1, true, true).0 };
                 let one_minus: Tensor = 1.0 - &top;
                 Ok(-(top.pow_tensor_scalar(g) * one_minus.pow_tensor_scalar(g)).sum_dim_intlist(&[1i64][..], false, Kind::Double))
             }))
@@ -165,18 +191,15 @@ pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
         }
         // Mahalanobis: -min_c (h - mu_c)^T Sigma^+ (h - mu_c), tied covariance about the class means.
         "mahalanobis" | "rmds" => {
-            let h = feats(train, d, &ctx)?;
-            let (mu, _) = class_means(&h, &train.labels, c, &ctx)?;
-            let centred = &h - mu.index_select(0, &train.labels.to_kind(Kind::Int64));
-            let sigma = centred.tr().matmul(&centred) / n_train as f64;
-            let l = pinv_sqrt(&sigma, PINV_REL_TOL)?;
-            let mu_l = mu.matmul(&l);
+            check_2d(&train.penultimate, Some(d), &ctx)?;
+            let cm = train.class_moments(c, &ctx)?;
+            let l = pinv_sqrt(&cm.within, PINV_REL_TOL)?;
+            let mu_l = cm.means.matmul(&l);
             let rel = if spec.name == "rmds" {
                 // RMDS background: one Gaussian on all training features.
-                let mu0 = h.mean_dim(&[0i64][..], true, Kind::Double);
-                let c0 = &h - &mu0;
-                let l0 = pinv_sqrt(&(c0.tr().matmul(&c0) / n_train as f64), PINV_REL_TOL)?;
-                Some((mu0, l0))
+                let gm = train.global_moments(&ctx)?;
+                let l0 = pinv_sqrt(&gm.cov, PINV_REL_TOL)?;
+                Some((gm.mean.shallow_clone(), l0))
             } else {
                 None
             };
@@ -227,7 +250,10 @@ pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
             let h = feats(train, d, &ctx)?;
             let u = -w.linalg_pinv(1e-15, false).matmul(&b);
             let x = &h - &u;
-            let cov = x.tr().matmul(&x) / n_train as f64;
+            // (1/N) sum (h - u)(h - u)^T = Cov(h) + (mean - u)(mean - u)^T.
+            let gm = train.global_moments(&ctx)?;
+            let dm = (&gm.mean - &u).reshape([d, 1]);
+            let cov = &gm.cov + dm.matmul(&dm.tr());
             let (_, vecs) = eigh_desc(&cov);
             let ns = vecs.narrow(1, dim, d - dim);
             let res_train = x.matmul(&ns).norm_scalaropt_dim(2, &[1i64][..], false);
@@ -248,12 +274,13 @@ pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
             if dd >= d {
                 return Err(Error::param("neco.d", format!("{dd} must be smaller than the feature dimension {d}")));
             }
-            let h = feats(train, d, &ctx)?;
-            let mean = h.mean_dim(&[0i64][..], true, Kind::Double);
-            let std = h.std_dim(&[0i64][..], false, true);
+            // Standardised features: their covariance is D^-1 Cov(h) D^-1, D = diag(std).
+            check_2d(&train.penultimate, Some(d), &ctx)?;
+            let gm = train.global_moments(&ctx)?;
+            let mean = gm.mean.shallow_clone();
+            let std = gm.cov.diagonal(0, 0, 1).clamp_min(0.0).sqrt().reshape([1, d]);
             let std = std.where_self(&std.gt(1e-12), &std.ones_like());
-            let xs = (&h - &mean) / &std;
-            let cov = xs.tr().matmul(&xs) / n_train as f64;
+            let cov = &gm.cov / std.tr().matmul(&std);
             let (_, vecs) = eigh_desc(&cov);
             let pd = vecs.narrow(1, 0, dd);
             let use_ml = spec.get("maxlogit") == 1.0;
@@ -269,9 +296,8 @@ pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
         // uncentred h, no standardisation, d = C: ||P_d h|| / (||h|| + 1e-8).
         "neco_seed" => {
             let dd = (spec.get("d") as i64).min(d);
-            let h = feats(train, d, &ctx)?;
-            let x = &h - h.mean_dim(&[0i64][..], true, Kind::Double);
-            let (_, vecs) = eigh_desc(&(x.tr().matmul(&x) / n_train as f64));
+            check_2d(&train.penultimate, Some(d), &ctx)?;
+            let (_, vecs) = eigh_desc(&train.global_moments(&ctx)?.cov);
             let pd = vecs.narrow(1, 0, dd);
             Ok(Fitted::new(spec, move |f| {
                 let h = feats(f, d, &sc)?;
@@ -280,7 +306,9 @@ pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
         }
         // ReAct: energy of W min(h, c) + b, c = p-th percentile of ID training activations.
         "react" => {
-            let clip = percentile(&feats(train, d, &ctx)?, spec.get("p"));
+            check_2d(&train.penultimate, Some(d), &ctx)?;
+            let _ = train.penultimate_f64(&ctx)?; // the finiteness check
+            let clip = percentile(&train.penultimate, spec.get("p"));
             let mut fitted = Fitted::new(spec, move |f| {
                 let h = feats(f, d, &sc)?.clamp_max(clip);
                 Ok(energy_of(&(h.matmul(&w.tr()) + &b), 1.0))
@@ -297,8 +325,10 @@ pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
             Ok(Fitted::new(spec, move |f| {
                 let h = feats(f, d, &sc)?;
                 let k = ((d as f64) * (1.0 - p / 100.0)).round().max(1.0) as i64;
-                let (top, _) = h.topk(k, 1, true, true);
-                let thresh = top.select(1, k - 1).unsqueeze(1);
+                // The k-th largest value of each row, selected on the f32 features
+                // (same values, half the memory traffic).
+                let (top, _) = f.penultimate.topk(k, 1, true, false);
+                let thresh = top.min_dim(1, true).0.to_kind(Kind::Double);
                 let keep = h.ge_tensor(&thresh).to_kind(Kind::Double);
                 let s1 = h.sum_dim_intlist(&[1i64][..], true, Kind::Double);
                 let pruned = &h * &keep;
@@ -318,7 +348,8 @@ pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
         }
         // DICE: energy with W masked to its top (100 - p) % contributions W_cd * mean_train(h_d).
         "dice" => {
-            let mean_h = feats(train, d, &ctx)?.mean_dim(&[0i64][..], false, Kind::Double);
+            check_2d(&train.penultimate, Some(d), &ctx)?;
+            let mean_h = train.global_moments(&ctx)?.mean.reshape([d]);
             let contrib = &w * mean_h.unsqueeze(0);
             let thresh = percentile(&contrib, spec.get("p"));
             let wm = &w * contrib.gt(thresh).to_kind(Kind::Double);
@@ -330,7 +361,7 @@ pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
         "she" => {
             let h = feats(train, d, &ctx)?;
             let y = train.labels.to_kind(Kind::Int64);
-            let (all_means, _) = class_means(&h, &y, c, &ctx)?;
+            let all_means = train.class_moments(c, &ctx)?.means.shallow_clone();
             let ok = logits(train, c, &ctx)?.argmax(1, false).eq_tensor(&y).to_kind(Kind::Double);
             let counts = Tensor::zeros([c], (Kind::Double, h.device())).index_add(0, &y, &ok);
             let sums = Tensor::zeros([c, d], (Kind::Double, h.device())).index_add(0, &y, &(&h * ok.unsqueeze(1)));
@@ -345,18 +376,18 @@ pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
         // fDBD: mean over j != c of |(w_c - w_j) h + b_c - b_j| / ||w_c - w_j||, divided by
         // ||h - mean_train(h)||; c the predicted class.
         "fdbd" => {
-            let mu = feats(train, d, &ctx)?.mean_dim(&[0i64][..], true, Kind::Double);
+            check_2d(&train.penultimate, Some(d), &ctx)?;
+            let mu = train.global_moments(&ctx)?.mean.shallow_clone();
+            // ||w_c - w_j||^2 = |w_c|^2 + |w_j|^2 - 2 w_c.w_j, for all pairs once.
+            let wn = w.square().sum_dim_intlist(&[1i64][..], false, Kind::Double);
+            let dist_w = (wn.unsqueeze(1) + wn.unsqueeze(0) - w.matmul(&w.tr()) * 2.0).clamp_min(1e-12).sqrt();
             Ok(Fitted::new(spec, move |f| {
                 let x = feats(f, d, &sc)?;
                 let z = x.matmul(&w.tr()) + &b;
                 let pred = z.argmax(1, false);
                 let zc = z.gather(1, &pred.unsqueeze(1), false);
-                let wc = w.index_select(0, &pred); // [N, D]
-                // ||w_c - w_j||^2 = |w_c|^2 + |w_j|^2 - 2 w_c.w_j
-                let wn = w.square().sum_dim_intlist(&[1i64][..], false, Kind::Double);
-                let cross = wc.matmul(&w.tr());
-                let dn = (wn.index_select(0, &pred).unsqueeze(1) + wn.unsqueeze(0) - cross * 2.0).clamp_min(1e-12).sqrt();
-                let num = (&zc - &z).abs() / dn;
+                // ||w_c - w_j|| for the predicted c: a row of the [C, C] table.
+                let num = (&zc - &z).abs() / dist_w.index_select(0, &pred);
                 let mask = Tensor::ones_like(&num).scatter_value(1, &pred.unsqueeze(1), 0.0);
                 let mean = (num * &mask).sum_dim_intlist(&[1i64][..], false, Kind::Double) / (c - 1).max(1) as f64;
                 Ok(mean / (x - &mu).norm_scalaropt_dim(2, &[1i64][..], false).clamp_min(1e-12))

@@ -86,3 +86,45 @@ pub fn sq_dists(a: &Tensor, b: &Tensor) -> Tensor {
     let bn = b.square().sum_dim_intlist(&[1i64][..], true, Kind::Double).tr();
     (an + bn - a.matmul(&b.tr()) * 2.0).clamp_min(0.0)
 }
+
+/// Mean and covariance of a feature set: `mean` `[1, D]` and
+/// `cov = (1/N) sum_i (h_i - mean)(h_i - mean)^T` `[D, D]`, f64. Shared by the
+/// detectors that fit on the same training features (RMDS, ViM, Residual, NECO,
+/// DICE, fDBD), see [`crate::features::FeatureSet::global_moments`].
+#[derive(Debug)]
+pub struct GlobalMoments {
+    pub n: i64,
+    pub mean: Tensor,
+    pub cov: Tensor,
+}
+
+impl GlobalMoments {
+    /// From finite f64 features `[N, D]`.
+    pub fn compute(h: &Tensor) -> Self {
+        let n = h.size()[0];
+        let mean = h.mean_dim(&[0i64][..], true, Kind::Double);
+        let c = h - &mean;
+        let cov = c.tr().matmul(&c) / n as f64;
+        GlobalMoments { n, mean, cov }
+    }
+}
+
+/// Class means `[C, D]`, class counts `[C]` and the tied (within-class)
+/// covariance `(1/N) sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T`, f64 (Mahalanobis,
+/// RMDS, SHE), see [`crate::features::FeatureSet::class_moments`].
+#[derive(Debug)]
+pub struct ClassMoments {
+    pub means: Tensor,
+    pub counts: Tensor,
+    pub within: Tensor,
+}
+
+impl ClassMoments {
+    /// From finite f64 features `[N, D]` and labels in `0..c` (every class present).
+    pub fn compute(h: &Tensor, labels: &Tensor, c: i64, context: &str) -> Result<Self> {
+        let (means, counts) = class_means(h, labels, c, context)?;
+        let centred = h - means.index_select(0, &labels.to_kind(Kind::Int64));
+        let within = centred.tr().matmul(&centred) / h.size()[0] as f64;
+        Ok(ClassMoments { means, counts, within })
+    }
+}
