@@ -247,24 +247,29 @@ pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
                     format!("{dim} must be smaller than the feature dimension {d} (else the residual space is empty)"),
                 ));
             }
-            let h = feats(train, d, &ctx)?;
             let u = -w.linalg_pinv(1e-15, false).matmul(&b);
-            let x = &h - &u;
             // (1/N) sum (h - u)(h - u)^T = Cov(h) + (mean - u)(mean - u)^T.
+            check_2d(&train.penultimate, Some(d), &ctx)?;
             let gm = train.global_moments(&ctx)?;
             let dm = (&gm.mean - &u).reshape([d, 1]);
             let cov = &gm.cov + dm.matmul(&dm.tr());
             let (_, vecs) = eigh_desc(&cov);
             let ns = vecs.narrow(1, dim, d - dim);
-            let res_train = x.matmul(&ns).norm_scalaropt_dim(2, &[1i64][..], false);
-            let alpha = max_dim1(&logits(train, c, &ctx)?).mean(Kind::Double).double_value(&[])
-                / res_train.mean(Kind::Double).double_value(&[]).max(1e-12);
             let vim = spec.name == "vim";
+            // alpha only matters for ViM (Residual is the residual norm alone).
+            let alpha = if vim {
+                let res_train = (feats(train, d, &ctx)? - &u).matmul(&ns).norm_scalaropt_dim(2, &[1i64][..], false);
+                max_dim1(&logits(train, c, &ctx)?).mean(Kind::Double).double_value(&[]) / res_train.mean(Kind::Double).double_value(&[]).max(1e-12)
+            } else {
+                1.0
+            };
             let mut fitted = Fitted::new(spec, move |f| {
                 let r = (feats(f, d, &sc)? - &u).matmul(&ns).norm_scalaropt_dim(2, &[1i64][..], false);
                 Ok(if vim { energy_of(&logits(f, c, &sc)?, 1.0) - r * alpha } else { -r })
             });
-            fitted.params.insert("alpha".into(), alpha);
+            if vim {
+                fitted.params.insert("alpha".into(), alpha);
+            }
             Ok(fitted)
         }
         // NECO: ||P_d x|| / ||x||, x = standardised h, P_d the top-d principal directions
