@@ -219,22 +219,12 @@ pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
             if k > n_train {
                 return Err(Error::param("knn.k", format!("{k} neighbours but only {n_train} training samples")));
             }
-            let dev = crate::device::best_device();
-            let bank = normalize_rows(&feats(train, d, &ctx)?).to_kind(Kind::Float).to_device(dev);
+            let bank = super::knn::Bank::new(&normalize_rows(&feats(train, d, &ctx)?), crate::device::best_device());
             Ok(Fitted::new(spec, move |f| {
-                let x = normalize_rows(&feats(f, d, &sc)?).to_kind(Kind::Float);
-                let mut out = Vec::new();
-                tch::no_grad(|| {
-                    for chunk in x.split(2048, 0) {
-                        let sims = chunk.to_device(dev).matmul(&bank.tr());
-                        let (top, _) = sims.topk(k, 1, true, true);
-                        let kth = top.select(1, k - 1).to_kind(Kind::Double);
-                        let two_minus: Tensor = 2.0 - kth * 2.0;
-                        let dist = two_minus.clamp_min(0.0).sqrt();
-                        out.push(-dist.to_device(tch::Device::Cpu));
-                    }
-                });
-                Ok(Tensor::cat(&out, 0))
+                // For unit vectors ||a - b|| = sqrt(2 - 2 a.b): the k-th nearest is the k-th most similar.
+                let kth = bank.kth_largest(&normalize_rows(&feats(f, d, &sc)?), k)?.to_kind(Kind::Double);
+                let two_minus: Tensor = 2.0 - kth * 2.0;
+                Ok(-two_minus.clamp_min(0.0).sqrt())
             }))
         }
         // ViM: logsumexp(z) - alpha ||NS^T (h - u)||, u = -W^+ b, NS = eigenvectors of the

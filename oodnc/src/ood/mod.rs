@@ -12,6 +12,7 @@
 
 pub mod detectors;
 pub mod eval;
+pub mod knn;
 pub mod linalg;
 pub mod metrics;
 pub mod pipeline;
