@@ -46,7 +46,10 @@ enum Command {
         /// all | last | a comma-separated list
         #[arg(long, default_value = "all")]
         epochs: String,
-        /// Comma-separated detector names, or "all" / "seed" (the original's six).
+        /// Comma-separated detector names; "all" (the 21 feature-based ones) and "seed"
+        /// (the original's six) expand. "odin" (model-based: the network runs with input
+        /// gradients on every image, slow on a CPU for the full model) only when named,
+        /// e.g. --detectors all,odin.
         #[arg(long, default_value = "all")]
         detectors: String,
         /// Bootstrap replicates for the confidence intervals (0 = none).
@@ -396,11 +399,16 @@ fn run(cli: Cli) -> oodnc::Result<()> {
         Command::Ood { run, runs, epochs, detectors, bootstrap } => {
             let run_dir = runs.join(&run);
             let eps = parse_epochs(&run_dir, &epochs)?;
-            let names: Vec<&str> = match detectors.as_str() {
-                "all" => oodnc::ood::detector_names(),
-                "seed" => oodnc::ood::SEED_SIX.to_vec(),
-                list => list.split(',').map(str::trim).collect(),
-            };
+            let mut names: Vec<&str> = Vec::new();
+            for d in detectors.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+                match d {
+                    "all" => names.extend(oodnc::ood::detector_names()),
+                    "seed" => names.extend(oodnc::ood::SEED_SIX),
+                    other => names.push(other),
+                }
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            names.retain(|d| seen.insert(*d));
             let study = oodnc::ood::pipeline::run(&run_dir, &eps, &names, bootstrap, oodnc::device::best_device())?;
             let rows = oodnc::report::long_rows(&study.frame, "detector")?;
             let last = oodnc::report::last_epoch(&rows)?;

@@ -95,33 +95,32 @@ pub fn evaluate(epoch: i64, specs: &[DetectorSpec], inputs: &EvalInputs, reps: u
     for spec in specs {
         let fitted = spec.fit(&inputs.fit_data())?;
         let id = fitted.score_vec(inputs.id_test)?;
-        for o in &inputs.ood {
-            let os = fitted.score_vec(o)?;
-            if reps > 0 {
-                for (m, v) in ood_metrics_ci(&id, &os, reps, 0.95, seed)? {
-                    rows.push(Row {
-                        epoch,
-                        detector: spec.name.clone(),
-                        dataset: o.name.clone(),
-                        metric: m.into(),
-                        value: v.value,
-                        ci_low: v.ci_low,
-                        ci_high: v.ci_high,
-                    });
-                }
-            } else {
-                for (m, v) in ood_metrics(&id, &os)?.named() {
-                    rows.push(Row {
-                        epoch,
-                        detector: spec.name.clone(),
-                        dataset: o.name.clone(),
-                        metric: m.into(),
-                        value: v,
-                        ci_low: f64::NAN,
-                        ci_high: f64::NAN,
-                    });
-                }
-            }
+        let ood = inputs.ood.iter().map(|o| Ok((o.name.clone(), fitted.score_vec(o)?))).collect::<Result<Vec<_>>>()?;
+        rows.extend(score_rows(epoch, &spec.name, &id, &ood, reps, seed)?);
+    }
+    Ok(rows)
+}
+
+/// The metric rows of one detector's scores: ID test scores `id` against each
+/// named OOD set, with `reps` bootstrap replicates (0 = no intervals).
+pub fn score_rows(epoch: i64, detector: &str, id: &[f64], ood: &[(String, Vec<f64>)], reps: usize, seed: u64) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (name, os) in ood {
+        let named: Vec<(&str, f64, f64, f64)> = if reps > 0 {
+            ood_metrics_ci(id, os, reps, 0.95, seed)?.into_iter().map(|(m, v)| (m, v.value, v.ci_low, v.ci_high)).collect()
+        } else {
+            ood_metrics(id, os)?.named().into_iter().map(|(m, v)| (m, v, f64::NAN, f64::NAN)).collect()
+        };
+        for (m, value, ci_low, ci_high) in named {
+            rows.push(Row {
+                epoch,
+                detector: detector.into(),
+                dataset: name.clone(),
+                metric: m.into(),
+                value,
+                ci_low,
+                ci_high,
+            });
         }
     }
     Ok(rows)

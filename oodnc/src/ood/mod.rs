@@ -9,12 +9,15 @@
 //! [`Fitted`] detector that scores any [`FeatureSet`]. Every detector is
 //! registered by name in [`DETECTORS`], so the notebooks and the CLI share them.
 //! Formulas and papers are documented on each constructor in [`detectors`].
+//! ODIN, which needs the model and the images rather than features, is in
+//! [`odin`]; [`pipeline::run`] takes it by the name `odin`.
 
 pub mod detectors;
 pub mod eval;
 pub mod knn;
 pub mod linalg;
 pub mod metrics;
+pub mod odin;
 pub mod pipeline;
 
 use crate::error::{Error, Result};

@@ -57,7 +57,9 @@ pub fn epoch_features(run_dir: &Path, epoch: i64, sets: &EvalSets, opts: Extract
 
 /// Runs the OOD study of `run_dir` for `epochs` (all checkpoints when empty) and
 /// `detectors`, with `reps` bootstrap replicates; writes `ood/metrics.csv` and
-/// `ood/selection.json` in the run folder.
+/// `ood/selection.json` in the run folder. `detectors` are names of the
+/// feature-based registry and, optionally, `odin` (model-based: it runs the
+/// network with input gradients on the images, see [`super::odin`]).
 pub fn run(run_dir: &Path, epochs: &[i64], detectors: &[&str], reps: usize, device: Device) -> Result<OodStudy> {
     let cfg = RunConfig::read(run_dir.join("config.toml"))?;
     let available = crate::train::trainer::available_epochs(run_dir)?;
@@ -69,9 +71,11 @@ pub fn run(run_dir: &Path, epochs: &[i64], detectors: &[&str], reps: usize, devi
             hint: format!("; available epochs: {available:?}"),
         });
     }
-    for d in detectors {
+    for d in detectors.iter().filter(|d| **d != ODIN) {
         super::DetectorSpec::new(d, &[])?;
     }
+    let with_odin = detectors.contains(&ODIN);
+    let feature_detectors: Vec<&str> = detectors.iter().copied().filter(|d| *d != ODIN).collect();
     let sets = load_eval_sets(&cfg)?;
     let mut rows: Vec<Row> = Vec::new();
     let mut selections = Vec::new();
@@ -82,7 +86,7 @@ pub fn run(run_dir: &Path, epochs: &[i64], detectors: &[&str], reps: usize, devi
         let (w, b) = model.head();
         let inputs = feats.inputs(&w, &b);
         let mut chosen = Vec::new();
-        for d in detectors {
+        for d in &feature_detectors {
             let sel = select_hyperparameters(d, &inputs)?;
             chosen.push(sel.chosen.clone());
             selections.push((epoch, sel));
@@ -91,6 +95,12 @@ pub fn run(run_dir: &Path, epochs: &[i64], detectors: &[&str], reps: usize, devi
         let mut r = evaluate(epoch, &chosen, &inputs, reps, cfg.seed)?;
         // Keep the per-detector rows unique for the ID accuracy row too.
         rows.append(&mut r);
+        if with_odin {
+            let (sel, mut r) = odin_epoch(run_dir, epoch, &sets, reps, cfg.seed, device)?;
+            selections.push((epoch, sel));
+            rows.append(&mut r);
+            prog.inc(1, || format!("epoch {epoch} odin"));
+        }
     }
     prog.finish();
     let mut frame = rows_to_frame(&rows)?;
@@ -104,6 +114,36 @@ pub fn run(run_dir: &Path, epochs: &[i64], detectors: &[&str], reps: usize, devi
         .collect();
     crate::util::write_atomic(dir.join("selection.json"), serde_json::to_string_pretty(&sel_json).unwrap_or_default().as_bytes())?;
     Ok(OodStudy { frame, selections, csv })
+}
+
+/// Name of the model-based detector in `detectors` lists.
+pub const ODIN: &str = "odin";
+
+/// ODIN at one checkpoint: (T, eps) chosen on ID-val vs OOD-val, then scored on
+/// ID test and every OOD test set. The selection is reported like the
+/// feature-based ones (a spec named `odin` with `t` and `epsilon`).
+pub fn odin_epoch(run_dir: &Path, epoch: i64, sets: &EvalSets, reps: usize, seed: u64, device: Device) -> Result<(Selection, Vec<Row>)> {
+    use super::odin;
+    let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, epoch, device)?;
+    let batch = 256;
+    let sel = odin::select(&model, &sets.id_val, &sets.ood_val, device, batch)?;
+    let spec = |p: &odin::OdinParams| super::DetectorSpec {
+        name: ODIN.into(),
+        params: [("t".to_string(), p.temperature), ("epsilon".to_string(), p.epsilon)].into_iter().collect(),
+    };
+    let p = sel.chosen;
+    let id = odin::to_vec(&odin::score(&model, &sets.id_test, p, device, batch)?)?;
+    let ood = sets
+        .ood
+        .iter()
+        .map(|o| Ok((o.name.clone(), odin::to_vec(&odin::score(&model, o, p, device, batch)?)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let rows = super::eval::score_rows(epoch, ODIN, &id, &ood, reps, seed)?;
+    let selection = Selection {
+        chosen: spec(&p),
+        candidates: sel.candidates.iter().map(|(c, a)| (spec(c), *a)).collect(),
+    };
+    Ok((selection, rows))
 }
 
 /// Writes a DataFrame as CSV (atomically).
