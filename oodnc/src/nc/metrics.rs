@@ -110,8 +110,10 @@ pub fn trace_sw_sb_pinv(sigma_w: &Tensor, sigma_b: &Tensor) -> Result<f64> {
 /// NC metrics of features `h` with `labels`; `logits` (for NC4 and accuracy) and
 /// the classifier `w` `[C, D]` (for NC2-W and NC3) are optional.
 pub fn nc_metrics(h: &Tensor, labels: &Tensor, c: i64, logits: Option<&Tensor>, w: Option<&Tensor>) -> Result<(NcMetrics, ClassStats)> {
-    let st = ClassStats::compute(h, labels, c)?;
-    let nc1_raw = trace_sw_sb_pinv(&st.sigma_w, &st.sigma_b)?;
+    check_2d(h, None, "NC metrics")?;
+    let hd = finite_f64(h, "NC metrics")?;
+    let st = ClassStats::from_finite_f64(&hd, labels, c)?;
+    let nc1_raw = st.tr_sw_sb_pinv;
     let mt = st.centred_means();
     // CDNV over pairs.
     let d2 = sq_dists(&st.means, &st.means);
@@ -119,8 +121,10 @@ pub fn nc_metrics(h: &Tensor, labels: &Tensor, c: i64, logits: Option<&Tensor>, 
     let off = Tensor::ones([c, c], (Kind::Bool, h.device())).logical_xor(&Tensor::eye(c, (Kind::Bool, h.device())));
     let cdnv = (vsum / (d2 * 2.0).clamp_min(1e-300)).masked_select(&off).mean(Kind::Double).double_value(&[]);
     let (eq_m, ma_m) = angles(&mt);
-    let hd = finite_f64(h, "NC metrics")?;
-    let ncc = sq_dists(&hd, &st.means).argmin(1, false);
+    // Nearest class mean: argmin_c ||h - mu_c||^2 = argmin_c (||mu_c||^2 - 2 h.mu_c)
+    // (||h||^2 is the same for every c).
+    let mn = st.means.square().sum_dim_intlist(&[1i64][..], false, Kind::Double);
+    let ncc = (mn.unsqueeze(0) - hd.matmul(&st.means.tr()) * 2.0).argmin(1, false);
     let y = labels.to_kind(Kind::Int64);
     let ncc_accuracy = ncc.eq_tensor(&y).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
     let (mut nc4, mut acc) = (None, None);
@@ -187,11 +191,14 @@ pub fn nc_with_ood_class(st: &ClassStats, id: &Tensor, labels: &Tensor, ood: &Te
     let cw = &h - st.means.index_select(0, &y);
     let co = &o - &mu_o;
     let n_all = (h.size()[0] + o.size()[0]) as f64;
-    let sw = (cw.tr().matmul(&cw) + co.tr().matmul(&co)) / n_all;
     let m_all = Tensor::cat(&[&st.means, &mu_o], 0) - st.global_mean.unsqueeze(0);
     let k = st.num_classes + 1;
     let sb = m_all.tr().matmul(&m_all) / k as f64;
-    let nc1 = trace_sw_sb_pinv(&sw, &sb)? / k as f64;
+    // Tr(S_W S_B^+) with S_W = (cw^T cw + co^T co) / n_all, as ||cw L||^2 + ||co L||^2
+    // (L L^T = S_B^+), without forming S_W (see ClassStats::tr_sw_sb_pinv).
+    let l = crate::ood::linalg::pinv_sqrt(&sb, NC_PINV_REL_TOL)?;
+    let tr = (cw.matmul(&l).square().sum(Kind::Double) + co.matmul(&l).square().sum(Kind::Double)).double_value(&[]) / n_all;
+    let nc1 = tr / k as f64;
     let (_, maxangle) = angles(&m_all);
     Ok((nc1, maxangle))
 }
