@@ -54,15 +54,29 @@ struct F64Cache {
     penultimate: std::sync::Mutex<Option<(TensorKey, Tensor)>>,
     global: std::sync::Mutex<Option<(TensorKey, Arc<GlobalMoments>)>>,
     class: std::sync::Mutex<Option<((TensorKey, TensorKey, i64), Arc<ClassMoments>)>>,
+    /// The L2-normalised penultimate features as a KNN bank (when this set is a training set).
+    knn_bank: std::sync::Mutex<Option<((TensorKey, Device), crate::ood::knn::SharedBank)>>,
+    /// This set's largest similarities to a bank (when it is queried): (bank id, source key) -> `[N, K]`.
+    knn_top: std::sync::Mutex<Option<((u64, TensorKey), Tensor)>>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// Identity of a tensor: its data pointer and layout. The key also holds a
+/// reference to the tensor, so that its memory cannot be freed and reused by
+/// another tensor (which could then match the pointer) while the key lives.
+#[derive(Debug)]
 struct TensorKey {
     ptr: usize,
     size: Vec<i64>,
     stride: Vec<i64>,
     kind: Kind,
     device: Device,
+    _keep: Tensor,
+}
+
+impl PartialEq for TensorKey {
+    fn eq(&self, o: &Self) -> bool {
+        (self.ptr, &self.size, &self.stride, self.kind, self.device) == (o.ptr, &o.size, &o.stride, o.kind, o.device)
+    }
 }
 
 impl TensorKey {
@@ -73,6 +87,7 @@ impl TensorKey {
             stride: t.stride(),
             kind: t.kind(),
             device: t.device(),
+            _keep: t.shallow_clone(),
         }
     }
 }
@@ -169,6 +184,54 @@ impl FeatureSet {
         Ok(m)
     }
 
+    /// The L2-normalised `penultimate` features as a KNN [`Bank`](crate::ood::knn::Bank)
+    /// on `device` (built once, cached).
+    pub fn knn_bank(&self, device: Device, context: &str) -> Result<crate::ood::knn::SharedBank> {
+        let key = (TensorKey::of(&self.penultimate), device);
+        let mut guard = self.f64_cache.knn_bank.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, b)) = guard.as_ref() {
+            if *k == key {
+                return Ok(b.clone());
+            }
+        }
+        let bank = Arc::new(std::sync::Mutex::new(crate::ood::knn::Bank::new(&normalize_rows(&self.penultimate_f64(context)?), device)));
+        *guard = Some((key, bank.clone()));
+        Ok(bank)
+    }
+
+    /// For each sample, its `k`-th largest cosine similarity to the vectors of
+    /// `bank` (`[N]` f32): from the values kept by [`knn_prepare`](Self::knn_prepare)
+    /// when they cover `k`, else by a pass over the bank.
+    pub fn knn_kth_similarity(&self, bank: &crate::ood::knn::Bank, k: i64, context: &str) -> Result<Tensor> {
+        let key = (bank.id(), TensorKey::of(&self.penultimate));
+        {
+            let guard = self.f64_cache.knn_top.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((kk, top)) = guard.as_ref() {
+                if *kk == key && top.size()[1] >= k {
+                    return Ok(top.select(1, k - 1));
+                }
+            }
+        }
+        bank.kth_largest(&normalize_rows(&self.penultimate_f64(context)?), k)
+    }
+
+    /// Computes and keeps this set's `k_max` largest similarities to `bank`, so
+    /// that [`knn_kth_similarity`](Self::knn_kth_similarity) serves every k <= k_max
+    /// (a hyperparameter grid) without another pass over the bank.
+    pub fn knn_prepare(&self, bank: &crate::ood::knn::Bank, k_max: i64, context: &str) -> Result<()> {
+        let key = (bank.id(), TensorKey::of(&self.penultimate));
+        let k_max = k_max.clamp(1, bank.len());
+        let mut guard = self.f64_cache.knn_top.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((kk, top)) = guard.as_ref() {
+            if *kk == key && top.size()[1] >= k_max {
+                return Ok(());
+            }
+        }
+        let top = bank.top_sorted(&normalize_rows(&self.penultimate_f64(context)?), k_max)?;
+        *guard = Some((key, top));
+        Ok(())
+    }
+
     /// The features of layer `name` (`penultimate`, `logits`, or a tap).
     pub fn layer(&self, name: &str) -> Result<&Tensor> {
         match name {
@@ -197,6 +260,11 @@ impl FeatureSet {
             f64_cache: F64Cache::default(),
         }
     }
+}
+
+/// Rows scaled to unit L2 norm (rows of zeros stay zero).
+pub fn normalize_rows(x: &Tensor) -> Tensor {
+    x / x.norm_scalaropt_dim(2, &[1i64][..], true).clamp_min(1e-12)
 }
 
 /// Runs `model` in eval mode over `data`.

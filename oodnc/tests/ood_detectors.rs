@@ -310,6 +310,7 @@ fn cached_f64_copies_and_moments_follow_replaced_tensors() {
         ("fdbd", vec![]),
         ("dice", vec![]),
         ("react", vec![]),
+        ("knn", vec![("k", 2.0)]),
     ]
     .into_iter()
     .map(|(n, p)| DetectorSpec::new(n, &p).unwrap())
@@ -355,5 +356,24 @@ fn knn_bank_blocks_and_fast_path_match_an_f64_reference() {
         assert!(diff < 1e-4, "k = {k}: {diff}");
         let plain = bank.kth_largest_matmul(&queries, k);
         assert!((plain.to_kind(Kind::Double) - &reference).abs().max().double_value(&[]) < 1e-4);
+    }
+}
+
+#[test]
+fn knn_grid_from_the_cached_top_similarities_equals_fresh_fits() {
+    // After knn_prepare, every k up to k_max is read from the kept similarities;
+    // each must equal a fit on fresh (uncached) copies.
+    let f = fixture(3, 6, 10);
+    let bank = f.train.knn_bank(tch::Device::Cpu, "t").unwrap();
+    f.test.knn_prepare(&bank.lock().unwrap(), 20, "t").unwrap();
+    let fresh = |x: &FeatureSet| FeatureSet::new(x.name.clone(), x.logits.copy(), x.penultimate.copy(), x.labels.copy()).unwrap();
+    for k in [5.0, 1.0, 20.0, 30.0] {
+        let spec = DetectorSpec::new("knn", &[("k", k)]).unwrap();
+        let cached = vec(&fit(&spec, &f).unwrap().score(&f.test).unwrap());
+        let (tr, te) = (fresh(&f.train), fresh(&f.test));
+        let reference = vec(&spec.fit(&FitData { train: &tr, val: None, weight: &f.w, bias: &f.b }).unwrap().score(&te).unwrap());
+        for (a, b) in cached.iter().zip(&reference) {
+            assert!((a - b).abs() < 1e-6, "k = {k}: {a} vs {b}");
+        }
     }
 }

@@ -219,10 +219,14 @@ pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
             if k > n_train {
                 return Err(Error::param("knn.k", format!("{k} neighbours but only {n_train} training samples")));
             }
-            let bank = super::knn::Bank::new(&normalize_rows(&feats(train, d, &ctx)?), crate::device::best_device());
+            check_2d(&train.penultimate, Some(d), &ctx)?;
+            // Shared by every KNN fitted on this training set (the grid of k).
+            let bank = train.knn_bank(crate::device::best_device(), &ctx)?;
             Ok(Fitted::new(spec, move |f| {
+                check_2d(&f.penultimate, Some(d), &sc)?;
                 // For unit vectors ||a - b|| = sqrt(2 - 2 a.b): the k-th nearest is the k-th most similar.
-                let kth = bank.kth_largest(&normalize_rows(&feats(f, d, &sc)?), k)?.to_kind(Kind::Double);
+                let bank = bank.lock().unwrap_or_else(|e| e.into_inner());
+                let kth = f.knn_kth_similarity(&bank, k, &sc)?.to_kind(Kind::Double);
                 let two_minus: Tensor = 2.0 - kth * 2.0;
                 Ok(-two_minus.clamp_min(0.0).sqrt())
             }))
@@ -401,8 +405,4 @@ fn log_msp(z: &Tensor) -> Tensor {
     let (zmax, arg) = z.max_dim(1, true);
     let others = (z - &zmax).exp().scatter_value(1, &arg, 0.0).sum_dim_intlist(&[1i64][..], false, Kind::Double);
     -others.log1p()
-}
-
-fn normalize_rows(x: &Tensor) -> Tensor {
-    x / x.norm_scalaropt_dim(2, &[1i64][..], true).clamp_min(1e-12)
 }

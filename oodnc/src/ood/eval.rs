@@ -45,6 +45,14 @@ pub fn select_hyperparameters(name: &str, inputs: &EvalInputs) -> Result<Selecti
     let (n, d) = (inputs.train.penultimate.size()[0], inputs.train.penultimate.size()[1]);
     let c = inputs.weight.size()[0];
     let grid = DetectorSpec::grid(name, d, c, n)?;
+    if name == "knn" {
+        // One pass over the bank per set serves the whole grid of k.
+        let k_max = grid.iter().map(|s| s.get("k") as i64).max().unwrap_or(1);
+        let bank = inputs.train.knn_bank(crate::device::best_device(), "knn selection")?;
+        let bank = bank.lock().unwrap_or_else(|e| e.into_inner());
+        inputs.val.knn_prepare(&bank, k_max, "knn selection (ID val)")?;
+        inputs.ood_val.knn_prepare(&bank, k_max, "knn selection (OOD val)")?;
+    }
     let mut candidates = Vec::new();
     for spec in grid {
         let fitted = spec.fit(&inputs.fit_data())?;

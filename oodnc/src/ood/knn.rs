@@ -13,12 +13,19 @@ use tch::{Device, Kind, Tensor};
 /// Rows per block of queries (a `[block, N]` f32 similarity matrix is live at a time).
 const BLOCK: i64 = 1024;
 
+/// A bank shared between fitted detectors (a Mutex: tensors are not `Sync`).
+pub type SharedBank = std::sync::Arc<std::sync::Mutex<Bank>>;
+
+static NEXT_BANK_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// A bank of f32 vectors `[N, D]` on a device, ready for similarity queries.
 pub struct Bank {
     dense: Tensor,
     /// oneDNN copy of the bank (CPU only).
     onednn: Option<Tensor>,
     device: Device,
+    /// Unique for the process (never reused): the key of results cached elsewhere.
+    id: u64,
 }
 
 impl Bank {
@@ -26,7 +33,13 @@ impl Bank {
     pub fn new(bank: &Tensor, device: Device) -> Self {
         let dense = bank.to_kind(Kind::Float).to_device(device).contiguous();
         let onednn = if device == Device::Cpu && tch::utils::has_mkldnn() { dense.f_to_mkldnn(None).ok() } else { None };
-        Bank { dense, onednn, device }
+        let id = NEXT_BANK_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Bank { dense, onednn, device, id }
+    }
+
+    /// The bank's process-unique id.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Number of vectors in the bank.
@@ -61,6 +74,20 @@ impl Bank {
                 // The k largest (unordered); the smallest of them is the k-th largest.
                 let (top, _) = sims.topk(k, 1, true, false);
                 out.push(top.min_dim(1, false).0.to_device(Device::Cpu));
+            }
+        });
+        Ok(Tensor::cat(&out, 0))
+    }
+
+    /// For each row of `queries`, the `k` largest inner products with the bank in
+    /// descending order, f32 `[M, k]` on the CPU (column j is the (j+1)-th largest).
+    pub fn top_sorted(&self, queries: &Tensor, k: i64) -> Result<Tensor> {
+        let q = queries.to_kind(Kind::Float);
+        let mut out = Vec::new();
+        tch::no_grad(|| {
+            for block in q.split(BLOCK, 0) {
+                let sims = self.similarities(&block.to_device(self.device));
+                out.push(sims.topk(k, 1, true, true).0.to_device(Device::Cpu));
             }
         });
         Ok(Tensor::cat(&out, 0))
