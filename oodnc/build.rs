@@ -4,8 +4,11 @@
 //! torch-sys (a direct dependency for this reason) exports the folder it
 //! linked against as `DEP_TCH_LIBTORCH_LIB`.
 //!
-//! It also compiles `csrc/amp.cpp`, the C shim over libtorch's per-device
-//! autocast state used by `oodnc::amp` (bf16 mixed precision).
+//! It also compiles two small C shims over libtorch: `csrc/amp.cpp`, the
+//! per-device autocast state used by `oodnc::amp` (bf16 mixed precision,
+//! declared without headers), and `csrc/optim.cpp`, the fused SGD kernel and
+//! set-to-none gradient clearing used by `oodnc::train::Sgd` (against
+//! libtorch's headers, found beside the `lib/` folder torch-sys reports).
 
 use std::path::Path;
 
@@ -17,6 +20,25 @@ fn main() {
         .warnings(true)
         .file("csrc/amp.cpp")
         .compile("oodnc_amp");
+    println!("cargo:rerun-if-changed=csrc/optim.cpp");
+    let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").unwrap_or_default();
+    let include = Path::new(&lib).join("..").join("include");
+    if !include.join("ATen").join("ops").join("_fused_sgd.h").is_file() {
+        panic!(
+            "oodnc: libtorch's headers were not found at {} (torch-sys reported lib folder {lib:?}); \
+             run `make setup` (it creates .libtorch) or set LIBTORCH to a libtorch 2.13 with include/",
+            include.display()
+        );
+    }
+    cc::Build::new()
+        .cpp(true)
+        // libtorch 2.13's headers need C++17 and use a few C++20 extensions.
+        .std("c++20")
+        // As system headers: their own warnings are not ours.
+        .flag("-isystem")
+        .flag(include.to_string_lossy().as_ref())
+        .file("csrc/optim.cpp")
+        .compile("oodnc_optim");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     match std::env::var("DEP_TCH_LIBTORCH_LIB") {

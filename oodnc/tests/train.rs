@@ -157,3 +157,96 @@ fn evaluation_sets_follow_the_protocol_and_take_extra_ood_folders() {
     let e = oodnc::data::protocol::load_eval_sets(&cfg).err().unwrap();
     assert!(e.to_string().contains("nope"), "{e}");
 }
+
+/// Parameters of a few shapes (a channels-last conv weight among them) and a
+/// loss whose gradient depends on the parameters, so that steps differ.
+fn sgd_problem(seed: i64) -> Vec<(String, tch::Tensor)> {
+    use tch::{Device, Kind, Tensor};
+    tch::manual_seed(seed);
+    let f = (Kind::Float, Device::Cpu);
+    vec![
+        ("conv.weight".to_string(), Tensor::randn([8, 3, 3, 3], f)),
+        ("cl.weight".to_string(), oodnc::amp::channels_last(&Tensor::randn([4, 8, 3, 3], f))),
+        ("bn.bias".to_string(), Tensor::randn([8], f)),
+        ("fc.weight".to_string(), Tensor::randn([5, 8], f)),
+        ("late.weight".to_string(), Tensor::randn([3, 3], f)),
+    ]
+}
+
+/// The same tensors (shared storage), for handing to an optimizer.
+fn share(ps: &[(String, tch::Tensor)]) -> Vec<(String, tch::Tensor)> {
+    ps.iter().map(|(n, p)| (n.clone(), p.shallow_clone())).collect()
+}
+
+fn sgd_loss(params: &[(String, tch::Tensor)], step: usize) -> tch::Tensor {
+    use tch::Kind;
+    let mut loss = tch::Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
+    for (i, (name, p)) in params.iter().enumerate() {
+        // `late.weight` only gets a gradient from the third step on: its
+        // momentum buffer starts later than the others'.
+        if name == "late.weight" && step < 2 {
+            continue;
+        }
+        let c = tch::Tensor::arange(p.numel() as i64, (Kind::Float, tch::Device::Cpu)).view(p.size().as_slice()).sin();
+        loss = loss + (p * c * (i as f64 + 1.0)).sum(Kind::Float) + (p * p).sum(Kind::Float) * 0.5 + (p * p * p).sum(Kind::Float) * 0.01;
+    }
+    loss
+}
+
+#[test]
+fn fused_sgd_matches_the_reference_rule() {
+    use oodnc::train::Sgd;
+    // (momentum, weight decay, nesterov, decay BN and bias)
+    for (momentum, wd, nesterov, decay_all) in [(0.9, 5e-4, false, true), (0.9, 1e-2, true, false), (0.0, 1e-2, false, true), (0.5, 0.0, false, true)] {
+        let base = sgd_problem(3);
+        let fresh = |b: &[(String, tch::Tensor)]| -> Vec<(String, tch::Tensor)> {
+            b.iter().map(|(n, p)| (n.clone(), p.copy().set_requires_grad(true))).collect()
+        };
+        let (pa, pb) = (fresh(&base), fresh(&base));
+        assert!(!pa[1].1.is_contiguous(), "the channels-last weight keeps its layout");
+        let mut fused = Sgd::new(share(&pa), momentum, wd, nesterov, decay_all);
+        let mut reference = Sgd::new(share(&pb), momentum, wd, nesterov, decay_all);
+        for step in 0..5 {
+            let lr = 0.05 / (step as f64 + 1.0);
+            fused.zero_grad().unwrap();
+            sgd_loss(&pa, step).backward();
+            fused.step(lr).unwrap();
+            reference.zero_grad().unwrap();
+            sgd_loss(&pb, step).backward();
+            reference.step_reference(lr);
+            for ((n, a), (_, b)) in pa.iter().zip(&pb) {
+                let diff = (a - b).abs().max().double_value(&[]);
+                let scale = b.abs().max().double_value(&[]).max(1.0);
+                assert!(diff <= 2e-6 * scale, "{n} after step {step} (momentum {momentum}, wd {wd}, nesterov {nesterov}): {diff}");
+            }
+            let (sa, sb) = (fused.state(), reference.state());
+            let names = |s: &[(String, tch::Tensor)]| s.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+            assert_eq!(names(&sa), names(&sb), "step {step}");
+            for ((n, a), (_, b)) in sa.iter().zip(&sb) {
+                assert!((a - b).abs().max().double_value(&[]) <= 2e-6 * b.abs().max().double_value(&[]).max(1.0), "{n}");
+            }
+            if momentum > 0.0 {
+                // `late.weight` has no buffer before its first gradient.
+                assert_eq!(sa.len(), if step < 2 { 4 } else { 5 }, "step {step}");
+            } else {
+                assert!(sa.is_empty());
+            }
+        }
+        assert_eq!(fused.steps, 5);
+    }
+}
+
+#[test]
+fn zero_grad_drops_gradients_so_they_do_not_accumulate() {
+    use oodnc::train::Sgd;
+    let ps: Vec<(String, tch::Tensor)> = sgd_problem(4).into_iter().map(|(n, p)| (n, p.set_requires_grad(true))).collect();
+    let mut opt = Sgd::new(share(&ps), 0.9, 0.0, false, true);
+    sgd_loss(&ps, 3).backward();
+    let first: Vec<tch::Tensor> = ps.iter().map(|(_, p)| p.grad().copy()).collect();
+    opt.zero_grad().unwrap();
+    assert!(ps.iter().all(|(_, p)| !p.grad().defined()));
+    sgd_loss(&ps, 3).backward();
+    for ((_, p), g) in ps.iter().zip(&first) {
+        assert!(p.grad().allclose(g, 0.0, 0.0, false), "a fresh gradient, not the sum of two");
+    }
+}

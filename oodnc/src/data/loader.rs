@@ -37,21 +37,28 @@ impl Default for Normalize {
 }
 
 impl Normalize {
-    /// `u8 [B,3,H,W]` -> normalised `f32 [B,3,H,W]` on the same device.
-    pub fn apply(&self, images_u8: &Tensor) -> Tensor {
-        let dev = images_u8.device();
+    /// `mean` and `std` as `f32 [1,3,1,1]` tensors on `dev`.
+    pub fn tensors(&self, dev: Device) -> (Tensor, Tensor) {
         let mean = Tensor::from_slice(&self.mean.map(|v| v as f32)).to_device(dev).view([1, 3, 1, 1]);
         let std = Tensor::from_slice(&self.std.map(|v| v as f32)).to_device(dev).view([1, 3, 1, 1]);
-        (images_u8.to_kind(Kind::Float) / 255.0 - mean) / std
+        (mean, std)
+    }
+
+    /// `u8 [B,3,H,W]` -> normalised `f32 [B,3,H,W]` on the same device.
+    pub fn apply(&self, images_u8: &Tensor) -> Tensor {
+        let (mean, std) = self.tensors(images_u8.device());
+        normalize_with(images_u8, &mean, &std)
     }
 
     /// Inverse of [`apply`](Self::apply), clamped to [0, 1] (for showing images).
     pub fn invert(&self, x: &Tensor) -> Tensor {
-        let dev = x.device();
-        let mean = Tensor::from_slice(&self.mean.map(|v| v as f32)).to_device(dev).view([1, 3, 1, 1]);
-        let std = Tensor::from_slice(&self.std.map(|v| v as f32)).to_device(dev).view([1, 3, 1, 1]);
+        let (mean, std) = self.tensors(x.device());
         (x * std + mean).clamp(0.0, 1.0)
     }
+}
+
+fn normalize_with(images_u8: &Tensor, mean: &Tensor, std: &Tensor) -> Tensor {
+    (images_u8.to_kind(Kind::Float) / 255.0 - mean) / std
 }
 
 /// Random crop offsets and flips for one batch: `(dy, dx, flip)` per sample.
@@ -83,18 +90,25 @@ pub fn augment_batch(images: &Tensor, dy: &[i64], dx: &[i64], flip: &[bool]) -> 
         return Err(Error::shape("augment_batch", format!("{b} images but {} offsets", dy.len())));
     }
     let dev = images.device();
+    let dy = Tensor::from_slice(dy).to_device(dev);
+    let dx = Tensor::from_slice(dx).to_device(dev);
+    let flip = Tensor::from_slice(flip).to_device(dev);
+    Ok(augment_with(images, &dy, &dx, &flip))
+}
+
+/// [`augment_batch`] with the draws already on the images' device
+/// (`i64 [B]`, `i64 [B]`, `bool [B]`; shapes checked by the caller).
+fn augment_with(images: &Tensor, dy: &Tensor, dx: &Tensor, flip: &Tensor) -> Tensor {
+    let b = images.size()[0];
     // All 9x9 crops as a strided view [B, 3, dy, dx, 32, 32] (no copy), then one
     // advanced index picks each sample's crop, and a masked flip.
     let windows = images
         .constant_pad_nd([PAD, PAD, PAD, PAD])
         .unfold(2, SIDE, 1)
         .unfold(3, SIDE, 1);
-    let bi = Tensor::arange(b, (Kind::Int64, dev));
-    let dy = Tensor::from_slice(dy).to_device(dev);
-    let dx = Tensor::from_slice(dx).to_device(dev);
-    let crops = windows.index(&[Some(bi), None, Some(dy), Some(dx)]);
-    let mask = Tensor::from_slice(flip).to_device(dev).view([b, 1, 1, 1]);
-    Ok(crops.flip([3]).where_self(&mask, &crops))
+    let bi = Tensor::arange(b, (Kind::Int64, images.device()));
+    let crops = windows.index(&[Some(bi), None, Some(dy.shallow_clone()), Some(dx.shallow_clone())]);
+    crops.flip([3]).where_self(&flip.view([b, 1, 1, 1]), &crops)
 }
 
 /// The same augmentation with a per-sample loop: the baseline of `oodnc bench data`
@@ -198,23 +212,51 @@ impl BatchLoader {
         }
     }
 
-    /// Batch `k` of `epoch`.
-    pub fn batch(&self, epoch: u64, k: usize, order: &[i64]) -> Result<Batch> {
+    /// Everything `epoch` reads, moved to the device in one go: the sample order
+    /// and, when augmenting, every batch's crop offsets and flips. A batch is then
+    /// slicing and indexing on the device only: no host-to-device copy per batch
+    /// (on CUDA a copy from pageable host memory waits for the GPU, so one per
+    /// batch would stall the training pipeline at every step).
+    pub fn plan(&self, epoch: u64) -> EpochPlan {
+        let order = self.order(epoch);
+        let draws = self.augment.then(|| {
+            let (mut dy, mut dx, mut flip) = (Vec::new(), Vec::new(), Vec::new());
+            for (k, chunk) in order.chunks(self.batch_size).enumerate() {
+                // One stream per (epoch, batch): the draws do not depend on how
+                // the epoch is iterated.
+                let mut rng = SplitMix64::derive(self.seed, &[epoch, k as u64, 0xa06]);
+                let (y, x, f) = draw_augmentation(&mut rng, chunk.len());
+                dy.extend(y);
+                dx.extend(x);
+                flip.extend(f);
+            }
+            let up = |t: Tensor| t.to_device(self.device);
+            (up(Tensor::from_slice(&dy)), up(Tensor::from_slice(&dx)), up(Tensor::from_slice(&flip)))
+        });
+        let (mean, std) = self.normalize.tensors(self.device);
+        EpochPlan {
+            order: Tensor::from_slice(&order).to_device(self.device),
+            draws,
+            mean,
+            std,
+        }
+    }
+
+    /// Batch `k` of the epoch planned in `plan`.
+    pub fn batch(&self, plan: &EpochPlan, k: usize) -> Result<Batch> {
         let start = k * self.batch_size;
         let end = (start + self.batch_size).min(self.len());
         if start >= end {
             return Err(Error::param("batch index", format!("{k} is past the end of the epoch")));
         }
-        let idx_cpu = &order[start..end];
-        let idx = Tensor::from_slice(idx_cpu).to_device(self.device);
+        let (start, n) = (start as i64, (end - start) as i64);
+        let idx = plan.order.narrow(0, start, n);
         let mut imgs = self.images.index_select(0, &idx);
-        if self.augment {
-            let mut rng = SplitMix64::derive(self.seed, &[epoch, k as u64, 0xa06]);
-            let (dy, dx, flip) = draw_augmentation(&mut rng, idx_cpu.len());
-            imgs = augment_batch(&imgs, &dy, &dx, &flip)?;
+        if let Some((dy, dx, flip)) = &plan.draws {
+            imgs = augment_with(&imgs, &dy.narrow(0, start, n), &dx.narrow(0, start, n), &flip.narrow(0, start, n));
         }
         Ok(Batch {
-            images: self.normalize.apply(&imgs),
+            images: normalize_with(&imgs, &plan.mean, &plan.std),
             labels: self.labels.index_select(0, &idx),
             indices: idx,
         })
@@ -222,9 +264,18 @@ impl BatchLoader {
 
     /// All batches of `epoch`, in order.
     pub fn epoch(&self, epoch: u64) -> impl Iterator<Item = Result<Batch>> + '_ {
-        let order = self.order(epoch);
-        (0..self.num_batches()).map(move |k| self.batch(epoch, k, &order))
+        let plan = self.plan(epoch);
+        (0..self.num_batches()).map(move |k| self.batch(&plan, k))
     }
+}
+
+/// One epoch's order, augmentation draws and normalisation constants, on the
+/// loader's device (see [`BatchLoader::plan`]).
+pub struct EpochPlan {
+    order: Tensor,
+    draws: Option<(Tensor, Tensor, Tensor)>,
+    mean: Tensor,
+    std: Tensor,
 }
 
 #[cfg(test)]
@@ -283,6 +334,41 @@ mod tests {
         assert_ne!(l1.order(0), l1.order(1));
         let sizes: Vec<i64> = e1.iter().map(|b| b.labels.size()[0]).collect();
         assert_eq!(sizes, vec![4, 4, 2]);
+    }
+
+    #[test]
+    fn planned_batches_equal_batches_built_one_by_one() {
+        // The reference: order, per-batch draws and normalisation done batch by
+        // batch on the host, the way the loader worked before the epoch plan.
+        let ds = Dataset::from_raw(
+            "t",
+            (0..11 * 3072).map(|i| ((i * 7) % 256) as u8).collect(),
+            (0..11).map(|i| i % 3).collect(),
+            vec!["a".into(), "b".into(), "c".into()],
+        )
+        .unwrap();
+        for augment in [true, false] {
+            let mut l = BatchLoader::new(&ds, 4, Device::Cpu).unwrap().train(21);
+            l.augment = augment;
+            let order = l.order(3);
+            let got: Vec<Batch> = l.epoch(3).collect::<Result<_>>().unwrap();
+            assert_eq!(got.len(), 3);
+            for (k, b) in got.iter().enumerate() {
+                let idx_v = &order[k * 4..(k * 4 + 4).min(11)];
+                let idx = Tensor::from_slice(idx_v);
+                let mut imgs = ds.images.index_select(0, &idx);
+                if augment {
+                    let mut rng = SplitMix64::derive(21, &[3, k as u64, 0xa06]);
+                    let (dy, dx, flip) = draw_augmentation(&mut rng, idx_v.len());
+                    imgs = augment_per_sample(&imgs, &dy, &dx, &flip);
+                }
+                assert!(b.images.equal(&Normalize::default().apply(&imgs)), "batch {k}, augment {augment}");
+                assert!(b.labels.equal(&ds.labels.index_select(0, &idx)));
+                assert!(b.indices.equal(&idx));
+            }
+        }
+        let l = BatchLoader::new(&ds, 4, Device::Cpu).unwrap();
+        assert!(l.batch(&l.plan(0), 3).is_err());
     }
 
     #[test]

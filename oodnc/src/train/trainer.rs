@@ -34,9 +34,9 @@ pub fn train_step(model: &ResNet18, opt: &mut Sgd, images: &Tensor, labels: &Ten
     let x = if fast.channels_last { crate::amp::channels_last(images) } else { images.shallow_clone() };
     let logits = crate::amp::autocast(images.device(), fast.autocast, || model.forward_t(&x, true))??.to_kind(Kind::Float);
     let loss = logits.cross_entropy_for_logits(labels);
-    opt.zero_grad();
+    opt.zero_grad()?;
     loss.f_backward()?;
-    opt.step(lr);
+    opt.step(lr)?;
     Ok((loss, logits))
 }
 
