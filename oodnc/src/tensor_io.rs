@@ -51,22 +51,46 @@ pub fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Writes `tensors` (sorted by name in the file) with `metadata`.
-pub fn save(path: impl AsRef<Path>, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
-    let path = path.as_ref();
-    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+/// Tensors copied to host memory with their metadata, ready to be written as
+/// one safetensors file, on this thread or another (it is `Send` and holds no
+/// libtorch tensor, so training can go on changing the originals).
+pub struct Encoded {
+    tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+    metadata: BTreeMap<String, String>,
+}
+
+/// Copies `tensors` to host memory (the only part that must happen while they
+/// hold the values to save).
+pub fn encode(tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<Encoded> {
+    let mut owned = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let shape = t.size().iter().map(|&s| s as usize).collect();
         owned.push((name.clone(), dtype_of(t.kind())?, shape, tensor_bytes(t)?));
     }
-    let mut views = Vec::with_capacity(owned.len());
-    for (name, dt, shape, bytes) in &owned {
-        let v = TensorView::new(*dt, shape.clone(), bytes).map_err(|e| Error::format(path, e.to_string()))?;
-        views.push((name.clone(), v));
+    Ok(Encoded {
+        tensors: owned,
+        metadata: metadata.clone(),
+    })
+}
+
+impl Encoded {
+    /// Writes the file (tensors sorted by name) atomically.
+    pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let mut views = Vec::with_capacity(self.tensors.len());
+        for (name, dt, shape, bytes) in &self.tensors {
+            let v = TensorView::new(*dt, shape.clone(), bytes).map_err(|e| Error::format(path, e.to_string()))?;
+            views.push((name.clone(), v));
+        }
+        let meta: HashMap<String, String> = self.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| Error::format(path, e.to_string()))?;
+        crate::util::write_atomic(path, &bytes)
     }
-    let meta: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| Error::format(path, e.to_string()))?;
-    crate::util::write_atomic(path, &bytes)
+}
+
+/// Writes `tensors` (sorted by name in the file) with `metadata`.
+pub fn save(path: impl AsRef<Path>, tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>) -> Result<()> {
+    encode(tensors, metadata)?.write(path)
 }
 
 /// A loaded file: tensors by name (on the CPU) and metadata.

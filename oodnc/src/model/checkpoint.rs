@@ -35,6 +35,12 @@ pub fn canonical_name(name: &str) -> String {
 
 /// Writes all variables of `vs` and `meta` to `path`.
 pub fn save_checkpoint(path: impl AsRef<Path>, vs: &VarStore, meta: &CheckpointMeta) -> Result<()> {
+    encode_checkpoint(vs, meta)?.write(path)
+}
+
+/// What [`save_checkpoint`] writes, copied to host memory (to be written later,
+/// e.g. by a background thread).
+pub fn encode_checkpoint(vs: &VarStore, meta: &CheckpointMeta) -> Result<tensor_io::Encoded> {
     let mut tensors: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let mut md = BTreeMap::new();
@@ -43,7 +49,7 @@ pub fn save_checkpoint(path: impl AsRef<Path>, vs: &VarStore, meta: &CheckpointM
         "oodnc".to_string(),
         serde_json::to_string(meta).map_err(|e| Error::data("checkpoint metadata", e.to_string()))?,
     );
-    tensor_io::save(path, &tensors, &md)
+    tensor_io::encode(&tensors, &md)
 }
 
 /// Loads `path` into `vs` (every variable must be present with the same shape).

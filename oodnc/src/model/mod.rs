@@ -3,5 +3,5 @@
 pub mod checkpoint;
 pub mod resnet;
 
-pub use checkpoint::{load_checkpoint, save_checkpoint, CheckpointMeta};
+pub use checkpoint::{encode_checkpoint, load_checkpoint, save_checkpoint, CheckpointMeta};
 pub use resnet::{ResNet18, ResNetConfig, Taps, TAP_NAMES};

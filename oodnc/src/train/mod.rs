@@ -12,6 +12,7 @@
 pub mod history;
 pub mod sgd;
 pub mod trainer;
+pub mod writer;
 
 pub use history::{EpochRecord, History};
 pub use sgd::Sgd;

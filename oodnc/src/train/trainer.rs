@@ -2,10 +2,11 @@
 
 use super::history::{EpochRecord, History};
 use super::sgd::Sgd;
+use super::writer::{BackgroundWriter, FileOp};
 use crate::config::{FastPath, LrStep, RunConfig};
 use crate::data::{cifar, BatchLoader, Dataset, Part};
 use crate::error::{Error, IoContext, Result};
-use crate::model::{load_checkpoint, save_checkpoint, CheckpointMeta, ResNet18};
+use crate::model::{encode_checkpoint, load_checkpoint, CheckpointMeta, ResNet18};
 use crate::progress::Progress;
 use crate::tensor_io;
 use std::collections::BTreeMap;
@@ -93,6 +94,8 @@ pub struct Trainer {
     pub opt: Sgd,
     pub history: History,
     pub device: Device,
+    /// Writes each epoch's files while the next epoch trains.
+    writer: BackgroundWriter,
 }
 
 fn state_path(run_dir: &Path) -> PathBuf {
@@ -148,6 +151,7 @@ impl Trainer {
             opt,
             history: History::default(),
             device,
+            writer: BackgroundWriter::default(),
         };
         if state_path(&tr.run_dir).exists() {
             tr.load_state()?;
@@ -160,7 +164,11 @@ impl Trainer {
         self.history.records.last().map(|r| r.epoch).unwrap_or(0)
     }
 
-    fn save_state(&self) -> Result<()> {
+    /// `history.csv`, then the resume state (model, optimizer, epoch, steps).
+    /// In this order a kill between the two leaves the history ahead of the
+    /// state, which resuming handles (it drops the extra rows); the reverse
+    /// order would leave a run that cannot resume.
+    fn state_ops(&self) -> Result<Vec<FileOp>> {
         let mut tensors: Vec<(String, Tensor)> = self
             .vs
             .variables()
@@ -172,8 +180,10 @@ impl Trainer {
         md.insert("epoch".into(), self.epochs_done().to_string());
         md.insert("steps".into(), self.opt.steps.to_string());
         md.insert("config_hash".into(), self.cfg.hash());
-        tensor_io::save(state_path(&self.run_dir), &tensors, &md)?;
-        self.history.write(self.run_dir.join("history.csv"))
+        Ok(vec![
+            FileOp::Bytes(self.run_dir.join("history.csv"), self.history.to_csv().into_bytes()),
+            FileOp::Safetensors(state_path(&self.run_dir), tensor_io::encode(&tensors, &md)?),
+        ])
     }
 
     fn load_state(&mut self) -> Result<()> {
@@ -205,7 +215,9 @@ impl Trainer {
         Ok(())
     }
 
-    fn save_checkpoint_epoch(&self, epoch: i64, metrics: BTreeMap<String, f64>) -> Result<()> {
+    /// The checkpoint of `epoch` and, beside it, the optimizer state (momentum
+    /// buffers and step count), so that training can branch from any checkpoint.
+    fn checkpoint_ops(&self, epoch: i64, metrics: BTreeMap<String, f64>) -> Result<Vec<FileOp>> {
         let meta = CheckpointMeta {
             epoch,
             seed: self.cfg.seed,
@@ -213,14 +225,14 @@ impl Trainer {
             model: Some(self.cfg.model),
             metrics,
         };
-        save_checkpoint(checkpoint_path(&self.run_dir, epoch), &self.vs, &meta)?;
-        // Optimizer state beside it (momentum buffers and step count), so that
-        // training can branch from any checkpoint.
         let mut md = BTreeMap::new();
         md.insert("epoch".into(), epoch.to_string());
         md.insert("steps".into(), self.opt.steps.to_string());
         md.insert("config_hash".into(), self.cfg.hash());
-        tensor_io::save(optimizer_path(&self.run_dir, epoch), &self.opt.state(), &md)
+        Ok(vec![
+            FileOp::Safetensors(checkpoint_path(&self.run_dir, epoch), encode_checkpoint(&self.vs, &meta)?),
+            FileOp::Safetensors(optimizer_path(&self.run_dir, epoch), tensor_io::encode(&self.opt.state(), &md)?),
+        ])
     }
 
     /// Mean loss and accuracy of the model in eval mode over `loader`, in f32.
@@ -256,13 +268,21 @@ impl Trainer {
 
     /// Trains until `until` epochs are done (default: the configured number),
     /// writing history, state and checkpoints after every epoch. A finished run
-    /// returns at once.
+    /// returns at once. Whatever the outcome (an error, Ctrl-C), every file of
+    /// the epochs done is on disk when this returns.
     pub fn fit(&mut self, data: &RunData, until: Option<i64>) -> Result<TrainOutcome> {
+        let trained = self.fit_epochs(data, until);
+        let written = self.writer.flush();
+        let outcome = trained?;
+        written.map(|_| outcome)
+    }
+
+    fn fit_epochs(&mut self, data: &RunData, until: Option<i64>) -> Result<TrainOutcome> {
         let t = self.cfg.train.clone();
         let target = until.unwrap_or(t.epochs).min(t.epochs);
         let ckpt_epochs = self.cfg.checkpoint_epochs();
         if self.epochs_done() == 0 && !checkpoint_path(&self.run_dir, 0).exists() {
-            self.save_checkpoint_epoch(0, BTreeMap::new())?;
+            self.writer.submit(self.checkpoint_ops(0, BTreeMap::new())?)?;
         }
         let fast = t.fast_path(self.device);
         if fast.cudnn_benchmark {
@@ -345,24 +365,27 @@ impl Trainer {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
+            // This epoch's files, written while the next epoch trains.
+            let mut ops = Vec::new();
             if ckpt_epochs.contains(&epoch) {
-                self.save_checkpoint_epoch(epoch, metrics.clone())?;
+                ops.extend(self.checkpoint_ops(epoch, metrics.clone())?);
             }
             // Best by validation accuracy, kept under its real epoch number.
             if prev_best.map(|(_, a)| rec.val_acc > a).unwrap_or(true) {
                 if !ckpt_epochs.contains(&epoch) {
-                    self.save_checkpoint_epoch(epoch, metrics)?;
+                    ops.extend(self.checkpoint_ops(epoch, metrics)?);
                 }
                 if let Some((e, _)) = prev_best {
                     if !ckpt_epochs.contains(&e) {
-                        let _ = std::fs::remove_file(checkpoint_path(&self.run_dir, e));
-                        let _ = std::fs::remove_file(optimizer_path(&self.run_dir, e));
+                        ops.push(FileOp::Remove(checkpoint_path(&self.run_dir, e)));
+                        ops.push(FileOp::Remove(optimizer_path(&self.run_dir, e)));
                     }
                 }
                 let best = serde_json::json!({ "epoch": epoch, "val_acc": rec.val_acc });
-                crate::util::write_atomic(self.run_dir.join("checkpoints/best.json"), best.to_string().as_bytes())?;
+                ops.push(FileOp::Bytes(self.run_dir.join("checkpoints/best.json"), best.to_string().into_bytes()));
             }
-            self.save_state()?;
+            ops.extend(self.state_ops()?);
+            self.writer.submit(ops)?;
         }
         let best = self.history.best_by_val();
         Ok(TrainOutcome {
