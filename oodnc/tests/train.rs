@@ -250,3 +250,41 @@ fn zero_grad_drops_gradients_so_they_do_not_accumulate() {
         assert!(p.grad().allclose(g, 0.0, 0.0, false), "a fresh gradient, not the sum of two");
     }
 }
+
+#[test]
+fn restored_momentum_buffers_take_the_parameter_layout() {
+    // Buffers come back from a checkpoint in the standard layout; a channels-last
+    // parameter must still be updated element by element with its own buffer.
+    use oodnc::train::Sgd;
+    let base = sgd_problem(5);
+    let fresh = |b: &[(String, tch::Tensor)]| -> Vec<(String, tch::Tensor)> {
+        b.iter().map(|(n, p)| (n.clone(), p.copy().set_requires_grad(true))).collect()
+    };
+    let (pa, pb) = (fresh(&base), fresh(&base));
+    let mut first = Sgd::new(share(&pa), 0.9, 5e-4, false, true);
+    first.zero_grad().unwrap();
+    sgd_loss(&pa, 3).backward();
+    first.step(0.05).unwrap();
+    // What a checkpoint holds: contiguous copies.
+    let saved: std::collections::BTreeMap<String, tch::Tensor> = first.state().into_iter().map(|(n, t)| (n, t.contiguous().copy())).collect();
+    assert!(saved["momentum_buffer.cl.weight"].is_contiguous());
+    let mut reference = Sgd::new(share(&pb), 0.9, 5e-4, false, true);
+    reference.zero_grad().unwrap();
+    sgd_loss(&pb, 3).backward();
+    reference.step_reference(0.05);
+    let mut resumed = Sgd::new(share(&pa), 0.9, 5e-4, false, true);
+    resumed.load_state(saved, 1).unwrap();
+    for _ in 0..2 {
+        resumed.zero_grad().unwrap();
+        sgd_loss(&pa, 3).backward();
+        resumed.step(0.05).unwrap();
+        reference.zero_grad().unwrap();
+        sgd_loss(&pb, 3).backward();
+        reference.step_reference(0.05);
+    }
+    for ((n, a), (_, b)) in pa.iter().zip(&pb) {
+        let diff = (a - b).abs().max().double_value(&[]);
+        assert!(diff <= 2e-6 * b.abs().max().double_value(&[]).max(1.0), "{n}: {diff}");
+    }
+    assert_eq!(resumed.steps, 3);
+}

@@ -203,7 +203,12 @@ impl Sgd {
                     if b.size() != p.size() {
                         return Err(Error::shape("optimizer state", format!("buffer of {n} is {:?}, parameter {:?}", b.size(), p.size())));
                     }
-                    self.buffers[i] = Some(b.to_device(p.device()).to_kind(p.kind()));
+                    // In the parameter's memory layout (a channels-last weight gets a
+                    // channels-last buffer): the fused kernel walks parameter, gradient
+                    // and buffer memory in step, so their strides must agree.
+                    let mut buf = p.zeros_like();
+                    tch::no_grad(|| buf.f_copy_(&b.to_device(p.device()).to_kind(p.kind())))?;
+                    self.buffers[i] = Some(buf);
                 }
                 None => self.buffers[i] = None,
             }
