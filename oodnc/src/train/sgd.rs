@@ -51,6 +51,13 @@ fn shim_result(rc: c_int, what: &str) -> Result<()> {
     Err(Error::Torch(tch::TchError::Torch(format!("{what}: {msg}"))))
 }
 
+/// Same sizes and the same strides wherever a size is not 1 (the strides of a
+/// size-1 dimension do not change which memory holds which element).
+fn same_layout(a: &Tensor, b: &Tensor) -> bool {
+    let (sa, sb) = (a.size(), b.size());
+    sa == sb && a.stride().iter().zip(b.stride()).zip(&sa).all(|((x, y), &n)| n == 1 || *x == y)
+}
+
 fn ptrs(ts: &[&Tensor]) -> Vec<*mut C_tensor> {
     ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
 }
@@ -120,6 +127,18 @@ impl Sgd {
                     for &i in &members {
                         // Overwritten by the kernel with the (decayed) gradient.
                         self.buffers[i] = Some(self.params[i].1.zeros_like());
+                    }
+                }
+                for &i in &members {
+                    // The kernel walks the three tensors' memory in step (it does
+                    // not check this on the CPU): their strides must agree.
+                    let (name, p) = &self.params[i];
+                    let buf_ok = self.buffers[i].as_ref().is_none_or(|b| same_layout(b, p));
+                    if !same_layout(&grads[i], p) || !buf_ok {
+                        return Err(Error::shape(
+                            "fused SGD step",
+                            format!("{name}: gradient or momentum buffer laid out differently from the parameter (strides {:?})", p.stride()),
+                        ));
                     }
                 }
                 let ps: Vec<&Tensor> = members.iter().map(|&i| &self.params[i].1).collect();
