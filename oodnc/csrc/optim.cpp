@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/_fused_sgd.h>
+#include <c10/util/Exception.h>
 
 #include <exception>
 #include <string>
@@ -44,6 +45,9 @@ int oodnc_fused_sgd(at::Tensor* const* params, at::Tensor* const* grads, size_t 
     at::_fused_sgd_(gather(params, n), gather(grads, n), gather(bufs, n_bufs), weight_decay, momentum, lr,
                     /*dampening=*/0.0, nesterov != 0, /*maximize=*/false, is_first_step != 0);
     return 0;
+  } catch (const c10::Error& e) {
+    last_error = e.what_without_backtrace();  // the message, not libtorch's C++ stack
+    return 1;
   } catch (const std::exception& e) {
     last_error = e.what();
     return 1;
@@ -56,6 +60,9 @@ int oodnc_grad_set_to_none(at::Tensor* const* params, size_t n) {
   try {
     for (size_t i = 0; i < n; ++i) params[i]->mutable_grad().reset();
     return 0;
+  } catch (const c10::Error& e) {
+    last_error = e.what_without_backtrace();  // the message, not libtorch's C++ stack
+    return 1;
   } catch (const std::exception& e) {
     last_error = e.what();
     return 1;

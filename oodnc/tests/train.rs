@@ -288,3 +288,40 @@ fn restored_momentum_buffers_take_the_parameter_layout() {
     }
     assert_eq!(resumed.steps, 3);
 }
+
+#[test]
+fn a_failing_fused_kernel_falls_back_to_the_same_rule() {
+    // A gradient whose dtype differs from its parameter's makes the fused kernel
+    // refuse (before updating anything); the step must still apply the SGD rule.
+    use oodnc::train::Sgd;
+    let base: Vec<(String, tch::Tensor)> = sgd_problem(6).into_iter().map(|(n, p)| (n, p.to_kind(tch::Kind::Double))).collect();
+    let fresh = |b: &[(String, tch::Tensor)]| -> Vec<(String, tch::Tensor)> {
+        b.iter().map(|(n, p)| (n.clone(), p.copy().set_requires_grad(true))).collect()
+    };
+    let (pa, pb) = (fresh(&base), fresh(&base));
+    let mut fused = Sgd::new(share(&pa), 0.9, 5e-4, true, true);
+    let mut reference = Sgd::new(share(&pb), 0.9, 5e-4, true, true);
+    let f32_grads = |ps: &[(String, tch::Tensor)]| {
+        for (_, p) in ps {
+            let mut g = p.grad();
+            let as_f32 = g.to_kind(tch::Kind::Float);
+            g.set_data(&as_f32);
+        }
+    };
+    for step in 0..3 {
+        fused.zero_grad().unwrap();
+        sgd_loss(&pa, step + 2).backward();
+        f32_grads(&pa);
+        fused.step(0.05).unwrap();
+        reference.zero_grad().unwrap();
+        sgd_loss(&pb, step + 2).backward();
+        f32_grads(&pb);
+        reference.step_reference(0.05);
+    }
+    for ((n, a), (_, b)) in pa.iter().zip(&pb) {
+        assert_eq!(a.kind(), tch::Kind::Double);
+        assert!(a.allclose(b, 1e-12, 1e-12, false), "{n}");
+    }
+    assert_eq!(fused.steps, 3);
+    assert_eq!(fused.state().len(), 5);
+}

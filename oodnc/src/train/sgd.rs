@@ -42,6 +42,9 @@ extern "C" {
     fn oodnc_grad_set_to_none(params: *const *mut C_tensor, n: usize) -> c_int;
 }
 
+/// Set once the fused kernel has failed and the per-parameter rule took over.
+static FALLBACK_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn shim_result(rc: c_int, what: &str) -> Result<()> {
     if rc == 0 {
         return Ok(());
@@ -166,7 +169,20 @@ impl Sgd {
                         (first && use_momentum) as c_int,
                     )
                 };
-                shim_result(rc, "fused SGD step")?;
+                if let Err(e) = shim_result(rc, "fused SGD step") {
+                    // The kernel checks its inputs before touching them, so nothing
+                    // was updated: apply the same rule per parameter instead (and say so
+                    // once), rather than stopping a long training run.
+                    if !FALLBACK_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        eprintln!("warning: {e}; using the per-parameter SGD update instead");
+                    }
+                    for &i in &members {
+                        if first {
+                            self.buffers[i] = None;
+                        }
+                        self.reference_update(i, &grads[i], lr);
+                    }
+                }
             }
         }
         self.steps += 1;
@@ -177,32 +193,42 @@ impl Sgd {
     /// plain tensor operations (the rule in the module docs): the independent
     /// formulation the fused kernel is tested against.
     pub fn step_reference(&mut self, lr: f64) {
-        tch::no_grad(|| {
-            for (i, (_, p)) in self.params.iter_mut().enumerate() {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let mut d = if self.weight_decay > 0.0 && self.decay[i] {
-                    &g + &*p * self.weight_decay
-                } else {
-                    g.shallow_clone()
-                };
-                if self.momentum > 0.0 {
-                    let buf = match self.buffers[i].take() {
-                        None => d.detach().copy(),
-                        Some(mut b) => {
-                            let _ = b.g_mul_scalar_(self.momentum).g_add_(&d);
-                            b
-                        }
-                    };
-                    d = if self.nesterov { d + &buf * self.momentum } else { buf.shallow_clone() };
-                    self.buffers[i] = Some(buf);
-                }
-                let _ = p.g_sub_(&(d * lr));
+        for i in 0..self.params.len() {
+            let g = self.params[i].1.grad();
+            if g.defined() {
+                self.reference_update(i, &g, lr);
             }
-        });
+        }
         self.steps += 1;
+    }
+
+    /// The rule of the module docs for parameter `i` with gradient `g`.
+    fn reference_update(&mut self, i: usize, g: &Tensor, lr: f64) {
+        tch::no_grad(|| {
+            let p = &mut self.params[i].1;
+            let mut d = if self.weight_decay > 0.0 && self.decay[i] {
+                g + &*p * self.weight_decay
+            } else {
+                g.shallow_clone()
+            };
+            if self.momentum > 0.0 {
+                let buf = match self.buffers[i].take() {
+                    // In the parameter's layout, like the fused path's buffers.
+                    None => {
+                        let mut b = p.zeros_like();
+                        let _ = b.copy_(&d);
+                        b
+                    }
+                    Some(mut b) => {
+                        let _ = b.g_mul_scalar_(self.momentum).g_add_(&d);
+                        b
+                    }
+                };
+                d = if self.nesterov { d + &buf * self.momentum } else { buf.shallow_clone() };
+                self.buffers[i] = Some(buf);
+            }
+            let _ = p.g_sub_(&(d * lr));
+        });
     }
 
     /// State tensors for a checkpoint: `momentum_buffer.<param name>`.
