@@ -44,20 +44,23 @@ pub struct FeatureSet {
     f64_cache: F64Cache,
 }
 
+/// One cached value and the key it was computed for.
+type Slot<K, V> = std::sync::Mutex<Option<(K, V)>>;
+
 /// The f64 copies, each remembered with the identity of the tensor it was made
 /// from: assigning a new tensor to the field (e.g. `to_device`) invalidates it.
 /// Feature tensors are treated as immutable: an in-place edit of their values is
 /// not noticed.
 #[derive(Default)]
 struct F64Cache {
-    logits: std::sync::Mutex<Option<(TensorKey, Tensor)>>,
-    penultimate: std::sync::Mutex<Option<(TensorKey, Tensor)>>,
-    global: std::sync::Mutex<Option<(TensorKey, Arc<GlobalMoments>)>>,
-    class: std::sync::Mutex<Option<((TensorKey, TensorKey, i64), Arc<ClassMoments>)>>,
+    logits: Slot<TensorKey, Tensor>,
+    penultimate: Slot<TensorKey, Tensor>,
+    global: Slot<TensorKey, Arc<GlobalMoments>>,
+    class: Slot<(TensorKey, TensorKey, i64), Arc<ClassMoments>>,
     /// The L2-normalised penultimate features as a KNN bank (when this set is a training set).
-    knn_bank: std::sync::Mutex<Option<((TensorKey, Device), crate::ood::knn::SharedBank)>>,
+    knn_bank: Slot<(TensorKey, Device), crate::ood::knn::SharedBank>,
     /// This set's largest similarities to a bank (when it is queried): (bank id, source key) -> `[N, K]`.
-    knn_top: std::sync::Mutex<Option<((u64, TensorKey), Tensor)>>,
+    knn_top: Slot<(u64, TensorKey), Tensor>,
 }
 
 /// Identity of a tensor: its data pointer and layout. The key also holds a
@@ -163,6 +166,7 @@ impl FeatureSet {
                 return Ok(m.clone());
             }
         }
+        #[allow(clippy::arc_with_non_send_sync)] // shared between detectors on one thread
         let m = Arc::new(GlobalMoments::compute(&h));
         *guard = Some((key, m.clone()));
         Ok(m)
@@ -179,6 +183,7 @@ impl FeatureSet {
                 return Ok(m.clone());
             }
         }
+        #[allow(clippy::arc_with_non_send_sync)] // shared between detectors on one thread
         let m = Arc::new(ClassMoments::compute(&h, &self.labels, classes, context)?);
         *guard = Some((key, m.clone()));
         Ok(m)

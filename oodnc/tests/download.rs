@@ -21,9 +21,11 @@ enum Mode {
     TruncateAt(usize),
 }
 
+type Files = Arc<Mutex<HashMap<String, (Vec<u8>, Mode)>>>;
+
 struct Server {
     base: String,
-    files: Arc<Mutex<HashMap<String, (Vec<u8>, Mode)>>>,
+    files: Files,
     ranges: Arc<Mutex<Vec<String>>>,
 }
 
@@ -31,7 +33,7 @@ impl Server {
     fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let files: Arc<Mutex<HashMap<String, (Vec<u8>, Mode)>>> = Arc::default();
+        let files: Files = Arc::default();
         let ranges: Arc<Mutex<Vec<String>>> = Arc::default();
         let (f, r) = (files.clone(), ranges.clone());
         std::thread::spawn(move || {

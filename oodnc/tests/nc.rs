@@ -1,5 +1,7 @@
 //! Neural Collapse metrics on exact and perturbed simplex ETFs, against an
 //! independent computation, and on bad input.
+// The reference formulations are explicit index loops, to read like the formulas.
+#![allow(clippy::needless_range_loop)]
 
 use oodnc::nc::metrics::{nc5, nc_metrics, nc_with_ood_class};
 use oodnc::nc::study::terminal_phase;

@@ -44,6 +44,7 @@ pub fn eigh_desc(sym: &Tensor) -> (Tensor, Tensor) {
 pub fn pinv_sqrt(a: &Tensor, rel_tol: f64) -> Result<Tensor> {
     let (vals, vecs) = eigh_desc(a);
     let max = vals.max().double_value(&[]);
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN must fail too
     if !(max > 0.0) {
         return Err(Error::numerical("pseudo-inverse", "matrix is zero (all features identical?)"));
     }

@@ -39,11 +39,14 @@ pub struct FitData<'a> {
     pub bias: &'a Tensor,
 }
 
+/// The scoring function of a fitted detector.
+type Scorer = Box<dyn Fn(&FeatureSet) -> Result<Tensor> + Send>;
+
 /// A fitted detector: scores `[N]` (f64, higher = more ID) for a feature set.
 pub struct Fitted {
     pub name: String,
     pub params: BTreeMap<String, f64>,
-    scorer: Box<dyn Fn(&FeatureSet) -> Result<Tensor> + Send>,
+    scorer: Scorer,
 }
 
 impl std::fmt::Debug for Fitted {

@@ -101,9 +101,12 @@ pub fn write_run_figures(run_dir: &Path, out: &Path, device: Device) -> Result<V
     Ok(written)
 }
 
+/// Scores per named set: `(set name, scores)`.
+pub type NamedScores = Vec<(String, Vec<f64>)>;
+
 /// Scores of detector `name` (hyperparameters chosen on held-out data) at `epoch`:
 /// (label with the chosen values, ID test scores, scores per OOD set).
-pub fn detector_scores(run_dir: &Path, epoch: i64, sets: &EvalSets, name: &str, device: Device) -> Result<(String, Vec<f64>, Vec<(String, Vec<f64>)>)> {
+pub fn detector_scores(run_dir: &Path, epoch: i64, sets: &EvalSets, name: &str, device: Device) -> Result<(String, Vec<f64>, NamedScores)> {
     let feats = crate::ood::pipeline::epoch_features(run_dir, epoch, sets, ExtractOptions::default(), device)?;
     let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, epoch, Device::Cpu)?;
     let (w, b) = model.head();

@@ -6,6 +6,9 @@ use crate::error::{Error, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+/// One group of a [`Scatter`]: (label, points, marker size, shown in the legend).
+pub type Group = (String, Vec<(f64, f64)>, u32, bool);
+
 /// Points in groups; each group gets its own colour (100+ distinguishable).
 #[derive(Debug, Clone, Default)]
 pub struct ScatterPlot {
@@ -13,7 +16,7 @@ pub struct ScatterPlot {
     pub x_label: String,
     pub y_label: String,
     /// (label, points, marker size, shown in the legend).
-    pub groups: Vec<(String, Vec<(f64, f64)>, u32, bool)>,
+    pub groups: Vec<Group>,
     /// Colour per group; defaults to [`class_colors`].
     pub colors: Option<Vec<RGBColor>>,
 }

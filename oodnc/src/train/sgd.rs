@@ -216,7 +216,7 @@ impl Sgd {
                     // In the parameter's layout, like the fused path's buffers.
                     None => {
                         let mut b = p.zeros_like();
-                        let _ = b.copy_(&d);
+                        b.copy_(&d);
                         b
                     }
                     Some(mut b) => {

@@ -409,19 +409,6 @@ pub fn load_run_model(run_dir: &Path, epoch: i64, device: Device) -> Result<(Var
     Ok((vs, model, meta))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::cosine_lr;
-
-    #[test]
-    fn cosine_matches_the_original_log() {
-        // After-step values logged by the original (T_max = 300): epoch 1 -> 0.099997, 100 -> 0.075.
-        assert!((cosine_lr(0.1, 1.0, 300.0) - 0.099997).abs() < 1e-6);
-        assert!((cosine_lr(0.1, 100.0, 300.0) - 0.075).abs() < 1e-9);
-        assert!(cosine_lr(0.1, 300.0, 300.0).abs() < 1e-12);
-        assert_eq!(cosine_lr(0.1, 0.0, 300.0), 0.1);
-    }
-}
 
 /// Epochs that have a checkpoint in a run, ascending (real epoch numbers only).
 pub fn available_epochs(run_dir: &Path) -> Result<Vec<i64>> {
@@ -440,4 +427,18 @@ pub fn available_epochs(run_dir: &Path) -> Result<Vec<i64>> {
         .collect();
     v.sort_unstable();
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cosine_lr;
+
+    #[test]
+    fn cosine_matches_the_original_log() {
+        // After-step values logged by the original (T_max = 300): epoch 1 -> 0.099997, 100 -> 0.075.
+        assert!((cosine_lr(0.1, 1.0, 300.0) - 0.099997).abs() < 1e-6);
+        assert!((cosine_lr(0.1, 100.0, 300.0) - 0.075).abs() < 1e-9);
+        assert!(cosine_lr(0.1, 300.0, 300.0).abs() < 1e-12);
+        assert_eq!(cosine_lr(0.1, 0.0, 300.0), 0.1);
+    }
 }
