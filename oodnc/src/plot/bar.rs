@@ -146,7 +146,9 @@ impl Plot for BarChart {
             .y_label_area_size((base * 4.2) as u32);
         let xr = -0.6..(ng as f64 - 0.4);
         if self.log_y {
-            body!(cb.build_cartesian_2d(xr, (y0..y1).log_scale()).map_err(plot_err)?);
+            let (bold, light) = super::style::log_ticks(y0, y1);
+            let yr = (y0..y1).log_scale().with_key_points(bold).with_light_points(light);
+            body!(cb.build_cartesian_2d(xr, yr).map_err(plot_err)?);
         } else {
             body!(cb.build_cartesian_2d(xr, y0..y1).map_err(plot_err)?);
         }

@@ -171,7 +171,8 @@ impl Plot for LinePlot {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
         let ((x0, x1), (y0, y1)) = self.ranges()?;
         if self.log_y {
-            self.draw_with(root, x0..x1, (y0..y1).log_scale())
+            let (bold, light) = super::style::log_ticks(y0, y1);
+            self.draw_with(root, x0..x1, (y0..y1).log_scale().with_key_points(bold).with_light_points(light))
         } else {
             self.draw_with(root, x0..x1, y0..y1)
         }

@@ -125,9 +125,63 @@ pub fn fmt_tick(v: &f64) -> String {
     }
 }
 
+/// Ticks of a log axis over `[lo, hi]` (both > 0): labelled values and grid-only
+/// values. Labels are 1-2-5 per decade, more (1-9) when that gives fewer than
+/// three, fewer (powers of ten, then every other power) when it gives more than
+/// eight; the grid has 1-9 per decade, or the labels alone over many decades.
+/// (plotters' own log ticks label only powers of ten, which leaves a range like
+/// 0.13-1.7 with a single label, and crowds 1-9 labels near each power.)
+pub fn log_ticks(lo: f64, hi: f64) -> (Vec<f64>, Vec<f64>) {
+    let (lo, hi) = if lo <= hi { (lo, hi) } else { (hi, lo) };
+    if !(lo > 0.0 && hi.is_finite()) {
+        return (Vec::new(), Vec::new());
+    }
+    let (k0, k1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+    let within = |mults: &[f64], step: usize| -> Vec<f64> {
+        (k0..=k1)
+            .filter(|k| (k - k0) as usize % step == 0)
+            .flat_map(|k| mults.iter().map(move |m| m * 10f64.powi(k)))
+            // Tolerance for the rounding of m * 10^k at the ends.
+            .filter(|v| *v >= lo * (1.0 - 1e-9) && *v <= hi * (1.0 + 1e-9))
+            .collect()
+    };
+    let all: Vec<f64> = (1..=9).map(f64::from).collect();
+    let mut bold = within(&[1.0, 2.0, 5.0], 1);
+    if bold.len() < 3 {
+        bold = within(&all, 1);
+    } else if bold.len() > 8 {
+        bold = within(&[1.0], 1);
+        if bold.len() > 8 {
+            bold = within(&[1.0], 2);
+        }
+    }
+    let light = if k1 - k0 <= 4 { within(&all, 1) } else { bold.clone() };
+    (bold, light)
+}
+
 #[cfg(test)]
 mod tick_tests {
-    use super::fmt_tick;
+    use super::{fmt_tick, log_ticks};
+
+    fn labels(lo: f64, hi: f64) -> Vec<String> {
+        log_ticks(lo, hi).0.iter().map(fmt_tick).collect()
+    }
+
+    #[test]
+    fn log_ticks_label_every_range_readably() {
+        // A loss curve: less than one and a half decades.
+        assert_eq!(labels(0.11, 1.8), ["0.2", "0.5", "1"]);
+        // A cosine learning-rate schedule down to 8e-4.
+        assert_eq!(labels(7.9e-4, 0.055), ["0.001", "0.002", "0.005", "0.01", "0.02", "0.05"]);
+        // Within one decade: 1-9.
+        assert_eq!(labels(2.5, 7.5), ["3", "4", "5", "6", "7"]);
+        // Many decades: powers of ten, then every other one.
+        assert_eq!(labels(1e-3, 1e4), ["0.001", "0.01", "0.1", "1", "10", "100", "1000", "10000"]);
+        assert_eq!(log_ticks(1e-9, 1e9).0.len(), 10);
+        let (bold, light) = log_ticks(0.11, 1.8);
+        assert!(light.len() > bold.len() && bold.iter().all(|b| light.contains(b)));
+        assert_eq!(log_ticks(0.0, 1.0), (vec![], vec![]));
+    }
 
     #[test]
     fn ticks_are_short() {
