@@ -381,3 +381,28 @@ fn knn_grid_from_the_cached_top_similarities_equals_fresh_fits() {
         }
     }
 }
+
+#[test]
+fn she_patterns_by_hand_with_a_class_never_classified_correctly() {
+    // Every training sample is predicted as class 0: class 0's pattern is the mean of
+    // its correct samples, class 1 (none correct) falls back to the mean of its samples.
+    let d = |v: &[f64], r: i64, c: i64| Tensor::from_slice(v).view([r, c]);
+    let train_h = d(&[1.0, 0.0, 3.0, 0.0, 0.0, 2.0, 0.0, 4.0], 4, 2);
+    let train_z = d(&[1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0], 4, 2);
+    let y = Tensor::from_slice(&[0i64, 0, 1, 1]);
+    let test = FeatureSet::new("x", d(&[1.0, 0.0, 0.0, 1.0], 2, 2), d(&[1.0, 1.0, 2.0, 1.0], 2, 2), Tensor::from_slice(&[0i64, 1])).unwrap();
+    let f = Fixture {
+        train: FeatureSet::new("t", train_z.shallow_clone(), train_h.shallow_clone(), y.shallow_clone()).unwrap(),
+        val: FeatureSet::new("v", train_z, train_h, y).unwrap(),
+        test,
+        w: Tensor::zeros([2, 2], (Kind::Double, tch::Device::Cpu)),
+        b: Tensor::zeros([2], (Kind::Double, tch::Device::Cpu)),
+    };
+    // Patterns [2, 0] and [0, 3]; test sample 0 predicted 0, sample 1 predicted 1.
+    let s = vec(&fit(&DetectorSpec::new("she", &[]).unwrap(), &f).unwrap().score(&f.test).unwrap());
+    assert!((s[0] - 2.0).abs() < 1e-12 && (s[1] - 3.0).abs() < 1e-12, "{s:?}");
+    // Labels outside 0..C are a typed error, not a panic.
+    let mut bad = f;
+    bad.train = FeatureSet::new("t", bad.train.logits.shallow_clone(), bad.train.penultimate.shallow_clone(), Tensor::from_slice(&[0i64, 0, 1, 5])).unwrap();
+    assert!(fit(&DetectorSpec::new("she", &[]).unwrap(), &bad).is_err());
+}

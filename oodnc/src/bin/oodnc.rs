@@ -98,6 +98,9 @@ enum Command {
         /// Timed training steps (median); more on a GPU.
         #[arg(long, default_value_t = 3)]
         steps: usize,
+        /// Detectors timed by `bench ood`: `all` or a comma-separated list (e.g. knn,she).
+        #[arg(long, default_value = "all")]
+        detectors: String,
     },
 }
 
@@ -416,7 +419,7 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             println!("scores: higher = more in-distribution; FPR95 = fraction of OOD accepted at 95% ID recall");
             println!("table: {}", study.csv.display());
         }
-        Command::Bench { what, quick, precision, channels_last, steps } => {
+        Command::Bench { what, quick, precision, channels_last, steps, detectors } => {
             let device = oodnc::device::best_device();
             println!("oodnc bench on {device:?}, {} threads", tch::get_num_threads());
             let mut lines = Vec::new();
@@ -430,7 +433,8 @@ fn run(cli: Cli) -> oodnc::Result<()> {
                 lines.extend(oodnc::bench::train(device, steps, if quick { 0.25 } else { 1.0 }, t.fast_path(device))?);
             }
             if what == "ood" || what == "all" {
-                let names = oodnc::ood::detector_names();
+                let all = oodnc::ood::detector_names();
+                let names: Vec<&str> = if detectors == "all" { all } else { detectors.split(',').map(str::trim).filter(|s| !s.is_empty()).collect() };
                 let (n, t, o) = if quick { (5000, 2000, 3000) } else { (45_000, 10_000, 26_032) };
                 lines.extend(oodnc::bench::ood(n, 512, 100, t, o, &names)?);
             }

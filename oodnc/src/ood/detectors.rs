@@ -2,7 +2,7 @@
 //! feature `[D]`, W `[C, D]` and b `[C]` the classifier, mu_c class means of the
 //! ID training features. Every score is higher = more in-distribution.
 
-use super::linalg::{check_2d, eigh_desc, finite_f64, pinv_sqrt, sq_dists};
+use super::linalg::{check_2d, check_labels, class_means, eigh_desc, finite_f64, pinv_sqrt, sq_dists};
 use super::{DetectorSpec, FitData, Fitted};
 use crate::error::{Error, Result};
 use crate::features::FeatureSet;
@@ -359,17 +359,25 @@ pub fn fit(spec: &DetectorSpec, data: &FitData) -> Result<Fitted> {
         // e.g. at initialisation, falls back to the mean of all its samples).
         "she" => {
             let h = feats(train, d, &ctx)?;
-            let y = train.labels.to_kind(Kind::Int64);
-            let all_means = train.class_moments(c, &ctx)?.means.shallow_clone();
-            let ok = logits(train, c, &ctx)?.argmax(1, false).eq_tensor(&y).to_kind(Kind::Double);
-            let counts = Tensor::zeros([c], (Kind::Double, h.device())).index_add(0, &y, &ok);
-            let sums = Tensor::zeros([c, d], (Kind::Double, h.device())).index_add(0, &y, &(&h * ok.unsqueeze(1)));
-            let has = counts.gt(0.0).unsqueeze(1);
-            let patterns = (sums / counts.clamp_min(1.0).unsqueeze(1)).where_self(&has, &all_means);
+            let y = check_labels(&train.labels, h.size()[0], c, &ctx)?;
+            // Misclassified samples go to an extra row C that is then dropped: one
+            // pass over the features, no masked copy of them.
+            let ok = logits(train, c, &ctx)?.argmax(1, false).eq_tensor(&y);
+            let bucket = y.where_self(&ok, &Tensor::full([1], c, (Kind::Int64, y.device())));
+            let counts = bucket.bincount::<Tensor>(None, c + 1).narrow(0, 0, c).to_kind(Kind::Double);
+            let sums = Tensor::zeros([c + 1, d], (Kind::Double, h.device())).index_add(0, &bucket, &h).narrow(0, 0, c);
+            let has = counts.gt(0.0);
+            let mut patterns = sums / counts.clamp_min(1.0).unsqueeze(1);
+            if !bool::try_from(has.all()).unwrap_or(false) {
+                // Only the class means are needed (not the covariance of class_moments).
+                let (all_means, _) = class_means(&h, &y, c, &ctx)?;
+                patterns = patterns.where_self(&has.unsqueeze(1), &all_means);
+            }
             Ok(Fitted::new(spec, move |f| {
                 let x = feats(f, d, &sc)?;
                 let pred = logits(f, c, &sc)?.argmax(1, false);
-                Ok((&x * patterns.index_select(0, &pred)).sum_dim_intlist(&[1i64][..], false, Kind::Double))
+                // <x, pattern_pred> as one [N, C] product and a gather: no [N, D] temporaries.
+                Ok(x.matmul(&patterns.tr()).gather(1, &pred.unsqueeze(1), false).squeeze_dim(1))
             }))
         }
         // fDBD: mean over j != c of |(w_c - w_j) h + b_c - b_j| / ||w_c - w_j||, divided by

@@ -61,18 +61,25 @@ pub fn pinv_psd(a: &Tensor, rel_tol: f64) -> Result<Tensor> {
     Ok(l.matmul(&l.tr()))
 }
 
-/// Per-class means `[C, D]` and counts; every class in `0..c` must have a sample.
-pub fn class_means(x: &Tensor, labels: &Tensor, c: i64, context: &str) -> Result<(Tensor, Tensor)> {
-    let (n, d) = check_2d(x, None, context)?;
+/// `labels` as i64 `[n]` with every value in `0..c`, or a typed error.
+pub fn check_labels(labels: &Tensor, n: i64, c: i64, context: &str) -> Result<Tensor> {
     if labels.size() != [n] {
         return Err(Error::shape(context, format!("{n} features but labels {:?}", labels.size())));
     }
     let y = labels.to_kind(Kind::Int64);
-    let maxl = y.max().int64_value(&[]);
-    let minl = y.min().int64_value(&[]);
-    if minl < 0 || maxl >= c {
-        return Err(Error::data(context, format!("labels span {minl}..={maxl}, expected 0..{c}")));
+    if n > 0 {
+        let (minl, maxl) = (y.min().int64_value(&[]), y.max().int64_value(&[]));
+        if minl < 0 || maxl >= c {
+            return Err(Error::data(context, format!("labels span {minl}..={maxl}, expected 0..{c}")));
+        }
     }
+    Ok(y)
+}
+
+/// Per-class means `[C, D]` and counts; every class in `0..c` must have a sample.
+pub fn class_means(x: &Tensor, labels: &Tensor, c: i64, context: &str) -> Result<(Tensor, Tensor)> {
+    let (n, d) = check_2d(x, None, context)?;
+    let y = check_labels(labels, n, c, context)?;
     let counts = y.bincount::<Tensor>(None, c).to_kind(Kind::Double);
     let empty = counts.eq(0.0).nonzero();
     if empty.size()[0] > 0 {
