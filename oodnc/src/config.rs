@@ -126,6 +126,42 @@ pub struct RunConfig {
     pub train: TrainConfig,
 }
 
+/// The largest accepted `train.epochs` (the original trains 300).
+pub const MAX_EPOCHS: i64 = 100_000;
+/// The largest accepted batch size.
+pub const MAX_BATCH: usize = 1 << 20;
+/// The largest accepted learning rate.
+pub const MAX_LR: f64 = 10.0;
+
+/// "unknown key `data.extra_oods`; did you mean `data.extra_ood`?" for a key path
+/// reported by `serde_ignored` (array indices are skipped when looking up the level).
+fn unknown_key_message(path: &str) -> String {
+    let parts: Vec<&str> = path.split('.').filter(|p| p.parse::<usize>().is_err()).collect();
+    let (key, parent) = parts.split_last().map(|(k, p)| (*k, p.to_vec())).unwrap_or((path, vec![]));
+    let mut schema = RunConfig::profile("demo").ok().and_then(|c| toml::Value::try_from(c).ok());
+    let valid: Vec<String> = match parent.as_slice() {
+        ["data", "extra_ood"] => vec!["name".into(), "path".into()],
+        _ => {
+            let mut v = schema.take();
+            for p in &parent {
+                v = v.and_then(|v| v.get(p).cloned());
+            }
+            v.and_then(|v| v.as_table().map(|t| t.keys().cloned().collect())).unwrap_or_default()
+        }
+    };
+    let best = valid
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(k, key), k))
+        .min()
+        .filter(|(d, k)| *d <= 3.max(k.len() / 3))
+        .map(|(_, k)| k.clone());
+    let prefix = if parent.is_empty() { String::new() } else { format!("{}.", parent.join(".")) };
+    match best {
+        Some(b) => format!("unknown key `{path}`; did you mean `{prefix}{b}`? (valid here: {})", valid.join(", ")),
+        None => format!("unknown key `{path}` (valid here: {})", valid.join(", ")),
+    }
+}
+
 /// Names of the built-in profiles.
 pub const PROFILES: [&str; 3] = ["demo", "coursework", "ci"];
 
@@ -226,33 +262,55 @@ impl RunConfig {
         Self::profile(&std::env::var("OODNC_PROFILE").unwrap_or_else(|_| "demo".into()))
     }
 
-    /// Checks every value once.
+    /// Checks every value once: ranges, finiteness, and sizes that keep memory
+    /// bounded (so an absurd value is a typed error before anything is written).
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
+        if self.model.num_classes > 100_000 {
+            return Err(Error::param("model.num_classes", format!("{} is above 100000", self.model.num_classes)));
+        }
+        self.data.synth.validate()?;
         let t = &self.train;
-        if t.epochs < 1 {
-            return Err(Error::param("train.epochs", "must be at least 1"));
+        if !(1..=MAX_EPOCHS).contains(&t.epochs) {
+            return Err(Error::param("train.epochs", format!("{} is outside 1..={MAX_EPOCHS}", t.epochs)));
         }
-        if t.batch_size == 0 {
-            return Err(Error::param("train.batch_size", "must be at least 1"));
+        if !(1..=MAX_BATCH).contains(&t.batch_size) {
+            return Err(Error::param("train.batch_size", format!("{} is outside 1..={MAX_BATCH}", t.batch_size)));
         }
-        if !(t.lr > 0.0 && t.lr.is_finite()) {
-            return Err(Error::param("train.lr", format!("{} must be positive", t.lr)));
+        if !(t.lr.is_finite() && t.lr > 0.0 && t.lr <= MAX_LR) {
+            return Err(Error::param("train.lr", format!("{} is outside (0, {MAX_LR}] (SGD diverges far below that)", t.lr)));
         }
-        if !(0.0..1.0).contains(&t.momentum) {
+        if !(t.momentum.is_finite() && (0.0..1.0).contains(&t.momentum)) {
             return Err(Error::param("train.momentum", format!("{} is outside [0, 1)", t.momentum)));
         }
         if t.nesterov && t.momentum == 0.0 {
             return Err(Error::param("train.nesterov", "needs momentum > 0"));
         }
-        if t.weight_decay < 0.0 {
-            return Err(Error::param("train.weight_decay", "must be >= 0"));
+        if !(t.weight_decay.is_finite() && (0.0..1.0).contains(&t.weight_decay)) {
+            return Err(Error::param("train.weight_decay", format!("{} is outside [0, 1)", t.weight_decay)));
         }
         if t.checkpoint_every < 1 {
-            return Err(Error::param("train.checkpoint_every", "must be at least 1"));
+            return Err(Error::param("train.checkpoint_every", format!("{} must be at least 1", t.checkpoint_every)));
+        }
+        if let Some(&d) = t.dense_checkpoints.iter().find(|&&d| d < 1) {
+            return Err(Error::param("train.dense_checkpoints", format!("{d}: epochs start at 1")));
+        }
+        if t.dense_checkpoints.len() > 10_000 {
+            return Err(Error::param("train.dense_checkpoints", "more than 10000 entries"));
         }
         if !["synthetic", "real"].contains(&self.data.source.as_str()) {
             return Err(Error::param("data.source", format!("'{}' (expected synthetic or real)", self.data.source)));
+        }
+        if self.data.root.as_os_str().is_empty() {
+            return Err(Error::param("data.root", "is empty; name the folder that holds the datasets (e.g. data or data/synthetic)"));
+        }
+        for (i, e) in self.data.extra_ood.iter().enumerate() {
+            if e.name.trim().is_empty() || e.name.contains('/') {
+                return Err(Error::param(format!("data.extra_ood[{i}].name"), format!("'{}' must be a plain non-empty name", e.name)));
+            }
+            if e.path.as_os_str().is_empty() {
+                return Err(Error::param(format!("data.extra_ood[{i}].path"), "is empty"));
+            }
         }
         Ok(())
     }
@@ -262,16 +320,36 @@ impl RunConfig {
         toml::to_string_pretty(self).map_err(|e| Error::data("config", e.to_string()))
     }
 
-    /// Reads a config file.
+    /// Reads a config file. Unknown keys are an error naming the key and the
+    /// closest valid one (a misspelt key would otherwise be silently ignored).
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg: RunConfig = toml::from_str(&text).map_err(|e| Error::Config {
+        let cfg = Self::parse(&text).map_err(|reason| Error::Config {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        cfg.validate().map_err(|e| Error::Config {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Parses config TOML, rejecting unknown keys (the error text names each
+    /// one with the closest valid key at its level).
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let de = toml::de::Deserializer::parse(text).map_err(|e| e.to_string())?;
+        let mut unknown = Vec::new();
+        let parsed: std::result::Result<RunConfig, _> = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
+        let unknown_msg = || unknown.iter().map(|u| unknown_key_message(u)).collect::<Vec<_>>().join("; ");
+        match parsed {
+            // A misspelt key often causes the error (a required field "missing"): name it first.
+            Err(e) if !unknown.is_empty() => Err(format!("{}; then: {e}", unknown_msg())),
+            Err(e) => Err(e.to_string()),
+            Ok(_) if !unknown.is_empty() => Err(unknown_msg()),
+            Ok(cfg) => Ok(cfg),
+        }
     }
 
     /// A short stable hash of the resolved config (FNV-1a of its TOML), stored in checkpoints.
@@ -289,15 +367,23 @@ impl RunConfig {
     /// `checkpoint_every`, and the last.
     pub fn checkpoint_epochs(&self) -> Vec<i64> {
         let t = &self.train;
+        let every = t.checkpoint_every.max(1);
         let mut v: Vec<i64> = std::iter::once(0)
             .chain(t.dense_checkpoints.iter().copied())
-            .chain((1..=t.epochs).filter(|e| e % t.checkpoint_every == 0))
+            .chain((1..=t.epochs / every).map(|k| k * every))
             .chain(std::iter::once(t.epochs))
             .filter(|&e| e <= t.epochs)
             .collect();
         v.sort_unstable();
         v.dedup();
         v
+    }
+
+    /// Whether [`checkpoint_epochs`](Self::checkpoint_epochs) contains `epoch` (O(dense)).
+    pub fn is_checkpoint_epoch(&self, epoch: i64) -> bool {
+        let t = &self.train;
+        (0..=t.epochs).contains(&epoch)
+            && (epoch == 0 || epoch == t.epochs || epoch % t.checkpoint_every.max(1) == 0 || t.dense_checkpoints.contains(&epoch))
     }
 }
 
@@ -334,5 +420,58 @@ mod tests {
         let mut c = RunConfig::profile("demo").unwrap();
         c.train.epochs = 0;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn non_finite_and_absurd_hyperparameters_are_rejected() {
+        let base = RunConfig::profile("ci").unwrap();
+        let cases: Vec<(&str, Box<dyn Fn(&mut RunConfig)>)> = vec![
+            ("train.lr", Box::new(|c| c.train.lr = 1e30)),
+            ("train.lr", Box::new(|c| c.train.lr = f64::NAN)),
+            ("train.weight_decay", Box::new(|c| c.train.weight_decay = f64::INFINITY)),
+            ("train.weight_decay", Box::new(|c| c.train.weight_decay = f64::NAN)),
+            ("train.momentum", Box::new(|c| c.train.momentum = f64::NAN)),
+            ("train.epochs", Box::new(|c| c.train.epochs = 1_000_000_000)),
+            ("train.epochs", Box::new(|c| c.train.epochs = i64::MAX)),
+            ("data.root", Box::new(|c| c.data.root = PathBuf::new())),
+        ];
+        for (field, f) in cases {
+            let mut c = base.clone();
+            f(&mut c);
+            match c.validate() {
+                Err(Error::InvalidParam { name, .. }) => assert_eq!(name, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_checkpoint_schedule_is_not_materialised_per_epoch() {
+        let mut c = RunConfig::profile("coursework").unwrap();
+        c.train.epochs = MAX_EPOCHS;
+        c.train.checkpoint_every = 1;
+        assert_eq!(c.checkpoint_epochs().len() as i64, MAX_EPOCHS + 1);
+        let c = RunConfig::profile("coursework").unwrap();
+        let all = c.checkpoint_epochs();
+        for e in -1..=301 {
+            assert_eq!(c.is_checkpoint_epoch(e), all.contains(&e), "epoch {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_the_closest_name() {
+        let good = RunConfig::profile("ci").unwrap().to_toml().unwrap();
+        RunConfig::parse(&good).unwrap();
+        let typo = good.replace("precision =", "precison =");
+        let e = RunConfig::parse(&typo).unwrap_err();
+        assert!(e.contains("unknown key `train.precison`; did you mean `train.precision`?"), "{e}");
+        let extra = format!("{good}\n[[data.extra_oods]]\nname = \"x\"\npath = \"y\"\n");
+        let e = RunConfig::parse(&extra).unwrap_err();
+        assert!(e.contains("`data.extra_oods`; did you mean `data.extra_ood`?"), "{e}");
+        let inner = format!("{}\n[[data.extra_ood]]\nname = \"x\"\npth = \"y\"\n", good.replace("extra_ood = []\n", ""));
+        let e = RunConfig::parse(&inner).unwrap_err();
+        assert!(e.contains("did you mean `data.extra_ood.path`?"), "{e}");
+        let split = good.replace("n_val = 100", "n_vall = 100");
+        assert!(RunConfig::parse(&split).is_err());
     }
 }

@@ -91,8 +91,38 @@ pub enum Error {
     Plot(String),
 
     /// The user interrupted a long job; the state on disk is consistent.
-    #[error("interrupted; state saved, rerun to resume")]
-    Interrupted,
+    #[error("interrupted; every completed epoch is saved{resume}")]
+    Interrupted {
+        /// How to continue, starting with a separator (e.g. "; resume with `oodnc train ...`").
+        resume: String,
+    },
+
+    /// Another process holds the run's lock (one writer per run).
+    #[error("run {run} is busy: {what} by process {} (lock {lock}); wait for it to finish or stop it", pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()))]
+    Locked {
+        run: PathBuf,
+        what: String,
+        pid: Option<u32>,
+        lock: PathBuf,
+    },
+
+    /// A run's config no longer matches what its checkpoints were trained with.
+    #[error("run {run}: config.toml no longer matches {file}: {fields}.\n  {fix}")]
+    ConfigMismatch {
+        run: PathBuf,
+        file: PathBuf,
+        fields: String,
+        fix: String,
+    },
+
+    /// Training produced a non-finite loss; nothing of that epoch was written.
+    #[error("training diverged in run {run}: loss is {value} at epoch {epoch}, batch {batch}; nothing of epoch {epoch} was saved. Lower train.lr or check train.weight_decay, then train under a new run name (or resume this one from epoch {})", epoch - 1)]
+    Diverged {
+        run: PathBuf,
+        epoch: i64,
+        batch: i64,
+        value: String,
+    },
 }
 
 impl Error {

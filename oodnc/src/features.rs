@@ -330,9 +330,97 @@ pub fn cache_path(run_dir: &Path, epoch: i64, dataset: &str) -> PathBuf {
     run_dir.join("features").join(format!("epoch_{epoch:03}")).join(format!("{dataset}.safetensors"))
 }
 
+/// MD5 (hex) of named tensors: names, shapes, dtypes and bytes, in name order.
+pub fn tensors_md5(tensors: &[(String, Tensor)]) -> Result<String> {
+    let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = Md5::new();
+    for (name, t) in sorted {
+        h.update(name.as_bytes());
+        h.update(format!("{:?}{:?}", t.size(), t.kind()).as_bytes());
+        h.update(tensor_io::tensor_bytes(t)?);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn feature_tensors(fs: &FeatureSet) -> Vec<(String, Tensor)> {
+    let mut tensors = vec![
+        ("logits".to_string(), fs.logits.shallow_clone()),
+        ("penultimate".to_string(), fs.penultimate.shallow_clone()),
+        ("labels".to_string(), fs.labels.shallow_clone()),
+    ];
+    tensors.extend(fs.taps.iter().map(|(k, v)| (format!("tap.{k}"), v.shallow_clone())));
+    tensors
+}
+
+/// Keeps the taps `opts` asks for (a cache may hold more).
+fn restrict(mut fs: FeatureSet, opts: ExtractOptions) -> FeatureSet {
+    if !opts.taps {
+        fs.taps.clear();
+    } else if !opts.pool2x2 {
+        fs.taps.retain(|k, _| !k.ends_with("+2x2"));
+    }
+    fs
+}
+
+/// Why a cache file cannot serve a request (`Ok(None)`: it can, here it is).
+fn read_cache(path: &Path, ckpt_md5: &str, data: &Dataset, data_md5: &str, opts: ExtractOptions) -> Result<std::result::Result<(FeatureSet, ExtractOptions), String>> {
+    let mut l = match tensor_io::load(path) {
+        Ok(l) => l,
+        Err(e) => return Ok(Err(format!("unreadable ({e})"))),
+    };
+    let md = l.metadata.clone();
+    if md.get("format").map(String::as_str) != Some(CACHE_FORMAT) {
+        return Ok(Err("written by an older oodnc".into()));
+    }
+    if md.get("checkpoint_md5").map(String::as_str) != Some(ckpt_md5) {
+        return Ok(Err("the checkpoint changed".into()));
+    }
+    if md.get("data_md5").map(String::as_str) != Some(data_md5) {
+        return Ok(Err("the dataset changed".into()));
+    }
+    let held: ExtractOptions = match md.get("opts").and_then(|o| serde_json::from_str(o).ok()) {
+        Some(o) => o,
+        None => return Ok(Err("no extraction options recorded".into())),
+    };
+    if (opts.taps && !held.taps) || (opts.pool2x2 && !held.pool2x2) {
+        return Ok(Err("it lacks the layer taps asked for (they are added now)".into()));
+    }
+    let tensors: Vec<(String, Tensor)> = l.tensors.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+    if md.get("content_md5") != Some(&tensors_md5(&tensors)?) {
+        return Ok(Err("its content does not match its recorded checksum (edited or corrupt)".into()));
+    }
+    let (Ok(logits), Ok(pen), Ok(labels)) = (l.take(path, "logits"), l.take(path, "penultimate"), l.take(path, "labels")) else {
+        return Ok(Err("a tensor is missing".into()));
+    };
+    let mut fs = match FeatureSet::new(data.name.clone(), logits, pen, labels) {
+        Ok(fs) => fs,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    if fs.len() != data.len() || !fs.labels.equal(&data.labels.to_device(Device::Cpu)) {
+        return Ok(Err("its rows or labels differ from the dataset's".into()));
+    }
+    fs.taps = l.tensors.into_iter().filter_map(|(k, v)| k.strip_prefix("tap.").map(|s| (s.to_string(), v))).collect();
+    if fs.taps.values().any(|t| t.size().first() != Some(&(data.len() as i64))) {
+        return Ok(Err("a layer tap has the wrong number of rows".into()));
+    }
+    Ok(Ok((fs, held)))
+}
+
+/// Format tag of feature cache files.
+pub const CACHE_FORMAT: &str = "oodnc-features-v2";
+
 /// Features of `data` under the run's checkpoint at `epoch`, from the cache when
-/// its key matches, else extracted (on `device`) and cached.
+/// it serves the request, else extracted (on `device`) and cached.
+///
+/// The cache records the checkpoint's and the dataset's MD5, the extraction
+/// options and the MD5 of its own content; it is verified on every load and
+/// rebuilt (with a message saying why) when anything differs. A cache holding
+/// more layer taps than asked for serves the request; one holding fewer is
+/// re-extracted with the union, so alternating studies never thrash it.
+/// Non-finite features are an error naming the checkpoint (a diverged run).
 pub fn cached(run_dir: &Path, epoch: i64, data: &Dataset, opts: ExtractOptions, device: Device) -> Result<FeatureSet> {
+    let opts = ExtractOptions { taps: opts.taps, pool2x2: opts.taps && opts.pool2x2 };
     let ckpt = crate::train::trainer::checkpoint_path(run_dir, epoch);
     if !ckpt.exists() {
         return Err(Error::Missing {
@@ -341,40 +429,48 @@ pub fn cached(run_dir: &Path, epoch: i64, data: &Dataset, opts: ExtractOptions, 
             hint: "; train first (`oodnc train` or notebook 01)".into(),
         });
     }
-    let key = format!(
-        "ckpt={};data={};opts={}",
-        file_md5(&ckpt)?,
-        dataset_md5(data)?,
-        serde_json::to_string(&opts).unwrap_or_default()
-    );
+    let ckpt_md5 = file_md5(&ckpt)?;
+    let data_md5 = dataset_md5(data)?;
     let path = cache_path(run_dir, epoch, &data.name);
+    let mut want = opts;
     if path.exists() {
-        if let Ok(mut l) = tensor_io::load(&path) {
-            if l.metadata.get("key") == Some(&key) {
-                let logits = l.take(&path, "logits")?;
-                let pen = l.take(&path, "penultimate")?;
-                let labels = l.take(&path, "labels")?;
-                let mut fs = FeatureSet::new(data.name.clone(), logits, pen, labels)?;
-                fs.taps = l
-                    .tensors
-                    .into_iter()
-                    .filter_map(|(k, v)| k.strip_prefix("tap.").map(|s| (s.to_string(), v)))
-                    .collect();
-                return Ok(fs);
+        match read_cache(&path, &ckpt_md5, data, &data_md5, opts)? {
+            Ok((fs, _)) => return check_finite(restrict(fs, opts), &ckpt, epoch),
+            Err(why) => {
+                eprintln!("feature cache {} rebuilt: {why}", path.display());
+                if let Some(held) = tensor_io::read_metadata(&path).ok().and_then(|m| m.get("opts").and_then(|o| serde_json::from_str::<ExtractOptions>(o).ok())) {
+                    want = ExtractOptions { taps: want.taps || held.taps, pool2x2: want.pool2x2 || held.pool2x2 };
+                }
             }
         }
     }
     let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, epoch, device)?;
-    let fs = extract(&model, data, opts, device, 500)?;
-    let mut tensors = vec![
-        ("logits".to_string(), fs.logits.shallow_clone()),
-        ("penultimate".to_string(), fs.penultimate.shallow_clone()),
-        ("labels".to_string(), fs.labels.shallow_clone()),
-    ];
-    tensors.extend(fs.taps.iter().map(|(k, v)| (format!("tap.{k}"), v.shallow_clone())));
+    let fs = extract(&model, data, want, device, 500)?;
+    let tensors = feature_tensors(&fs);
     let mut md = BTreeMap::new();
-    md.insert("key".to_string(), key);
+    md.insert("format".to_string(), CACHE_FORMAT.to_string());
+    md.insert("checkpoint_md5".to_string(), ckpt_md5);
+    md.insert("data_md5".to_string(), data_md5);
+    md.insert("opts".to_string(), serde_json::to_string(&want).unwrap_or_default());
+    md.insert("content_md5".to_string(), tensors_md5(&tensors)?);
     md.insert("epoch".to_string(), epoch.to_string());
     tensor_io::save(&path, &tensors, &md)?;
+    check_finite(restrict(fs, opts), &ckpt, epoch)
+}
+
+/// An error naming the checkpoint when any feature is NaN or infinite.
+fn check_finite(fs: FeatureSet, ckpt: &Path, epoch: i64) -> Result<FeatureSet> {
+    let all = std::iter::once(("logits", &fs.logits)).chain(std::iter::once(("penultimate", &fs.penultimate))).chain(fs.taps.iter().map(|(k, v)| (k.as_str(), v)));
+    for (name, t) in all {
+        if t.numel() > 0 && !bool::try_from(t.isfinite().all()).unwrap_or(false) {
+            return Err(Error::data(
+                format!("features '{name}' of {} at epoch {epoch}", fs.name),
+                format!(
+                    "contain NaN or infinite values: the checkpoint {} has non-finite weights (did training diverge?); analyse an earlier epoch with --epochs",
+                    ckpt.display()
+                ),
+            ));
+        }
+    }
     Ok(fs)
 }

@@ -26,6 +26,7 @@ pub mod ood;
 pub mod plot;
 pub mod progress;
 pub mod report;
+pub mod run;
 pub mod tensor_io;
 pub mod train;
 pub mod util;

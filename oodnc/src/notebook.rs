@@ -52,7 +52,7 @@ impl Session {
         let run = std::env::var("OODNC_RUN").unwrap_or_else(|_| cfg.profile.clone());
         let device = crate::device::best_device();
         let s = Session {
-            run_dir: root.join("runs").join(&run),
+            run_dir: crate::run::run_dir(&root.join("runs"), &run)?,
             figures: root.join("figures").join(&run),
             root,
             run,

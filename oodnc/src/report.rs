@@ -243,3 +243,78 @@ pub fn layer_summary(rows: &[LongRow], epoch: i64) -> String {
     }
     s
 }
+
+/// The key of each row: the values of `keys` as text.
+fn row_keys(df: &DataFrame, keys: &[&str]) -> Result<Vec<Vec<String>>> {
+    let cols = keys
+        .iter()
+        .map(|k| {
+            let c = df.column(k)?.cast(&DataType::String)?;
+            let c = c.str()?.clone();
+            Ok(c)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((0..df.height())
+        .map(|i| cols.iter().map(|c| c.get(i).unwrap_or("").to_string()).collect())
+        .collect())
+}
+
+/// Merges `new` into the long-form table at `path` and writes the result
+/// atomically: rows of the file whose `keys` (e.g. epoch, detector, dataset)
+/// appear in `new` are replaced, every other row is kept, so a call that
+/// computes part of a study never shrinks the table. Rows are ordered by epoch
+/// (stable: within an epoch, kept rows first, then the new ones in their order).
+/// A file that cannot be read, or has other columns, is an error naming it and
+/// is left untouched. Returns the merged table.
+pub fn merge_csv(path: &std::path::Path, new: &DataFrame, keys: &[&str]) -> Result<DataFrame> {
+    let mut merged = if path.exists() {
+        let old = crate::ood::pipeline::read_csv(path)?;
+        let (a, b): (Vec<String>, Vec<String>) = (
+            old.get_column_names().iter().map(|s| s.to_string()).collect(),
+            new.get_column_names().iter().map(|s| s.to_string()).collect(),
+        );
+        if a != b {
+            return Err(Error::format(
+                path,
+                format!("has columns {a:?}, expected {b:?}; move it away (it is not replaced) and run again"),
+            ));
+        }
+        let fresh: std::collections::HashSet<Vec<String>> = row_keys(new, keys)?.into_iter().collect();
+        let mask: BooleanChunked = row_keys(&old, keys)?.iter().map(|k| !fresh.contains(k)).collect();
+        let kept = old.filter(&mask)?;
+        let cols = new
+            .columns()
+            .iter()
+            .map(|c| Ok(kept.column(c.name())?.cast(c.dtype())?))
+            .collect::<Result<Vec<Column>>>()?;
+        DataFrame::new(kept.height(), cols)?.vstack(new)?
+    } else {
+        new.clone()
+    };
+    let epochs: Vec<i64> = f64_col(&merged, "epoch")?.into_iter().map(|v| v as i64).collect();
+    let mut idx: Vec<IdxSize> = (0..merged.height() as IdxSize).collect();
+    idx.sort_by_key(|&i| epochs[i as usize]);
+    merged = merged.take(&IdxCa::from_vec("idx".into(), idx))?;
+    crate::ood::pipeline::write_csv(&mut merged, path)?;
+    Ok(merged)
+}
+
+/// Merges the JSON array `new` into the array in `path` (atomically): entries
+/// whose `keys` fields equal those of an entry of `new` are replaced, the rest
+/// kept; ordered by `epoch` (stable). An unreadable file is an error naming it.
+pub fn merge_json_array(path: &std::path::Path, new: Vec<serde_json::Value>, keys: &[&str]) -> Result<Vec<serde_json::Value>> {
+    let key = |v: &serde_json::Value| keys.iter().map(|k| v.get(*k).cloned().unwrap_or_default().to_string()).collect::<Vec<_>>();
+    let mut out: Vec<serde_json::Value> = if path.exists() {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let old: Vec<serde_json::Value> = serde_json::from_str(&text)
+            .map_err(|e| Error::format(path, format!("not a JSON array of results ({e}); move it away (it is not replaced) and run again")))?;
+        let fresh: std::collections::HashSet<Vec<String>> = new.iter().map(key).collect();
+        old.into_iter().filter(|v| !fresh.contains(&key(v))).collect()
+    } else {
+        Vec::new()
+    };
+    out.extend(new);
+    out.sort_by_key(|v| v.get("epoch").and_then(|e| e.as_i64()).unwrap_or(i64::MIN));
+    crate::util::write_atomic(path, serde_json::to_string_pretty(&out).unwrap_or_default().as_bytes())?;
+    Ok(out)
+}

@@ -74,6 +74,12 @@ pub fn encode(tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>)
 }
 
 impl Encoded {
+    /// Adds (or replaces) one metadata entry.
+    pub fn with_metadata(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.to_string(), value.into());
+        self
+    }
+
     /// Writes the file (tensors sorted by name) atomically.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
@@ -138,4 +144,34 @@ pub fn load(path: impl AsRef<Path>) -> Result<Loaded> {
         tensors.insert(name, t);
     }
     Ok(Loaded { tensors, metadata })
+}
+
+/// The string metadata of a safetensors file, read from its header alone
+/// (the first `8 + n` bytes), without reading any tensor.
+pub fn read_metadata(path: impl AsRef<Path>) -> Result<BTreeMap<String, String>> {
+    use std::io::Read;
+    let path = path.as_ref();
+    let mut f = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Missing {
+            what: "safetensors file".into(),
+            path: path.to_path_buf(),
+            hint: String::new(),
+        },
+        _ => Error::io(path, e),
+    })?;
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|_| Error::format(path, "not a valid safetensors file (shorter than its 8-byte header length)"))?;
+    let n = u64::from_le_bytes(n);
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    if n > 100_000_000 || 8 + n > len {
+        return Err(Error::format(path, format!("not a valid safetensors file (header of {n} bytes in a {len}-byte file: truncated or corrupt?)")));
+    }
+    let mut h = vec![0u8; n as usize];
+    f.read_exact(&mut h).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_slice(&h).map_err(|e| Error::format(path, format!("bad safetensors header: {e}")))?;
+    Ok(v.get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+        .unwrap_or_default())
 }

@@ -19,7 +19,7 @@ fn synth_then_check_reports_every_split() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("cifar100 train") && text.contains("80 images, 10 classes"), "{text}");
-    assert!(text.contains("svhn test") && text.contains("dtd test1"), "{text}");
+    assert!(text.contains("svhn test") && text.contains("dtd partitions"), "{text}");
     // A missing dataset makes check fail and say so.
     std::fs::remove_file(root.join("svhn/test_32x32.mat")).unwrap();
     let out = oodnc(&["data", "check", "--root", root.to_str().unwrap()]);

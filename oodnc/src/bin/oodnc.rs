@@ -69,7 +69,7 @@ enum Command {
         #[arg(long)]
         layers: bool,
         /// With --layers: also 2x2 adaptive pooling of the block outputs.
-        #[arg(long)]
+        #[arg(long, requires = "layers")]
         pool2x2: bool,
     },
     /// Write every figure of a run (PNG + SVG) to figures/NAME/.
@@ -106,9 +106,9 @@ enum Command {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// demo | coursework | ci
-    #[arg(long, default_value = "demo")]
-    profile: String,
+    /// demo | coursework | ci (default: demo for a new run; with --resume, the run's own config.toml)
+    #[arg(long)]
+    profile: Option<String>,
     /// A config file (TOML, as written to runs/NAME/config.toml) instead of a profile.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -126,8 +126,12 @@ struct TrainArgs {
     /// Continue an existing run from its last completed epoch.
     #[arg(long)]
     resume: bool,
+    /// With --resume and --epochs: accept a larger train.epochs than the run was
+    /// trained with (the one change to a run's config that is allowed).
+    #[arg(long, requires = "resume")]
+    extend: bool,
     /// Stop after this many completed epochs (the run can be resumed later).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
     stop_after: Option<i64>,
     /// cpu | cuda (default: cuda when available)
     #[arg(long)]
@@ -195,34 +199,101 @@ struct SynthArgs {
     test_per_class: Option<usize>,
 }
 
+/// `oodnc data check`: every dataset read by the same loaders the studies use
+/// (every image decoded, every label checked), counts compared with the
+/// embedded dataset's manifest or with the official counts, and for the
+/// embedded dataset every file against its recorded checksum.
 fn check(root: &std::path::Path) -> oodnc::Result<bool> {
-    use data::dtd::{DtdSplit};
+    use data::dtd::{DtdKind, DtdSplit};
     use data::image_folder::Resize;
+    use data::synthetic::{inspect, verify, RootState};
     println!("data root: {}", root.display());
+    if root.exists() && !root.is_dir() {
+        return Err(oodnc::Error::data("data check", format!("{} is a file, not a data folder", root.display())));
+    }
     let mut all_ok = true;
     let mut report = |name: &str, r: oodnc::Result<String>| match r {
         Ok(s) => println!("  ok      {name:<22} {s}"),
         Err(e) => {
             all_ok = false;
-            println!("  MISSING {name:<22} {e}");
+            let label = if matches!(e, oodnc::Error::Missing { .. }) { "MISSING" } else { "INVALID" };
+            println!("  {label:<7} {name:<22} {e}");
+        }
+    };
+    // Expected counts: the manifest's for the embedded dataset, else the official ones.
+    let synth = match inspect(root) {
+        Ok(RootState::Complete(m)) => {
+            report("embedded manifest", verify(root, &m).map(|_| format!("{} files match their checksums", m.files.len())));
+            Some(m.config.clone())
+        }
+        Ok(RootState::Partial(c)) => {
+            report("embedded manifest", Err(oodnc::Error::data("embedded dataset", "incomplete: a generation stopped before it finished; rerun `oodnc data synth` (or any command of its profile)")));
+            Some(*c)
+        }
+        _ => None,
+    };
+    let expected = |set: &str| -> Option<usize> {
+        match &synth {
+            Some(c) => Some(match set {
+                "cifar100 train" => c.classes * c.train_per_class,
+                "cifar100 test" => c.classes * c.test_per_class,
+                "cifar10 train" => 10 * c.near_per_class.div_ceil(5).max(1),
+                "cifar10 test" => 10 * c.near_per_class,
+                "svhn train" => (c.digits_test / 4).max(10),
+                "svhn test" => c.digits_test,
+                "dtd" => data::synthetic::TEXTURES.len() * c.textures_per_class,
+                "dtd list" => data::synthetic::TEXTURES.len() * (c.textures_per_class / 3),
+                _ => return None,
+            }),
+            None => match set {
+                "cifar100 train" | "cifar10 train" => Some(50_000),
+                "cifar100 test" | "cifar10 test" => Some(10_000),
+                "svhn train" => Some(73_257),
+                "svhn test" => Some(26_032),
+                "dtd" => Some(5_640),
+                "dtd list" => Some(1_880),
+                _ => None,
+            },
+        }
+    };
+    let source = if synth.is_some() { "the manifest records" } else { "the official dataset has" };
+    let counted = |set: &str, n: usize, extra: String| -> oodnc::Result<String> {
+        match expected(set) {
+            Some(e) if e != n => Err(oodnc::Error::data(set, format!("{n} images but {source} {e} (truncated or incomplete?)"))),
+            _ => Ok(format!("{n} images{extra}")),
         }
     };
     for (name, v) in [("cifar100", data::cifar::Variant::Cifar100), ("cifar10", data::cifar::Variant::Cifar10)] {
         for part in [Part::Train, Part::Test] {
-            report(
-                &format!("{name} {part}"),
-                data::cifar::load(root, v, part).map(|d| format!("{} images, {} classes", d.len(), d.num_classes())),
-            );
+            let set = format!("{name} {part}");
+            report(&set, data::cifar::load(root, v, part).and_then(|d| counted(&set, d.len(), format!(", {} classes", d.num_classes()))));
         }
     }
     for part in [Part::Train, Part::Test] {
-        report(&format!("svhn {part}"), data::svhn::count(root, part).map(|n| format!("{n} images")));
+        let set = format!("svhn {part}");
+        report(&set, data::svhn::load_svhn(root, part).and_then(|d| counted(&set, d.len(), String::new())));
     }
     report(
-        "dtd test1",
-        data::dtd::list(root, DtdSplit::TEST1).map(|(p, _, c)| format!("{} images listed, {} classes", p.len(), c.len())),
+        "dtd images",
+        data::dtd::load_dtd_all(root, Resize::default()).and_then(|d| counted("dtd", d.len(), format!(" decoded, {} classes", d.num_classes()))),
     );
-    let _ = Resize::default();
+    let lists = (|| -> oodnc::Result<String> {
+        let mut n = 0;
+        for partition in 1..=10u8 {
+            for kind in [DtdKind::Train, DtdKind::Val, DtdKind::Test] {
+                let split = DtdSplit { kind, partition };
+                let (paths, _, _) = data::dtd::list(root, split)?;
+                if let Some(e) = expected("dtd list") {
+                    if paths.len() != e {
+                        return Err(oodnc::Error::data(format!("dtd {}", split.file_name()), format!("lists {} images but {source} {e}", paths.len())));
+                    }
+                }
+                n += 1;
+            }
+        }
+        Ok(format!("{n} partition files, every listed image present"))
+    })();
+    report("dtd partitions", lists);
     Ok(all_ok)
 }
 
@@ -247,20 +318,43 @@ fn parse_device(d: Option<&str>) -> oodnc::Result<tch::Device> {
 
 fn parse_epochs(run_dir: &std::path::Path, spec: &str) -> oodnc::Result<Vec<i64>> {
     let avail = oodnc::train::trainer::available_epochs(run_dir)?;
-    match spec {
-        "all" => Ok(avail),
-        "last" => Ok(avail.last().copied().into_iter().collect()),
+    if avail.is_empty() {
+        return Err(oodnc::Error::Missing {
+            what: "any checkpoint".into(),
+            path: run_dir.join("checkpoints"),
+            hint: "; train first (`oodnc train` or notebook 01)".into(),
+        });
+    }
+    let eps: Vec<i64> = match spec {
+        "all" => avail.clone(),
+        "last" => avail.last().copied().into_iter().collect(),
         list => list
             .split(',')
-            .map(|x| x.trim().parse::<i64>().map_err(|_| oodnc::Error::param("--epochs", format!("'{x}' is not an epoch number"))))
-            .collect(),
+            .map(|x| x.trim().parse::<i64>().map_err(|_| oodnc::Error::param("--epochs", format!("'{x}' is not an epoch number (use all, last or a list like 5,10)"))))
+            .collect::<oodnc::Result<_>>()?,
+    };
+    if let Some(e) = eps.iter().find(|e| !avail.contains(e)) {
+        return Err(oodnc::Error::param("--epochs", format!("no checkpoint of epoch {e} in {}; available: {avail:?}", run_dir.display())));
     }
+    Ok(eps)
 }
 
 fn train(a: TrainArgs) -> oodnc::Result<()> {
-    let mut cfg = match &a.config {
-        Some(p) => oodnc::config::RunConfig::read(p)?,
-        None => oodnc::config::RunConfig::profile(&a.profile)?,
+    let run_dir = oodnc::run::run_dir(&a.runs, &a.run)?;
+    let cfg_path = run_dir.join(oodnc::run::CONFIG_FILE);
+    if a.resume && !cfg_path.exists() {
+        return Err(oodnc::Error::Missing {
+            what: format!("run '{}' to resume", a.run),
+            path: run_dir.clone(),
+            hint: "; drop --resume to start it, or check --run / --runs".into(),
+        });
+    }
+    let mut cfg = match (&a.config, &a.profile) {
+        (Some(_), Some(_)) => return Err(oodnc::Error::param("--config", "give either --config or --profile, not both")),
+        (Some(p), None) => oodnc::config::RunConfig::read(p)?,
+        (None, Some(p)) => oodnc::config::RunConfig::profile(p)?,
+        (None, None) if a.resume => oodnc::config::RunConfig::read(&cfg_path)?,
+        (None, None) => oodnc::config::RunConfig::profile("demo")?,
     };
     if let Some(e) = a.epochs {
         cfg.train.epochs = e;
@@ -277,7 +371,10 @@ fn train(a: TrainArgs) -> oodnc::Result<()> {
     if let Some(c) = &a.channels_last {
         cfg.train.channels_last = parse_toggle(c);
     }
-    let run_dir = a.runs.join(&a.run);
+    cfg.validate()?;
+    if a.extend && a.epochs.is_none() {
+        return Err(oodnc::Error::param("--extend", "needs --epochs N (the new total number of epochs)"));
+    }
     let has_state = run_dir.join("state/last.safetensors").exists();
     if has_state && !a.resume {
         return Err(oodnc::Error::param(
@@ -302,7 +399,8 @@ fn train(a: TrainArgs) -> oodnc::Result<()> {
     );
     let data = oodnc::train::RunData::load(&cfg)?;
     println!("data: {} train / {} val / {} test images, {} classes", data.train.len(), data.val.len(), data.test.len(), data.train.num_classes());
-    let mut tr = oodnc::train::Trainer::open(cfg, &run_dir, device)?;
+    let allow = oodnc::run::Allow { more_epochs: a.extend };
+    let mut tr = oodnc::train::Trainer::open_with(cfg, &run_dir, device, allow)?;
     if tr.epochs_done() > 0 {
         println!("resuming after epoch {}", tr.epochs_done());
     }
@@ -353,6 +451,12 @@ fn run(cli: Cli) -> oodnc::Result<()> {
                 cfg.near_per_class = n;
             }
             let t = std::time::Instant::now();
+            if let data::synthetic::RootState::Complete(m) = data::synthetic::inspect(&a.root)? {
+                if m.config == cfg && data::synthetic::verify(&a.root, &m).is_ok() {
+                    println!("synthetic dataset in {} is up to date (every file matches its manifest); nothing written", a.root.display());
+                    return Ok(());
+                }
+            }
             let s = data::synthetic::generate(&a.root, &cfg)?;
             println!(
                 "synthetic dataset in {} ({:.1}s): ID {} train / {} test, near-OOD {}, digits {}, textures {}",
@@ -367,11 +471,12 @@ fn run(cli: Cli) -> oodnc::Result<()> {
         }
         Command::Train(a) => train(a)?,
         Command::Figures { run, runs, out } => {
-            let files = oodnc::plot::run_figures::write_run_figures(&runs.join(&run), &out.join(&run), oodnc::device::best_device())?;
+            let run_dir = oodnc::run::run_dir(&runs, &run)?;
+            let files = oodnc::plot::run_figures::write_run_figures(&run_dir, &out.join(&run), oodnc::device::best_device())?;
             println!("{} figures written to {} (PNG + SVG)", files.len(), out.join(&run).display());
         }
         Command::Nc { run, runs, epochs, layers, pool2x2 } => {
-            let run_dir = runs.join(&run);
+            let run_dir = oodnc::run::run_dir(&runs, &run)?;
             let eps = parse_epochs(&run_dir, &epochs)?;
             let opts = oodnc::nc::study::NcOptions { layers, pool2x2, ..Default::default() };
             let st = oodnc::nc::study::run(&run_dir, &eps, opts, oodnc::device::best_device())?;
@@ -387,8 +492,8 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             println!("table: {}", st.csv.display());
         }
         Command::Extract { run, runs, epochs, taps } => {
-            let run_dir = runs.join(&run);
-            let cfg = oodnc::config::RunConfig::read(run_dir.join("config.toml"))?;
+            let run_dir = oodnc::run::run_dir(&runs, &run)?;
+            let cfg = oodnc::run::read_config(&run_dir)?;
             let eps = parse_epochs(&run_dir, &epochs)?;
             let sets = oodnc::data::protocol::load_eval_sets(&cfg)?;
             let opts = oodnc::features::ExtractOptions { taps, pool2x2: false };
@@ -400,7 +505,7 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             }
         }
         Command::Ood { run, runs, epochs, detectors, bootstrap } => {
-            let run_dir = runs.join(&run);
+            let run_dir = oodnc::run::run_dir(&runs, &run)?;
             let eps = parse_epochs(&run_dir, &epochs)?;
             let mut names: Vec<&str> = Vec::new();
             for d in detectors.split(',').map(str::trim).filter(|d| !d.is_empty()) {

@@ -115,6 +115,9 @@ pub fn load(root: impl AsRef<Path>, variant: Variant, part: Part) -> Result<Data
         pixels.extend(px);
         labels.extend(lb);
     }
+    if labels.is_empty() {
+        return Err(Error::format(&paths[0], "holds no images"));
+    }
     Dataset::from_raw(format!("{key}-{part}"), pixels, labels, names)
 }
 

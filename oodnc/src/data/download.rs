@@ -278,6 +278,13 @@ pub fn install(root: &Path, res: &Resource, file: &Path) -> Result<PathBuf> {
 /// Already installed resources (their destination exists) are skipped.
 pub fn fetch(dataset: &str, root: impl AsRef<Path>, show_progress: bool) -> Result<Vec<PathBuf>> {
     let root = root.as_ref();
+    if super::is_synthetic_root(root) {
+        return Err(Error::data(
+            format!("data root {}", root.display()),
+            "it holds the embedded (synthetic) dataset; real datasets go to their own root (e.g. --root data), never mixed into it",
+        ));
+    }
+    crate::run::ensure_dir(root, "data root")?;
     let mut out = Vec::new();
     for res in resources(dataset)? {
         out.push(fetch_resource(root, &res, show_progress)?);

@@ -74,9 +74,16 @@ pub fn list(root: &Path, split: DtdSplit) -> Result<(Vec<PathBuf>, Vec<i64>, Vec
         if line.is_empty() {
             continue;
         }
-        let Some((class, _file)) = line.split_once('/') else {
+        let Some((class, file)) = line.split_once('/') else {
             return Err(Error::format(&list_path, format!("line {}: '{line}' is not class/file.jpg", ln + 1)));
         };
+        let plain = |s: &str| !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\\');
+        if !plain(class) || !plain(file) || line.starts_with('/') {
+            return Err(Error::format(
+                &list_path,
+                format!("line {}: '{line}' is not class/file.jpg inside {} (no '..', no absolute or deeper paths)", ln + 1, images.display()),
+            ));
+        }
         let Ok(ci) = classes.binary_search_by(|c| c.as_str().cmp(class)) else {
             return Err(Error::format(
                 &list_path,

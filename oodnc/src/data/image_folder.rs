@@ -23,9 +23,26 @@ pub enum Resize {
 /// File extensions recognised as images.
 pub const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff"];
 
-/// Decodes one image file and returns its 32x32 CHW RGB bytes.
+/// Whether a JPEG file is whole: its end-of-image marker (`FF D9`) follows its
+/// last start-of-scan (`FF DA`). A truncated file lacks it, and decoders fill
+/// the missing part silently (grey or repeated rows) instead of failing.
+/// Embedded EXIF thumbnails come before the main image's scans, so their own
+/// markers do not count; bytes after the end marker are allowed.
+pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_sos {
+        None => false,
+        Some(i) => bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9]),
+    }
+}
+
+/// Decodes one image file and returns its 32x32 CHW RGB bytes. A truncated
+/// JPEG is an error (see [`jpeg_is_complete`]).
 pub fn decode_to_chw(path: &Path, resize: Resize) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).at(path)?;
+    if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_is_complete(&bytes) {
+        return Err(Error::format(path, "truncated JPEG (no end-of-image marker after its last scan); download or copy it again"));
+    }
     let img = image::load_from_memory(&bytes)
         .map_err(|e| Error::format(path, format!("unreadable image: {e}")))?
         .to_rgb8();

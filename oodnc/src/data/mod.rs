@@ -186,12 +186,23 @@ impl Dataset {
 pub(crate) fn read_file(path: &std::path::Path, what: &str, hint: &str) -> Result<Vec<u8>> {
     match std::fs::read(path) {
         Ok(b) => Ok(b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Missing {
-            what: what.to_string(),
-            path: path.to_path_buf(),
-            hint: hint.to_string(),
-        }),
-        Err(e) => Err(Error::io(path, e)),
+        Err(e) => {
+            // A folder on the way that is a file: say so (not "Not a directory (os error 20)").
+            if let Some(file) = path.ancestors().skip(1).find(|a| a.is_file()) {
+                return Err(Error::data(
+                    what,
+                    format!("{} is a file, not a folder, so {} cannot exist; check the data root", file.display(), path.display()),
+                ));
+            }
+            if e.kind() == std::io::ErrorKind::NotFound {
+                return Err(Error::Missing {
+                    what: what.to_string(),
+                    path: path.to_path_buf(),
+                    hint: hint.to_string(),
+                });
+            }
+            Err(Error::io(path, e))
+        }
     }
 }
 
@@ -206,8 +217,20 @@ pub(crate) fn read_names(path: &std::path::Path, what: &str, hint: &str) -> Resu
         .collect())
 }
 
+/// True when `root` holds (or is being filled with) the embedded dataset.
+pub fn is_synthetic_root(root: &std::path::Path) -> bool {
+    root.join(synthetic::MANIFEST).exists() || root.join(synthetic::PARTIAL).exists()
+}
+
 /// The hint appended to "not found" errors for the real datasets.
 pub(crate) fn fetch_hint(dataset: &str, root: &std::path::Path) -> String {
+    if is_synthetic_root(root) {
+        return format!(
+            "; {} holds the embedded dataset: regenerate it with `oodnc data synth --root {}` (never fetch real data into it)",
+            root.display(),
+            root.display()
+        );
+    }
     format!(
         "; run `oodnc data fetch --dataset {dataset} --root {}` (or `oodnc data synth` for the offline demo data)",
         root.display()

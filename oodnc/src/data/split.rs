@@ -11,7 +11,7 @@ use crate::util::SplitMix64;
 
 /// How the validation split and the OOD subsets are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum SplitProtocol {
     /// `n_val` validation images drawn with `seed`; full OOD sets.
     Seeded { n_val: usize, seed: u64 },

@@ -33,6 +33,9 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, Vec<i64>)> {
         return Err(Error::format(path, format!("X has dims {dims:?}, expected [32, 32, 3, N]")));
     }
     let n = dims[3];
+    if n == 0 {
+        return Err(Error::format(path, "X holds no images"));
+    }
     let x = mat.u8_data("X")?;
     let y = mat.i64_data("y")?;
     if y.len() != n {

@@ -22,6 +22,7 @@ use super::{svhn, Part};
 use crate::error::{Error, IoContext, Result};
 use crate::util::{write_atomic, SplitMix64};
 use std::f64::consts::PI;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Sizes of the generated sets.
@@ -69,6 +70,18 @@ impl SynthConfig {
         ] {
             if v == 0 {
                 return Err(Error::param(name, "must be at least 1"));
+            }
+        }
+        let limits = [
+            ("train_per_class", self.classes * self.train_per_class, 1_000_000),
+            ("test_per_class", self.classes * self.test_per_class, 1_000_000),
+            ("near_per_class", 10 * self.near_per_class, 1_000_000),
+            ("digits_test", self.digits_test, 1_000_000),
+            ("textures_per_class", TEXTURES.len() * self.textures_per_class, 100_000),
+        ];
+        for (name, total, max) in limits {
+            if total > max {
+                return Err(Error::param(name, format!("gives {total} images, above the limit of {max}")));
             }
         }
         if self.textures_per_class < 3 {
@@ -412,10 +425,308 @@ pub struct SynthSummary {
     pub textures: usize,
 }
 
-/// Generates the whole embedded dataset under `root` (overwriting it).
+/// File name of the manifest, written last: the generator's config, the counts
+/// and the size and MD5 of every file. Its presence marks a complete dataset
+/// written by oodnc.
+pub const MANIFEST: &str = "synthetic.json";
+/// Written first and removed last: a generation that did not finish (killed,
+/// disk full). Its presence marks a folder oodnc may regenerate.
+pub const PARTIAL: &str = ".oodnc-synthetic-partial.json";
+/// Held (`flock`, blocking) while a generation runs, so two processes never
+/// write the same folder at once; the second then finds the dataset complete.
+pub const LOCK: &str = ".oodnc-synthetic.lock";
+
+/// Size and MD5 of one generated file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileSum {
+    pub bytes: u64,
+    pub md5: String,
+}
+
+/// What [`MANIFEST`] holds.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub generator: String,
+    pub config: SynthConfig,
+    /// Images per set (as [`SynthSummary`], without the root).
+    #[serde(default)]
+    pub counts: BTreeMap<String, usize>,
+    /// Relative path (with `/`) -> size and MD5. Empty in manifests written
+    /// before checksums were recorded.
+    #[serde(default)]
+    pub files: BTreeMap<String, FileSum>,
+}
+
+/// What a data root holds, as far as the generator is concerned.
+#[derive(Debug, Clone)]
+pub enum RootState {
+    /// Absent, or an empty folder.
+    Fresh,
+    /// A complete dataset written by oodnc.
+    Complete(Box<Manifest>),
+    /// A generation that did not finish, with the config it was for.
+    Partial(Box<SynthConfig>),
+    /// Files that oodnc's generator did not write (the first one found).
+    Foreign(PathBuf),
+}
+
+/// The relative paths (with `/`) of every file [`generate`] writes for `cfg`
+/// (the markers excluded).
+pub fn planned_files(cfg: &SynthConfig) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "cifar-100-binary/train.bin".into(),
+        "cifar-100-binary/test.bin".into(),
+        "cifar-100-binary/fine_label_names.txt".into(),
+        "cifar-100-binary/coarse_label_names.txt".into(),
+        "cifar-10-batches-bin/batches.meta.txt".into(),
+        "cifar-10-batches-bin/test_batch.bin".into(),
+        "svhn/train_32x32.mat".into(),
+        "svhn/test_32x32.mat".into(),
+    ];
+    v.extend((1..=5).map(|i| format!("cifar-10-batches-bin/data_batch_{i}.bin")));
+    for name in TEXTURES {
+        v.extend((0..cfg.textures_per_class).map(|i| format!("dtd/images/{name}/{name}_{i:04}.jpg")));
+    }
+    for part in 1..=10 {
+        v.extend(["train", "val", "test"].iter().map(|k| format!("dtd/labels/{k}{part}.txt")));
+    }
+    v.sort();
+    v
+}
+
+/// Every file under `root` (relative, with `/`), symbolic links included as
+/// files (never followed).
+fn files_under(root: &Path) -> Result<Vec<(String, PathBuf, bool)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).at(&d)? {
+            let e = e.at(&d)?;
+            let p = e.path();
+            let ft = e.file_type().at(&p)?;
+            if ft.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap_or(&p).components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+                out.push((rel, p, ft.is_file()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not an oodnc generator file: {e}")))
+}
+
+/// Reads what `root` holds: fresh, complete (with its manifest), partial, or
+/// foreign (files oodnc did not write). A root that is a file is an error.
+pub fn inspect(root: &Path) -> Result<RootState> {
+    if root.as_os_str().is_empty() {
+        return Err(Error::param("data root", "is empty; name a folder, e.g. data/synthetic"));
+    }
+    let meta = std::fs::symlink_metadata(root);
+    if meta.is_err() {
+        return Ok(RootState::Fresh);
+    }
+    if !root.is_dir() {
+        return Err(Error::data(
+            "synthetic data root",
+            format!("{} is not a folder (a file, or a link to nowhere); move it away or pick another --root", root.display()),
+        ));
+    }
+    if root.join(PARTIAL).is_file() {
+        let cfg: SynthConfig = read_json(&root.join(PARTIAL))?;
+        return Ok(RootState::Partial(Box::new(cfg)));
+    }
+    if root.join(MANIFEST).is_file() {
+        let m: Manifest = read_json(&root.join(MANIFEST))?;
+        if !m.generator.starts_with("oodnc synthetic") {
+            return Err(Error::format(root.join(MANIFEST), format!("generator '{}' is not oodnc's", m.generator)));
+        }
+        return Ok(RootState::Complete(Box::new(m)));
+    }
+    match files_under(root)?.into_iter().next() {
+        None => Ok(RootState::Fresh),
+        Some((_, p, _)) => Ok(RootState::Foreign(p)),
+    }
+}
+
+/// Checks every file of `m` under `root` against its recorded size and MD5.
+/// The first difference is an error naming the file.
+pub fn verify(root: &Path, m: &Manifest) -> Result<()> {
+    if m.files.is_empty() {
+        return Err(Error::format(root.join(MANIFEST), "records no checksums (written by an older oodnc)"));
+    }
+    for (rel, sum) in &m.files {
+        let p = root.join(rel);
+        let md = std::fs::symlink_metadata(&p).map_err(|_| Error::Missing {
+            what: "file of the embedded dataset".into(),
+            path: p.clone(),
+            hint: format!("; regenerate with `oodnc data synth --root {}`", root.display()),
+        })?;
+        if !md.is_file() || md.len() != sum.bytes {
+            return Err(Error::format(&p, format!("{} bytes, the manifest records {} (truncated or replaced)", md.len(), sum.bytes)));
+        }
+        let actual = crate::data::download::md5_file(&p)?;
+        if actual != sum.md5 {
+            return Err(Error::Checksum { path: p, expected: sum.md5.clone(), actual });
+        }
+    }
+    Ok(())
+}
+
+/// What [`ensure`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ensured {
+    /// The dataset was there, with this config, and every file verified.
+    Verified,
+    /// It was generated now.
+    Generated,
+}
+
+/// Makes sure `root` holds the embedded dataset of `cfg`: verifies a complete
+/// one, (re)generates a missing, partial or changed one that oodnc wrote, and
+/// refuses a root with files oodnc did not write, or one generated with
+/// another config (a run would silently read other data).
+pub fn ensure(root: &Path, cfg: &SynthConfig) -> Result<Ensured> {
+    match inspect(root)? {
+        RootState::Complete(m) if m.config == *cfg => match verify(root, &m) {
+            Ok(()) => return Ok(Ensured::Verified),
+            Err(e) => eprintln!("the embedded dataset in {} is not as generated ({e}); regenerating it", root.display()),
+        },
+        RootState::Complete(m) => {
+            return Err(Error::data(
+                format!("embedded dataset in {}", root.display()),
+                format!(
+                    "it was generated with {} but this run needs {}; point data.root at another folder, or regenerate it with `oodnc data synth --root {}` and matching sizes",
+                    serde_json::to_string(&m.config).unwrap_or_default(),
+                    serde_json::to_string(cfg).unwrap_or_default(),
+                    root.display()
+                ),
+            ))
+        }
+        RootState::Partial(_) => eprintln!("the embedded dataset in {} is incomplete (an earlier generation stopped); regenerating it", root.display()),
+        RootState::Fresh => println!("generating the embedded dataset in {} ...", root.display()),
+        RootState::Foreign(_) => {}
+    }
+    generate(root, cfg)?;
+    Ok(Ensured::Generated)
+}
+
+/// Generates the whole embedded dataset under `root`, which must be empty or
+/// hold a dataset oodnc generated (complete or not); any other file there is
+/// an error naming it, and nothing is deleted or overwritten. The partial
+/// marker is written first and the manifest (with every file's checksum) last.
 pub fn generate(root: impl AsRef<Path>, cfg: &SynthConfig) -> Result<SynthSummary> {
     cfg.validate()?;
     let root = root.as_ref();
+    let previous = match inspect(root)? {
+        RootState::Fresh => Vec::new(),
+        RootState::Complete(m) if !m.files.is_empty() => m.files.keys().cloned().collect(),
+        RootState::Complete(m) => planned_files(&m.config),
+        RootState::Partial(c) => planned_files(&c),
+        RootState::Foreign(p) => {
+            return Err(Error::data(
+                format!("synthetic data root {}", root.display()),
+                format!(
+                    "{} was not written by oodnc's generator, and the generator never overwrites or deletes such files; \
+                     generate into an empty folder (e.g. --root data/synthetic) or move the file away",
+                    p.display()
+                ),
+            ))
+        }
+    };
+    let plan = planned_files(cfg);
+    let ours: std::collections::BTreeSet<&str> = previous.iter().chain(plan.iter()).map(String::as_str).chain([MANIFEST, PARTIAL, LOCK]).collect();
+    if root.is_dir() {
+        for (rel, p, plain) in files_under(root)? {
+            let stale_temp = plain && crate::run::temp_file_pid(p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_str()).is_some_and(|pid| !crate::run::pid_alive(pid));
+            if stale_temp {
+                std::fs::remove_file(&p).at(&p)?;
+            } else if !plain || !ours.contains(rel.as_str()) {
+                return Err(Error::data(
+                    format!("synthetic data root {}", root.display()),
+                    format!(
+                        "{} is in the way: it is not a file of the embedded dataset, and the generator never overwrites or deletes such files; move it away or generate into another folder",
+                        p.display()
+                    ),
+                ));
+            }
+        }
+    }
+    crate::run::ensure_dir(root, "synthetic data root")?;
+    let lock_path = root.join(LOCK);
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).at(&lock_path)?;
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::io(&lock_path, std::io::Error::last_os_error()));
+        }
+    }
+    // Another process may have generated it while we waited.
+    if let RootState::Complete(m) = inspect(root)? {
+        if m.config == *cfg && verify(root, &m).is_ok() {
+            return Ok(summary_of(root, cfg));
+        }
+    }
+    write_atomic(root.join(PARTIAL), serde_json::to_string_pretty(cfg).unwrap_or_default().as_bytes())?;
+    let manifest = root.join(MANIFEST);
+    if manifest.exists() {
+        std::fs::remove_file(&manifest).at(&manifest)?;
+    }
+    let planned: std::collections::BTreeSet<&str> = plan.iter().map(String::as_str).collect();
+    for rel in previous.iter().filter(|r| !planned.contains(r.as_str())) {
+        let p = root.join(rel);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&p, e)),
+            _ => {}
+        }
+    }
+    let summary = generate_files(root, cfg)?;
+    let mut files = BTreeMap::new();
+    for rel in &plan {
+        let p = root.join(rel);
+        let bytes = std::fs::metadata(&p).at(&p)?.len();
+        files.insert(rel.clone(), FileSum { bytes, md5: crate::data::download::md5_file(&p)? });
+    }
+    let m = Manifest {
+        generator: "oodnc synthetic v1".into(),
+        config: cfg.clone(),
+        counts: [
+            ("id_train", summary.id_train),
+            ("id_test", summary.id_test),
+            ("near_ood", summary.near_ood),
+            ("digits_ood", summary.digits_ood),
+            ("textures", summary.textures),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+        files,
+    };
+    write_atomic(&manifest, serde_json::to_string_pretty(&m).unwrap_or_default().as_bytes())?;
+    let partial = root.join(PARTIAL);
+    std::fs::remove_file(&partial).at(&partial)?;
+    Ok(summary)
+}
+
+fn summary_of(root: &Path, cfg: &SynthConfig) -> SynthSummary {
+    SynthSummary {
+        root: root.to_path_buf(),
+        id_train: cfg.classes * cfg.train_per_class,
+        id_test: cfg.classes * cfg.test_per_class,
+        near_ood: 10 * cfg.near_per_class,
+        digits_ood: cfg.digits_test,
+        textures: TEXTURES.len() * cfg.textures_per_class,
+    }
+}
+
+/// Writes every file of the dataset (no ownership checks; see [`generate`]).
+fn generate_files(root: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
     std::fs::create_dir_all(root).at(root)?;
     let c = cfg.classes;
     let mut lrng = SplitMix64::derive(cfg.seed, &[1]);
@@ -458,7 +769,6 @@ pub fn generate(root: impl AsRef<Path>, cfg: &SynthConfig) -> Result<SynthSummar
 
     // Far OOD textures: DTD layout with JPEGs of various sizes and 10 partitions.
     let dtd = root.join(super::dtd::DTD_DIR);
-    let _ = std::fs::remove_dir_all(&dtd);
     let mut n_tex = 0;
     let per = cfg.textures_per_class;
     for (ci, name) in TEXTURES.iter().enumerate() {
@@ -504,7 +814,5 @@ pub fn generate(root: impl AsRef<Path>, cfg: &SynthConfig) -> Result<SynthSummar
         digits_ood: cfg.digits_test,
         textures: n_tex,
     };
-    let meta = serde_json::json!({ "generator": "oodnc synthetic v1", "config": cfg, "summary": summary });
-    write_atomic(root.join("synthetic.json"), serde_json::to_string_pretty(&meta).unwrap_or_default().as_bytes())?;
     Ok(summary)
 }

@@ -24,8 +24,63 @@ pub struct CheckpointMeta {
     pub seed: u64,
     pub config_hash: String,
     pub model: Option<ResNetConfig>,
-    /// Metrics of that epoch (train/val loss and accuracy, ...).
+    /// Metrics of that epoch (train/val loss and accuracy, ...). Non-finite
+    /// values are written as the strings `"NaN"`, `"inf"`, `"-inf"` (JSON has no
+    /// such numbers) and read back as such; `null` (older files) reads as NaN.
+    #[serde(with = "finite_or_named")]
     pub metrics: BTreeMap<String, f64>,
+}
+
+/// Serde for `f64` maps that keeps NaN and infinities through JSON.
+pub mod finite_or_named {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum V {
+        Num(f64),
+        Name(String),
+        Null(()),
+    }
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<String, f64>, s: S) -> Result<S::Ok, S::Error> {
+        let out: BTreeMap<&String, V> = m
+            .iter()
+            .map(|(k, &v)| {
+                let v = if v.is_nan() {
+                    V::Name("NaN".into())
+                } else if v == f64::INFINITY {
+                    V::Name("inf".into())
+                } else if v == f64::NEG_INFINITY {
+                    V::Name("-inf".into())
+                } else {
+                    V::Num(v)
+                };
+                (k, v)
+            })
+            .collect();
+        out.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+        let m = BTreeMap::<String, Option<V>>::deserialize(d)?;
+        m.into_iter()
+            .map(|(k, v)| {
+                let x = match v {
+                    None | Some(V::Null(())) => f64::NAN,
+                    Some(V::Num(x)) => x,
+                    Some(V::Name(n)) => match n.as_str() {
+                        "NaN" | "nan" => f64::NAN,
+                        "inf" | "Infinity" => f64::INFINITY,
+                        "-inf" | "-Infinity" => f64::NEG_INFINITY,
+                        other => return Err(serde::de::Error::custom(format!("metric {k}: '{other}' is not a number"))),
+                    },
+                };
+                Ok((k, x))
+            })
+            .collect()
+    }
 }
 
 /// Maps a foreign (torchvision) name to ours.
@@ -103,5 +158,31 @@ pub fn load_checkpoint(path: impl AsRef<Path>, vs: &mut VarStore) -> Result<Chec
     match loaded.metadata.get("oodnc") {
         Some(json) => serde_json::from_str(json).map_err(|e| Error::format(path, format!("bad oodnc metadata: {e}"))),
         None => Ok(CheckpointMeta::default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CheckpointMeta;
+
+    #[test]
+    fn non_finite_metrics_round_trip_through_the_metadata() {
+        let meta = CheckpointMeta {
+            epoch: 3,
+            metrics: [("a", f64::NAN), ("b", f64::INFINITY), ("c", f64::NEG_INFINITY), ("d", 0.25)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&meta).unwrap();
+        let back: CheckpointMeta = serde_json::from_str(&json).unwrap();
+        assert!(back.metrics["a"].is_nan());
+        assert_eq!(back.metrics["b"], f64::INFINITY);
+        assert_eq!(back.metrics["c"], f64::NEG_INFINITY);
+        assert_eq!(back.metrics["d"], 0.25);
+        // What older versions wrote for NaN: JSON null.
+        let old: CheckpointMeta = serde_json::from_str(&json.replace("\"NaN\"", "null")).unwrap();
+        assert!(old.metrics["a"].is_nan());
     }
 }

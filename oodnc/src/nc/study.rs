@@ -2,7 +2,6 @@
 
 use super::layers::{layer_metrics, separation_fuzziness_slope};
 use super::metrics::{nc5, nc_metrics, nc_with_ood_class};
-use crate::config::RunConfig;
 use crate::data::protocol::load_eval_sets;
 use crate::error::{Error, Result};
 use crate::features::{cached, ExtractOptions};
@@ -59,8 +58,16 @@ pub fn terminal_phase(acc_by_epoch: &[(i64, f64)], threshold: f64) -> Option<i64
 
 /// Runs NC1-NC5 (and layer-wise NC with `opts.layers`) on the ID training split
 /// of `run_dir` at `epochs` (all checkpoints when empty); writes `nc/metrics.csv`.
+///
+/// The tables are merged, never shrunk: rows (epoch, layer, dataset) this call
+/// computed replace the old ones, every other row is kept; the run's tables
+/// lock is held while the study runs.
 pub fn run(run_dir: &Path, epochs: &[i64], opts: NcOptions, device: Device) -> Result<NcStudy> {
-    let cfg = RunConfig::read(run_dir.join("config.toml"))?;
+    if opts.pool2x2 && !opts.layers {
+        return Err(Error::param("pool2x2", "needs layers (2x2 pooling applies to the block outputs: pass --layers too)"));
+    }
+    let cfg = crate::run::read_config(run_dir)?;
+    let _lock = crate::run::RunLock::acquire(run_dir, crate::run::LockKind::Tables)?;
     let available = crate::train::trainer::available_epochs(run_dir)?;
     let epochs: Vec<i64> = if epochs.is_empty() { available.clone() } else { epochs.to_vec() };
     let sets = load_eval_sets(&cfg)?;
@@ -149,8 +156,7 @@ pub fn run(run_dir: &Path, epochs: &[i64], opts: NcOptions, device: Device) -> R
         prog.inc(1, || format!("epoch {epoch}"));
     }
     prog.finish();
-    let tpt = terminal_phase(&acc, opts.tpt_threshold);
-    let mut frame = df!(
+    let frame = df!(
         "epoch" => rows.iter().map(|r| r.epoch).collect::<Vec<_>>(),
         "layer" => rows.iter().map(|r| r.layer.clone()).collect::<Vec<_>>(),
         "dataset" => rows.iter().map(|r| r.dataset.clone()).collect::<Vec<_>>(),
@@ -158,14 +164,29 @@ pub fn run(run_dir: &Path, epochs: &[i64], opts: NcOptions, device: Device) -> R
         "value" => rows.iter().map(|r| r.value).collect::<Vec<_>>(),
     )?;
     let dir = run_dir.join("nc");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    crate::run::ensure_dir(&dir, "results folder")?;
     let csv = dir.join(if opts.layers { "layers.csv" } else { "metrics.csv" });
-    crate::ood::pipeline::write_csv(&mut frame, &csv)?;
+    crate::report::merge_csv(&csv, &frame, &["epoch", "layer", "dataset"])?;
+    // The accuracy of epochs computed before (and not now) is kept too.
+    let tp_path = dir.join("terminal_phase.json");
+    let mut all_acc: std::collections::BTreeMap<i64, f64> = std::collections::BTreeMap::new();
+    if tp_path.exists() {
+        let text = std::fs::read_to_string(&tp_path).map_err(|e| Error::io(&tp_path, e))?;
+        let old: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&tp_path, format!("{e}; move it away and run again")))?;
+        for pair in old.get("train_accuracy_by_epoch").and_then(|v| v.as_array()).into_iter().flatten() {
+            if let (Some(e), Some(a)) = (pair.get(0).and_then(|v| v.as_i64()), pair.get(1).and_then(|v| v.as_f64())) {
+                all_acc.insert(e, a);
+            }
+        }
+    }
+    all_acc.extend(acc.iter().copied());
+    let acc_all: Vec<(i64, f64)> = all_acc.into_iter().collect();
+    let tpt_all = terminal_phase(&acc_all, opts.tpt_threshold);
     let summary = serde_json::json!({
         "terminal_phase_rule": format!("first epoch with unaugmented train accuracy >= {}", opts.tpt_threshold),
-        "terminal_phase_start": tpt,
-        "train_accuracy_by_epoch": acc,
+        "terminal_phase_start": tpt_all,
+        "train_accuracy_by_epoch": acc_all,
     });
-    crate::util::write_atomic(dir.join("terminal_phase.json"), summary.to_string().as_bytes())?;
-    Ok(NcStudy { frame, rows, terminal_phase_start: tpt, csv })
+    crate::util::write_atomic(&tp_path, summary.to_string().as_bytes())?;
+    Ok(NcStudy { frame, rows, terminal_phase_start: tpt_all, csv })
 }

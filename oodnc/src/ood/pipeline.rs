@@ -2,7 +2,6 @@
 //! held-out data, every detector on every OOD set at every requested checkpoint.
 
 use super::eval::{evaluate, rows_to_frame, select_hyperparameters, EvalInputs, Row, Selection};
-use crate::config::RunConfig;
 use crate::data::protocol::{load_eval_sets, EvalSets};
 use crate::error::{Error, Result};
 use crate::features::{cached, ExtractOptions, FeatureSet};
@@ -60,8 +59,23 @@ pub fn epoch_features(run_dir: &Path, epoch: i64, sets: &EvalSets, opts: Extract
 /// `ood/selection.json` in the run folder. `detectors` are names of the
 /// feature-based registry and, optionally, `odin` (model-based: it runs the
 /// network with input gradients on the images, see [`super::odin`]).
+///
+/// The tables are merged, never shrunk: rows (epoch, detector, dataset) and
+/// selections (epoch, detector) this call computed replace the old ones, every
+/// other row is kept. The detector list is checked before anything is read or
+/// written; the run's tables lock is held while the study runs.
 pub fn run(run_dir: &Path, epochs: &[i64], detectors: &[&str], reps: usize, device: Device) -> Result<OodStudy> {
-    let cfg = RunConfig::read(run_dir.join("config.toml"))?;
+    if detectors.is_empty() {
+        return Err(Error::param(
+            "--detectors",
+            format!("is empty; name at least one: all, seed, odin, or any of {}", super::detector_names().join(", ")),
+        ));
+    }
+    for d in detectors.iter().filter(|d| **d != ODIN) {
+        super::DetectorSpec::new(d, &[])?;
+    }
+    let cfg = crate::run::read_config(run_dir)?;
+    let _lock = crate::run::RunLock::acquire(run_dir, crate::run::LockKind::Tables)?;
     let available = crate::train::trainer::available_epochs(run_dir)?;
     let epochs: Vec<i64> = if epochs.is_empty() { available.clone() } else { epochs.to_vec() };
     if let Some(e) = epochs.iter().find(|e| !available.contains(e)) {
@@ -70,9 +84,6 @@ pub fn run(run_dir: &Path, epochs: &[i64], detectors: &[&str], reps: usize, devi
             path: crate::train::trainer::checkpoint_path(run_dir, *e),
             hint: format!("; available epochs: {available:?}"),
         });
-    }
-    for d in detectors.iter().filter(|d| **d != ODIN) {
-        super::DetectorSpec::new(d, &[])?;
     }
     let with_odin = detectors.contains(&ODIN);
     let feature_detectors: Vec<&str> = detectors.iter().copied().filter(|d| *d != ODIN).collect();
@@ -103,16 +114,16 @@ pub fn run(run_dir: &Path, epochs: &[i64], detectors: &[&str], reps: usize, devi
         }
     }
     prog.finish();
-    let mut frame = rows_to_frame(&rows)?;
+    let frame = rows_to_frame(&rows)?;
     let dir = run_dir.join("ood");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    crate::run::ensure_dir(&dir, "results folder")?;
     let csv = dir.join("metrics.csv");
-    write_csv(&mut frame, &csv)?;
+    crate::report::merge_csv(&csv, &frame, &["epoch", "detector", "dataset"])?;
     let sel_json: Vec<serde_json::Value> = selections
         .iter()
         .map(|(e, s)| serde_json::json!({"epoch": e, "detector": s.chosen.name, "chosen": s.chosen.params, "candidates": s.candidates.iter().map(|(c, a)| serde_json::json!({"params": c.params, "val_auroc_vs_ood_val": a})).collect::<Vec<_>>()}))
         .collect();
-    crate::util::write_atomic(dir.join("selection.json"), serde_json::to_string_pretty(&sel_json).unwrap_or_default().as_bytes())?;
+    crate::report::merge_json_array(&dir.join("selection.json"), sel_json, &["epoch", "detector"])?;
     Ok(OodStudy { frame, selections, csv })
 }
 
@@ -162,8 +173,11 @@ pub fn read_csv(path: &Path) -> Result<DataFrame> {
             hint: "; run the analysis first (`oodnc ood` / `oodnc nc`, or the notebook)".into(),
         });
     }
-    Ok(CsvReadOptions::default()
+    let bad = |e: PolarsError| Error::format(path, format!("unreadable results table ({e}); rerun the analysis that writes it"));
+    CsvReadOptions::default()
         .with_has_header(true)
-        .try_into_reader_with_file_path(Some(path.to_path_buf()))?
-        .finish()?)
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))
+        .map_err(bad)?
+        .finish()
+        .map_err(bad)
 }

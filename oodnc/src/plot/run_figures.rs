@@ -27,7 +27,7 @@ pub fn write_run_figures(run_dir: &Path, out: &Path, device: Device) -> Result<V
         written.push(out.join(format!("{stem}.png")));
         Ok(())
     };
-    let cfg = RunConfig::read(run_dir.join("config.toml"))?;
+    let cfg = crate::run::read_config(run_dir)?;
     let tpt = terminal_phase_span(run_dir);
     // Training.
     let hist = crate::train::History::read(run_dir.join("history.csv"))?;

@@ -50,12 +50,13 @@ pub struct RunData {
 }
 
 impl RunData {
-    /// Loads (and for the synthetic source, generates when absent) the ID data of `cfg`.
+    /// Loads the ID data of `cfg`. For the synthetic source, the embedded dataset
+    /// is verified against its manifest and (re)generated when absent or
+    /// incomplete (see [`crate::data::synthetic::ensure`]).
     pub fn load(cfg: &RunConfig) -> Result<Self> {
         let root = &cfg.data.root;
-        if cfg.data.source == "synthetic" && !root.join(cifar::CIFAR100_DIR).join("train.bin").exists() {
-            println!("generating the embedded dataset in {} ...", root.display());
-            crate::data::synthetic::generate(root, &cfg.data.synth)?;
+        if cfg.data.source == "synthetic" {
+            crate::data::synthetic::ensure(root, &cfg.data.synth)?;
         }
         let full = cifar::load_cifar100(root, Part::Train)?;
         if full.num_classes() as i64 != cfg.model.num_classes {
@@ -96,6 +97,8 @@ pub struct Trainer {
     pub device: Device,
     /// Writes each epoch's files while the next epoch trains.
     writer: BackgroundWriter,
+    /// One writer per run: held from `open` until the trainer is dropped.
+    _lock: crate::run::RunLock,
 }
 
 fn state_path(run_dir: &Path) -> PathBuf {
@@ -113,20 +116,34 @@ pub fn checkpoint_path(run_dir: &Path, epoch: i64) -> PathBuf {
 }
 
 impl Trainer {
-    /// Opens `run_dir`: resumes from its last state when it has one (the config on
-    /// disk must then hash like `cfg`), else starts a new run with `cfg`.
+    /// Opens `run_dir`: resumes from its last state when it has one, else starts
+    /// a new run with `cfg`. The config must match what the run's state and
+    /// checkpoints were trained with (see [`open_with`](Self::open_with)).
     pub fn open(cfg: RunConfig, run_dir: impl AsRef<Path>, device: Device) -> Result<Self> {
+        Self::open_with(cfg, run_dir, device, crate::run::Allow::default())
+    }
+
+    /// [`open`](Self::open), accepting the differences `allow` names (e.g. a
+    /// larger `train.epochs` to extend a run). Takes the run's training lock
+    /// (a second trainer of the same run gets [`Error::Locked`]) and removes
+    /// temp files left by killed writers.
+    pub fn open_with(cfg: RunConfig, run_dir: impl AsRef<Path>, device: Device, allow: crate::run::Allow) -> Result<Self> {
         cfg.validate()?;
         let run_dir = run_dir.as_ref().to_path_buf();
-        let cfg_path = run_dir.join("config.toml");
-        if cfg_path.exists() {
-            let on_disk = RunConfig::read(&cfg_path)?;
-            if on_disk.hash() != cfg.hash() {
-                return Err(Error::Config {
-                    path: cfg_path,
-                    reason: "this run was started with a different config; use another run name or delete the run".into(),
-                });
-            }
+        let lock = crate::run::RunLock::acquire(&run_dir, crate::run::LockKind::Train)?;
+        for p in crate::run::clean_stale_temps(&run_dir)? {
+            eprintln!("removed a temp file left by a stopped writer: {}", p.display());
+        }
+        let cfg_path = run_dir.join(crate::run::CONFIG_FILE);
+        // What the run was trained with: the resume state, else any checkpoint.
+        let recorded = std::iter::once(state_path(&run_dir))
+            .chain(available_epochs(&run_dir).unwrap_or_default().into_iter().map(|e| checkpoint_path(&run_dir, e)))
+            .find(|p| p.exists());
+        if let Some(file) = &recorded {
+            crate::run::check_recorded(&run_dir, file, &cfg, allow)?;
+        }
+        if cfg_path.exists() && !cfg_path.is_file() {
+            return Err(Error::data("run", format!("{} is not a file", cfg_path.display())));
         }
         std::fs::create_dir_all(run_dir.join("checkpoints")).at(&run_dir)?;
         crate::util::write_atomic(&cfg_path, cfg.to_toml()?.as_bytes())?;
@@ -152,11 +169,26 @@ impl Trainer {
             history: History::default(),
             device,
             writer: BackgroundWriter::default(),
+            _lock: lock,
         };
         if state_path(&tr.run_dir).exists() {
             tr.load_state()?;
         }
+        if tr.epochs_done() > tr.cfg.train.epochs {
+            return Err(Error::param(
+                "train.epochs",
+                format!("{} but the run has already trained {} epochs", tr.cfg.train.epochs, tr.epochs_done()),
+            ));
+        }
         Ok(tr)
+    }
+
+    /// The command that resumes this run (for messages).
+    fn resume_hint(&self) -> String {
+        let name = self.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let runs = self.run_dir.parent().map(|p| p.display().to_string()).unwrap_or_default();
+        let runs = if runs.is_empty() || runs == "runs" { String::new() } else { format!(" --runs {runs}") };
+        format!("; resume with `oodnc train --run {name}{runs} --resume`")
     }
 
     /// Completed epochs.
@@ -180,6 +212,7 @@ impl Trainer {
         md.insert("epoch".into(), self.epochs_done().to_string());
         md.insert("steps".into(), self.opt.steps.to_string());
         md.insert("config_hash".into(), self.cfg.hash());
+        md.insert("config".into(), self.cfg.to_toml()?);
         Ok(vec![
             FileOp::Bytes(self.run_dir.join("history.csv"), self.history.to_csv().into_bytes()),
             FileOp::Safetensors(state_path(&self.run_dir), tensor_io::encode(&tensors, &md)?),
@@ -229,8 +262,10 @@ impl Trainer {
         md.insert("epoch".into(), epoch.to_string());
         md.insert("steps".into(), self.opt.steps.to_string());
         md.insert("config_hash".into(), self.cfg.hash());
+        let config = self.cfg.to_toml()?;
+        md.insert("config".into(), config.clone());
         Ok(vec![
-            FileOp::Safetensors(checkpoint_path(&self.run_dir, epoch), encode_checkpoint(&self.vs, &meta)?),
+            FileOp::Safetensors(checkpoint_path(&self.run_dir, epoch), encode_checkpoint(&self.vs, &meta)?.with_metadata("config", config)),
             FileOp::Safetensors(optimizer_path(&self.run_dir, epoch), tensor_io::encode(&self.opt.state(), &md)?),
         ])
     }
@@ -280,7 +315,6 @@ impl Trainer {
     fn fit_epochs(&mut self, data: &RunData, until: Option<i64>) -> Result<TrainOutcome> {
         let t = self.cfg.train.clone();
         let target = until.unwrap_or(t.epochs).min(t.epochs);
-        let ckpt_epochs = self.cfg.checkpoint_epochs();
         if self.epochs_done() == 0 && !checkpoint_path(&self.run_dir, 0).exists() {
             self.writer.submit(self.checkpoint_ops(0, BTreeMap::new())?)?;
         }
@@ -300,9 +334,25 @@ impl Trainer {
             let mut loss_sum = Tensor::zeros([], (Kind::Double, dev));
             let mut correct = Tensor::zeros([], (Kind::Int64, dev));
             let mut seen = 0i64;
+            // The first batch whose loss is not finite (-1: none) and that loss,
+            // kept on the device and read only where the progress line syncs anyway.
+            let mut bad_batch = Tensor::full([], -1i64, (Kind::Int64, dev));
+            let mut bad_loss = Tensor::zeros([], (Kind::Double, dev));
+            let diverged = |bad_batch: &Tensor, bad_loss: &Tensor| -> Result<()> {
+                let b = bad_batch.int64_value(&[]);
+                if b < 0 {
+                    return Ok(());
+                }
+                Err(Error::Diverged {
+                    run: self.run_dir.clone(),
+                    epoch,
+                    batch: b + 1,
+                    value: format!("{}", bad_loss.double_value(&[])),
+                })
+            };
             for (k, batch) in train_loader.epoch(epoch as u64).enumerate() {
                 if INTERRUPTED.load(Ordering::SeqCst) {
-                    return Err(Error::Interrupted);
+                    return Err(Error::Interrupted { resume: self.resume_hint() });
                 }
                 let b = batch?;
                 let lr = match t.lr_step {
@@ -313,9 +363,16 @@ impl Trainer {
                 let n = b.labels.size()[0];
                 seen += n;
                 tch::no_grad(|| {
-                    loss_sum += loss.detach().to_kind(Kind::Double) * n as f64;
+                    let l = loss.detach().to_kind(Kind::Double);
+                    let new_bad = l.isfinite().logical_not().logical_and(&bad_batch.lt(0));
+                    bad_batch = bad_batch.full_like(k as i64).where_self(&new_bad, &bad_batch);
+                    bad_loss = l.where_self(&new_bad, &bad_loss);
+                    loss_sum += l * n as f64;
                     correct += logits.detach().argmax(-1, false).eq_tensor(&b.labels).sum(Kind::Int64);
                 });
+                if k % 25 == 0 {
+                    diverged(&bad_batch, &bad_loss)?;
+                }
                 let (ls, c) = (&loss_sum, &correct);
                 // Reading the running loss syncs with the device: only every 25 batches.
                 prog.inc_throttled(1, k % 25 == 0, || {
@@ -328,6 +385,7 @@ impl Trainer {
             }
             let train_secs = prog.elapsed();
             prog.finish();
+            diverged(&bad_batch, &bad_loss)?;
             let (val_loss, val_acc) = self.evaluate_with(&val_loader, fast)?;
             let (_, test_acc) = self.evaluate_with(&test_loader, fast)?;
             let rec = EpochRecord {
@@ -367,16 +425,16 @@ impl Trainer {
             .collect();
             // This epoch's files, written while the next epoch trains.
             let mut ops = Vec::new();
-            if ckpt_epochs.contains(&epoch) {
+            if self.cfg.is_checkpoint_epoch(epoch) {
                 ops.extend(self.checkpoint_ops(epoch, metrics.clone())?);
             }
             // Best by validation accuracy, kept under its real epoch number.
             if prev_best.map(|(_, a)| rec.val_acc > a).unwrap_or(true) {
-                if !ckpt_epochs.contains(&epoch) {
+                if !self.cfg.is_checkpoint_epoch(epoch) {
                     ops.extend(self.checkpoint_ops(epoch, metrics)?);
                 }
                 if let Some((e, _)) = prev_best {
-                    if !ckpt_epochs.contains(&e) {
+                    if !self.cfg.is_checkpoint_epoch(e) {
                         ops.push(FileOp::Remove(checkpoint_path(&self.run_dir, e)));
                         ops.push(FileOp::Remove(optimizer_path(&self.run_dir, e)));
                     }
@@ -406,6 +464,7 @@ pub fn load_run_model(run_dir: &Path, epoch: i64, device: Device) -> Result<(Var
     let mut vs = VarStore::new(device);
     let model = ResNet18::new(&vs.root(), cfg.model)?;
     let meta = load_checkpoint(checkpoint_path(run_dir, epoch), &mut vs)?;
+    crate::run::check_recorded(run_dir, &checkpoint_path(run_dir, epoch), &cfg, crate::run::Allow { more_epochs: true })?;
     Ok((vs, model, meta))
 }
 
@@ -418,13 +477,25 @@ pub fn available_epochs(run_dir: &Path) -> Result<Vec<i64>> {
         path: dir.clone(),
         hint: "; train first (`oodnc train` or notebook 01)".into(),
     })?;
-    let mut v: Vec<i64> = rd
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.strip_prefix("epoch_")?.strip_suffix(".safetensors")?.parse().ok()
-        })
-        .collect();
+    let mut v = Vec::new();
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = n.strip_prefix("epoch_").and_then(|s| s.strip_suffix(".safetensors")) else { continue };
+        if stem.ends_with(".optim") {
+            continue;
+        }
+        let Ok(epoch) = stem.parse::<i64>() else {
+            return Err(Error::format(dir.join(&n), "not a checkpoint name (epoch_NNN.safetensors); move it out of the checkpoints folder"));
+        };
+        let canonical = checkpoint_path(run_dir, epoch);
+        if epoch < 0 || canonical.file_name() != Some(e.file_name().as_os_str()) {
+            return Err(Error::format(
+                dir.join(&n),
+                format!("checkpoint names have three digits or more; rename it to {}", canonical.display()),
+            ));
+        }
+        v.push(epoch);
+    }
     v.sort_unstable();
     Ok(v)
 }
