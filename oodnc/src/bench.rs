@@ -256,7 +256,7 @@ pub fn ood(n_train: i64, dim: i64, classes: i64, n_test: i64, n_ood: i64, detect
         let s = t.elapsed().as_secs_f64();
         ours_total += s;
         ours_each.push(s);
-        specs.push(serde_json::json!([d, spec.params]));
+        specs.push(serde_json::json!([d, spec.params()]));
     }
     let base = run_python_json(
         "ood_numpy.py",

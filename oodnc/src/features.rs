@@ -57,11 +57,15 @@ struct F64Cache {
     penultimate: Slot<TensorKey, Tensor>,
     global: Slot<TensorKey, Arc<GlobalMoments>>,
     class: Slot<(TensorKey, TensorKey, i64), Arc<ClassMoments>>,
-    /// The L2-normalised penultimate features as a KNN bank (when this set is a training set).
-    knn_bank: Slot<(TensorKey, Device), crate::ood::knn::SharedBank>,
-    /// This set's largest similarities to a bank (when it is queried): (bank id, source key) -> `[N, K]`.
-    knn_top: Slot<(u64, TensorKey), Tensor>,
+    /// Values detectors derive from this set (KNN's bank and top similarities),
+    /// by tag; each holds the [`FeatureId`] it was made from.
+    memo: std::sync::Mutex<Vec<(&'static str, Box<dyn std::any::Any + Send>)>>,
 }
+
+/// The identity of one feature tensor of a set (see [`FeatureSet::penultimate_id`]):
+/// equal while the field holds the same tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureId(TensorKey);
 
 /// Identity of a tensor: its data pointer and layout. The key also holds a
 /// reference to the tensor, so that its memory cannot be freed and reused by
@@ -79,6 +83,19 @@ struct TensorKey {
 impl PartialEq for TensorKey {
     fn eq(&self, o: &Self) -> bool {
         (self.ptr, &self.size, &self.stride, self.kind, self.device) == (o.ptr, &o.size, &o.stride, o.kind, o.device)
+    }
+}
+
+impl Clone for TensorKey {
+    fn clone(&self) -> Self {
+        TensorKey {
+            ptr: self.ptr,
+            size: self.size.clone(),
+            stride: self.stride.clone(),
+            kind: self.kind,
+            device: self.device,
+            _keep: self._keep.shallow_clone(),
+        }
     }
 }
 
@@ -189,52 +206,23 @@ impl FeatureSet {
         Ok(m)
     }
 
-    /// The L2-normalised `penultimate` features as a KNN [`Bank`](crate::ood::knn::Bank)
-    /// on `device` (built once, cached).
-    pub fn knn_bank(&self, device: Device, context: &str) -> Result<crate::ood::knn::SharedBank> {
-        let key = (TensorKey::of(&self.penultimate), device);
-        let mut guard = self.f64_cache.knn_bank.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((k, b)) = guard.as_ref() {
-            if *k == key {
-                return Ok(b.clone());
-            }
-        }
-        let bank = Arc::new(std::sync::Mutex::new(crate::ood::knn::Bank::new(&normalize_rows(&self.penultimate_f64(context)?), device)));
-        *guard = Some((key, bank.clone()));
-        Ok(bank)
+    /// The identity of the `penultimate` tensor (a key for values derived from it).
+    pub fn penultimate_id(&self) -> FeatureId {
+        FeatureId(TensorKey::of(&self.penultimate))
     }
 
-    /// For each sample, its `k`-th largest cosine similarity to the vectors of
-    /// `bank` (`[N]` f32): from the values kept by [`knn_prepare`](Self::knn_prepare)
-    /// when they cover `k`, else by a pass over the bank.
-    pub fn knn_kth_similarity(&self, bank: &crate::ood::knn::Bank, k: i64, context: &str) -> Result<Tensor> {
-        let key = (bank.id(), TensorKey::of(&self.penultimate));
-        {
-            let guard = self.f64_cache.knn_top.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((kk, top)) = guard.as_ref() {
-                if *kk == key && top.size()[1] >= k {
-                    return Ok(top.select(1, k - 1));
-                }
-            }
-        }
-        bank.kth_largest(&normalize_rows(&self.penultimate_f64(context)?), k)
+    /// A value stored by [`memo_put`](Self::memo_put) under `tag`, if any.
+    pub fn memo_get<V: Clone + 'static>(&self, tag: &'static str) -> Option<V> {
+        let guard = self.f64_cache.memo.lock().unwrap_or_else(|e| e.into_inner());
+        guard.iter().find(|(t, _)| *t == tag).and_then(|(_, v)| v.downcast_ref::<V>().cloned())
     }
 
-    /// Computes and keeps this set's `k_max` largest similarities to `bank`, so
-    /// that [`knn_kth_similarity`](Self::knn_kth_similarity) serves every k <= k_max
-    /// (a hyperparameter grid) without another pass over the bank.
-    pub fn knn_prepare(&self, bank: &crate::ood::knn::Bank, k_max: i64, context: &str) -> Result<()> {
-        let key = (bank.id(), TensorKey::of(&self.penultimate));
-        let k_max = k_max.clamp(1, bank.len());
-        let mut guard = self.f64_cache.knn_top.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((kk, top)) = guard.as_ref() {
-            if *kk == key && top.size()[1] >= k_max {
-                return Ok(());
-            }
-        }
-        let top = bank.top_sorted(&normalize_rows(&self.penultimate_f64(context)?), k_max)?;
-        *guard = Some((key, top));
-        Ok(())
+    /// Remembers `value` under `tag` (replacing the previous one) for as long as
+    /// this set lives (a copy made by [`rows`](Self::rows) starts empty).
+    pub fn memo_put<V: Send + 'static>(&self, tag: &'static str, value: V) {
+        let mut guard = self.f64_cache.memo.lock().unwrap_or_else(|e| e.into_inner());
+        guard.retain(|(t, _)| *t != tag);
+        guard.push((tag, Box::new(value)));
     }
 
     /// The features of layer `name` (`penultimate`, `logits`, or a tap).

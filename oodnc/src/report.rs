@@ -217,10 +217,10 @@ pub fn nc5_vs_neco_table(nc_rows: &[LongRow], ood_rows: &[LongRow], ood: &[Strin
 pub fn selection_lines(selections: &[(i64, crate::ood::Selection)], epoch: i64) -> Vec<String> {
     selections
         .iter()
-        .filter(|(e, s)| *e == epoch && !s.chosen.params.is_empty())
+        .filter(|(e, s)| *e == epoch && !s.chosen.params().is_empty())
         .map(|(e, s)| {
             let cands: Vec<String> = s.candidates.iter().map(|(c, a)| format!("{} -> {a:.3}", c.label())).collect();
-            format!("epoch {e} {:<11} chose {:<30} from [{}]", s.chosen.name, s.chosen.label(), cands.join(", "))
+            format!("epoch {e} {:<11} chose {:<30} from [{}]", s.chosen.name(), s.chosen.label(), cands.join(", "))
         })
         .collect()
 }

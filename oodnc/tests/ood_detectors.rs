@@ -115,7 +115,7 @@ fn matches_numpy_and_scikit_learn() {
     .collect();
     // Every registered detector is covered.
     for n in detector_names() {
-        assert!(specs.iter().any(|s| s.name == n), "{n} not compared");
+        assert!(specs.iter().any(|s| s.name() == n), "{n} not compared");
     }
     let t = TempDir::new("ood-numpy");
     let inp = t.path().join("in.safetensors");
@@ -132,7 +132,7 @@ fn matches_numpy_and_scikit_learn() {
     ];
     oodnc::tensor_io::save(&inp, &tensors, &Default::default()).unwrap();
     let json = serde_json::to_string(
-        &specs.iter().map(|s| serde_json::json!({"name": s.name, "params": s.params, "label": s.label()})).collect::<Vec<_>>(),
+        &specs.iter().map(|s| serde_json::json!({"name": s.name(), "params": s.params(), "label": s.label()})).collect::<Vec<_>>(),
     )
     .unwrap();
     let out = t.path().join("out.safetensors");
@@ -145,7 +145,7 @@ fn matches_numpy_and_scikit_learn() {
         let ref_ = vec(&theirs.tensors[&spec.label()]);
         let scale = ref_.iter().map(|x| x.abs()).fold(1e-12, f64::max);
         // KNN runs its similarity matmul in f32 (speed); TempScale optimises T numerically.
-        let tol = match spec.name.as_str() { "tempscale" => 1e-4, "knn" => 1e-5, _ => 1e-7 };
+        let tol = match spec.name() { "tempscale" => 1e-4, "knn" => 1e-5, _ => 1e-7 };
         let diff = ours.iter().zip(&ref_).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale;
         assert!(diff < tol, "{}: relative max diff {diff}\n ours {:?}\n numpy {:?}", spec.label(), &ours[..4], &ref_[..4]);
     }
@@ -290,11 +290,11 @@ fn every_detector_has_defaults_and_a_grid() {
         let g = DetectorSpec::grid(n, 512, 100, 45_000).unwrap();
         assert!(!g.is_empty(), "{n}");
         if n == "vim" {
-            assert!(g.iter().all(|s| s.get("dim") < 512.0));
+            assert!(g.iter().all(|s| s.get("dim").unwrap() < 512.0));
         }
     }
     // A small feature dimension restricts the ViM grid below D.
-    assert!(DetectorSpec::grid("vim", 16, 10, 100).unwrap().iter().all(|s| s.get("dim") < 16.0));
+    assert!(DetectorSpec::grid("vim", 16, 10, 100).unwrap().iter().all(|s| s.get("dim").unwrap() < 16.0));
 }
 
 #[test]
@@ -320,7 +320,7 @@ fn cached_f64_copies_and_moments_follow_replaced_tensors() {
     let first: Vec<Vec<f64>> = specs.iter().map(|s| vec(&fit(s, &f).unwrap().score(&f.test).unwrap())).collect();
     // The same again (now from the caches): identical.
     for (spec, s) in specs.iter().zip(&first) {
-        assert_eq!(&vec(&fit(spec, &f).unwrap().score(&f.test).unwrap()), s, "{}", spec.name);
+        assert_eq!(&vec(&fit(spec, &f).unwrap().score(&f.test).unwrap()), s, "{}", spec.name());
     }
     // Replace the training features: every detector must see the new ones, exactly
     // as a fresh FeatureSet with those values does.
@@ -330,8 +330,8 @@ fn cached_f64_copies_and_moments_follow_replaced_tensors() {
     for (spec, before) in specs.iter().zip(&first) {
         let ours = vec(&fit(spec, &f).unwrap().score(&f.test).unwrap());
         let reference = vec(&spec.fit(&FitData { train: &fresh, val: Some(&f.val), weight: &f.w, bias: &f.b }).unwrap().score(&f.test).unwrap());
-        assert_eq!(ours, reference, "{} used stale statistics", spec.name);
-        assert_ne!(&ours, before, "{}: the change had no effect", spec.name);
+        assert_eq!(ours, reference, "{} used stale statistics", spec.name());
+        assert_ne!(&ours, before, "{}: the change had no effect", spec.name());
     }
     // Replace the test features with NaN ones: the check runs again.
     let fitted = fit(&DetectorSpec::new("energy", &[]).unwrap(), &f).unwrap();
@@ -368,8 +368,8 @@ fn knn_grid_from_the_cached_top_similarities_equals_fresh_fits() {
     // After knn_prepare, every k up to k_max is read from the kept similarities;
     // each must equal a fit on fresh (uncached) copies.
     let f = fixture(3, 6, 10);
-    let bank = f.train.knn_bank(tch::Device::Cpu, "t").unwrap();
-    f.test.knn_prepare(&bank.lock().unwrap(), 20, "t").unwrap();
+    let bank = oodnc::ood::knn::bank(&f.train, tch::Device::Cpu, "t").unwrap();
+    oodnc::ood::knn::prepare(&f.test, &bank.lock().unwrap(), 20, "t").unwrap();
     let fresh = |x: &FeatureSet| FeatureSet::new(x.name.clone(), x.logits.copy(), x.penultimate.copy(), x.labels.copy()).unwrap();
     for k in [5.0, 1.0, 20.0, 30.0] {
         let spec = DetectorSpec::new("knn", &[("k", k)]).unwrap();

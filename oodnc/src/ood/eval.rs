@@ -44,18 +44,14 @@ pub struct Selection {
 pub fn select_hyperparameters(name: &str, inputs: &EvalInputs) -> Result<Selection> {
     let (n, d) = (inputs.train.penultimate.size()[0], inputs.train.penultimate.size()[1]);
     let c = inputs.weight.size()[0];
-    let grid = DetectorSpec::grid(name, d, c, n)?;
-    if name == "knn" {
-        // One pass over the bank per set serves the whole grid of k.
-        let k_max = grid.iter().map(|s| s.get("k") as i64).max().unwrap_or(1);
-        let bank = inputs.train.knn_bank(crate::device::best_device(), "knn selection")?;
-        let bank = bank.lock().unwrap_or_else(|e| e.into_inner());
-        inputs.val.knn_prepare(&bank, k_max, "knn selection (ID val)")?;
-        inputs.ood_val.knn_prepare(&bank, k_max, "knn selection (OOD val)")?;
-    }
+    let entry = super::detectors::lookup(name)?;
+    let grid = (entry.grid)(&super::GridContext { d, c, n })?;
+    // Work the whole grid shares (KNN: one pass over the bank per set for every k).
+    (entry.prepare_grid)(&grid, inputs.train, &[inputs.val, inputs.ood_val])?;
     let mut candidates = Vec::new();
-    for spec in grid {
-        let fitted = spec.fit(&inputs.fit_data())?;
+    for det in grid {
+        let spec = DetectorSpec::new(det.name(), &det.params().iter().map(|(k, v)| (*k, v.as_f64())).collect::<Vec<_>>())?;
+        let fitted = super::Fitted::fit(det, &inputs.fit_data())?;
         let auc = ood_metrics(&fitted.score_vec(inputs.val)?, &fitted.score_vec(inputs.ood_val)?)?.auroc;
         candidates.push((spec, auc));
     }
@@ -104,7 +100,7 @@ pub fn evaluate(epoch: i64, specs: &[DetectorSpec], inputs: &EvalInputs, reps: u
         let fitted = spec.fit(&inputs.fit_data())?;
         let id = fitted.score_vec(inputs.id_test)?;
         let ood = inputs.ood.iter().map(|o| Ok((o.name.clone(), fitted.score_vec(o)?))).collect::<Result<Vec<_>>>()?;
-        rows.extend(score_rows(epoch, &spec.name, &id, &ood, reps, seed)?);
+        rows.extend(score_rows(epoch, spec.name(), &id, &ood, reps, seed)?);
     }
     Ok(rows)
 }

@@ -140,3 +140,41 @@ impl ClassMoments {
         Ok(ClassMoments { means, counts, within })
     }
 }
+
+/// Percentile (0..100) of all values of `x` (linear interpolation between the
+/// order statistics around `p / 100 * (n - 1)`, like numpy's default), by
+/// selection (O(n)) rather than a full sort: on the CPU through Rust's
+/// introselect on a copy of the values (in their own dtype: the order statistics
+/// of f32 values are the same in f64), elsewhere through `kthvalue`.
+pub fn percentile(x: &Tensor, p: f64) -> f64 {
+    let v = x.flatten(0, -1);
+    let n = v.size()[0];
+    let pos = p / 100.0 * (n - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    let (a, b) = if v.device() == tch::Device::Cpu {
+        match v.kind() {
+            Kind::Float => select_pair(Vec::<f32>::try_from(&v).unwrap_or_default(), lo, hi, f32::total_cmp),
+            _ => select_pair(Vec::<f64>::try_from(&v.to_kind(Kind::Double)).unwrap_or_default(), lo, hi, f64::total_cmp),
+        }
+    } else {
+        // kthvalue's k is 1-based.
+        let a = v.kthvalue(lo as i64 + 1, 0, false).0.double_value(&[]);
+        let b = if hi == lo { a } else { v.kthvalue(hi as i64 + 1, 0, false).0.double_value(&[]) };
+        (a, b)
+    };
+    a + (b - a) * (pos - lo as f64)
+}
+
+/// The `lo`-th and `hi`-th smallest values (0-based, `hi` is `lo` or `lo + 1`).
+pub fn select_pair<T: Copy + Into<f64>>(mut v: Vec<T>, lo: usize, hi: usize, cmp: fn(&T, &T) -> std::cmp::Ordering) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let (_, a, right) = v.select_nth_unstable_by(lo, cmp);
+    let a = *a;
+    // After the selection everything right of `lo` is >= a: the next order
+    // statistic is their minimum.
+    let b = if hi > lo { right.iter().copied().min_by(cmp).unwrap_or(a) } else { a };
+    (a.into(), b.into())
+}
+

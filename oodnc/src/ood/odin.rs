@@ -29,6 +29,27 @@ pub const TEMPERATURES: [f64; 4] = [1.0, 10.0, 100.0, 1000.0];
 /// Perturbation sizes (pixel units) tried by [`select`].
 pub const EPSILONS: [f64; 5] = [0.0, 0.0005, 0.001, 0.002, 0.004];
 
+/// ODIN as a [`ModelDetector`](super::ModelDetector): its name and parameters
+/// in tables (`t`, `epsilon`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Odin;
+
+impl super::ModelDetector for Odin {
+    const NAME: &'static str = "odin";
+    const PARAMS: &'static [&'static str] = &["epsilon", "t"];
+    const SUMMARY: &'static str = "input perturbation and temperature scaling (Liang et al. 2018), model-based";
+}
+
+impl Odin {
+    /// Parameters from a by-name map (`t` default 1000, `epsilon` default 0.0014, the paper's).
+    pub fn from_map(m: &std::collections::BTreeMap<String, f64>) -> Result<OdinParams> {
+        if let Some(k) = m.keys().find(|k| !["t", "epsilon"].contains(&k.as_str())) {
+            return Err(Error::param(format!("odin.{k}"), "unknown hyperparameter (known: epsilon, t)"));
+        }
+        OdinParams::new(m.get("t").copied().unwrap_or(1000.0), m.get("epsilon").copied().unwrap_or(0.0014))
+    }
+}
+
 /// ODIN's two hyperparameters.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OdinParams {
@@ -38,6 +59,11 @@ pub struct OdinParams {
 }
 
 impl OdinParams {
+    /// As a by-name map (`t`, `epsilon`), as in tables and `selection.json`.
+    pub fn to_map(&self) -> std::collections::BTreeMap<String, f64> {
+        [("t".to_string(), self.temperature), ("epsilon".to_string(), self.epsilon)].into_iter().collect()
+    }
+
     /// Checked once: `temperature > 0`, `0 <= epsilon <= 1`, both finite.
     pub fn new(temperature: f64, epsilon: f64) -> Result<Self> {
         if !(temperature.is_finite() && temperature > 0.0) {

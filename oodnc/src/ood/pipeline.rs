@@ -121,14 +121,14 @@ pub fn run(run_dir: &Path, epochs: &[i64], detectors: &[&str], reps: usize, devi
     crate::report::merge_csv(&csv, &frame, &["epoch", "detector", "dataset"])?;
     let sel_json: Vec<serde_json::Value> = selections
         .iter()
-        .map(|(e, s)| serde_json::json!({"epoch": e, "detector": s.chosen.name, "chosen": s.chosen.params, "candidates": s.candidates.iter().map(|(c, a)| serde_json::json!({"params": c.params, "val_auroc_vs_ood_val": a})).collect::<Vec<_>>()}))
+        .map(|(e, s)| serde_json::json!({"epoch": e, "detector": s.chosen.name(), "chosen": s.chosen.params(), "candidates": s.candidates.iter().map(|(c, a)| serde_json::json!({"params": c.params(), "val_auroc_vs_ood_val": a})).collect::<Vec<_>>()}))
         .collect();
     crate::report::merge_json_array(&dir.join("selection.json"), sel_json, &["epoch", "detector"])?;
     Ok(OodStudy { frame, selections, csv })
 }
 
 /// Name of the model-based detector in `detectors` lists.
-pub const ODIN: &str = "odin";
+pub const ODIN: &str = <super::odin::Odin as super::ModelDetector>::NAME;
 
 /// ODIN at one checkpoint: (T, eps) chosen on ID-val vs OOD-val, then scored on
 /// ID test and every OOD test set. The selection is reported like the
@@ -138,10 +138,7 @@ pub fn odin_epoch(run_dir: &Path, epoch: i64, sets: &EvalSets, reps: usize, seed
     let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, epoch, device)?;
     let batch = 256;
     let sel = odin::select(&model, &sets.id_val, &sets.ood_val, device, batch)?;
-    let spec = |p: &odin::OdinParams| super::DetectorSpec {
-        name: ODIN.into(),
-        params: [("t".to_string(), p.temperature), ("epsilon".to_string(), p.epsilon)].into_iter().collect(),
-    };
+    let spec = |p: &odin::OdinParams| super::DetectorSpec::new(ODIN, &[("t", p.temperature), ("epsilon", p.epsilon)]);
     let p = sel.chosen;
     let id = odin::to_vec(&odin::score(&model, &sets.id_test, p, device, batch)?)?;
     let ood = sets
@@ -151,8 +148,8 @@ pub fn odin_epoch(run_dir: &Path, epoch: i64, sets: &EvalSets, reps: usize, seed
         .collect::<Result<Vec<_>>>()?;
     let rows = super::eval::score_rows(epoch, ODIN, &id, &ood, reps, seed)?;
     let selection = Selection {
-        chosen: spec(&p),
-        candidates: sel.candidates.iter().map(|(c, a)| (spec(c), *a)).collect(),
+        chosen: spec(&p)?,
+        candidates: sel.candidates.iter().map(|(c, a)| Ok((spec(c)?, *a))).collect::<Result<_>>()?,
     };
     Ok((selection, rows))
 }

@@ -1,0 +1,207 @@
+//! Detectors on the logits alone: MSP, MaxLogit, Energy, Entropy, GEN.
+
+use super::{energy_of, log_msp, logits, max_dim1, Head};
+use crate::ood::detector::{FitData, GridContext, ParamReader, ParamValue, Registered, Scorer};
+use crate::error::Result;
+use crate::features::FeatureSet;
+use tch::{Kind, Tensor};
+
+/// The fitted state of a logit detector: the number of classes (nothing is estimated).
+#[derive(Debug, Clone)]
+pub struct FittedLogit<T> {
+    pub detector: T,
+    pub classes: i64,
+}
+
+fn fit_logit<T: Clone>(d: &T, data: &FitData, name: &str) -> Result<FittedLogit<T>> {
+    Ok(FittedLogit { detector: d.clone(), classes: Head::of(data, name)?.c })
+}
+
+// ------------------------------------------------------------------ MSP
+
+/// **MSP** (Hendrycks & Gimpel, ICLR 2017): max_c softmax(z)_c, returned as
+/// its logarithm -log1p(sum_{j != max} exp(z_j - z_max)): a monotone transform
+/// (identical metrics) that does not saturate at 1.0 in floating point.
+/// No hyperparameters.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Msp;
+
+impl Registered for Msp {
+    const NAME: &'static str = "msp";
+    const SUMMARY: &'static str = "maximum softmax probability (Hendrycks & Gimpel 2017), returned as log-MSP";
+    type Fitted = FittedLogit<Msp>;
+    fn read(_: &mut ParamReader) -> Result<Self> {
+        Ok(Msp)
+    }
+    fn fit(&self, data: &FitData) -> Result<Self::Fitted> {
+        fit_logit(self, data, Self::NAME)
+    }
+}
+
+impl Scorer for FittedLogit<Msp> {
+    fn score(&self, f: &FeatureSet) -> Result<Tensor> {
+        Ok(log_msp(&logits(f, self.classes, "msp score")?))
+    }
+}
+
+// ------------------------------------------------------------------ MaxLogit
+
+/// **MaxLogit** (Hendrycks et al., ICML 2022): max_c z_c. No hyperparameters.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MaxLogit;
+
+impl Registered for MaxLogit {
+    const NAME: &'static str = "maxlogit";
+    const SUMMARY: &'static str = "maximum logit (Hendrycks et al. 2022)";
+    type Fitted = FittedLogit<MaxLogit>;
+    fn read(_: &mut ParamReader) -> Result<Self> {
+        Ok(MaxLogit)
+    }
+    fn fit(&self, data: &FitData) -> Result<Self::Fitted> {
+        fit_logit(self, data, Self::NAME)
+    }
+}
+
+impl Scorer for FittedLogit<MaxLogit> {
+    fn score(&self, f: &FeatureSet) -> Result<Tensor> {
+        Ok(max_dim1(&logits(f, self.classes, "maxlogit score")?))
+    }
+}
+
+// ------------------------------------------------------------------ Energy
+
+/// **Energy** (Liu et al., NeurIPS 2020): T logsumexp(z / T), the negative
+/// free energy. Default T = 1 (the paper's); grid T in {0.5, 1, 2, 5}.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Energy {
+    /// Temperature, > 0.
+    pub t: f64,
+}
+
+impl Default for Energy {
+    fn default() -> Self {
+        Energy { t: 1.0 }
+    }
+}
+
+impl Registered for Energy {
+    const NAME: &'static str = "energy";
+    const SUMMARY: &'static str = "free energy T logsumexp(z/T) (Liu et al. 2020)";
+    type Fitted = FittedLogit<Energy>;
+    fn read(p: &mut ParamReader) -> Result<Self> {
+        Ok(Energy { t: p.f64("t", Self::default().t)? })
+    }
+    fn params(&self) -> Vec<(&'static str, ParamValue)> {
+        vec![("t", ParamValue::Float(self.t))]
+    }
+    fn check(&self) -> Result<()> {
+        if self.t <= 0.0 {
+            return Err(super::bad_param(Self::NAME, "t", self.t, "must be > 0"));
+        }
+        Ok(())
+    }
+    fn grid(_: &GridContext) -> Vec<Self> {
+        [0.5, 1.0, 2.0, 5.0].iter().map(|&t| Energy { t }).collect()
+    }
+    fn fit(&self, data: &FitData) -> Result<Self::Fitted> {
+        fit_logit(self, data, Self::NAME)
+    }
+}
+
+impl Scorer for FittedLogit<Energy> {
+    fn score(&self, f: &FeatureSet) -> Result<Tensor> {
+        Ok(energy_of(&logits(f, self.classes, "energy score")?, self.detector.t))
+    }
+}
+
+// ------------------------------------------------------------------ Entropy
+
+/// **Entropy**: the negative predictive entropy sum_c p_c log p_c. No hyperparameters.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Entropy;
+
+impl Registered for Entropy {
+    const NAME: &'static str = "entropy";
+    const SUMMARY: &'static str = "negative predictive entropy";
+    type Fitted = FittedLogit<Entropy>;
+    fn read(_: &mut ParamReader) -> Result<Self> {
+        Ok(Entropy)
+    }
+    fn fit(&self, data: &FitData) -> Result<Self::Fitted> {
+        fit_logit(self, data, Self::NAME)
+    }
+}
+
+impl Scorer for FittedLogit<Entropy> {
+    fn score(&self, f: &FeatureSet) -> Result<Tensor> {
+        let lp = logits(f, self.classes, "entropy score")?.log_softmax(-1, Kind::Double);
+        Ok((lp.exp() * &lp).sum_dim_intlist(&[1i64][..], false, Kind::Double))
+    }
+}
+
+// ------------------------------------------------------------------ GEN
+
+/// **GEN** (Liu et al., CVPR 2023): -sum over the top-M probabilities of
+/// p^gamma (1 - p)^gamma. Defaults gamma = 0.1, M = 100 (the paper's, capped at
+/// C); grid gamma in {0.01, 0.1, 0.5} x M in {min(10, C), C}. Unlike
+/// pytorch-ood, probabilities are not clamped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gen {
+    /// Exponent in (0, 1].
+    pub gamma: f64,
+    /// Number of top probabilities, >= 1 (capped at C when fitted).
+    pub m: i64,
+}
+
+impl Default for Gen {
+    fn default() -> Self {
+        Gen { gamma: 0.1, m: 100 }
+    }
+}
+
+impl Registered for Gen {
+    const NAME: &'static str = "gen";
+    const SUMMARY: &'static str = "generalized entropy over the top-M probabilities (Liu et al. 2023)";
+    type Fitted = FittedLogit<Gen>;
+    fn read(p: &mut ParamReader) -> Result<Self> {
+        let d = Self::default();
+        Ok(Gen { gamma: p.f64("gamma", d.gamma)?, m: p.int("m", d.m)? })
+    }
+    fn params(&self) -> Vec<(&'static str, ParamValue)> {
+        vec![("gamma", ParamValue::Float(self.gamma)), ("m", ParamValue::Int(self.m))]
+    }
+    fn check(&self) -> Result<()> {
+        if !(self.gamma > 0.0 && self.gamma <= 1.0) {
+            return Err(super::bad_param(Self::NAME, "gamma", self.gamma, "must be in (0, 1]"));
+        }
+        if self.m < 1 {
+            return Err(super::bad_param(Self::NAME, "m", self.m, "must be a positive integer"));
+        }
+        Ok(())
+    }
+    fn grid(ctx: &GridContext) -> Vec<Self> {
+        let mut v = Vec::new();
+        for gamma in [0.01, 0.1, 0.5] {
+            for m in [10.min(ctx.c), ctx.c] {
+                v.push(Gen { gamma, m });
+            }
+        }
+        v.dedup();
+        v
+    }
+    fn fit(&self, data: &FitData) -> Result<Self::Fitted> {
+        fit_logit(self, data, Self::NAME)
+    }
+}
+
+impl Scorer for FittedLogit<Gen> {
+    fn score(&self, f: &FeatureSet) -> Result<Tensor> {
+        let c = self.classes;
+        let (g, m) = (self.detector.gamma, self.detector.m.min(c));
+        let p = logits(f, c, "gen score")?.softmax(-1, Kind::Double);
+        // All classes: no need to select (the sum is order-free).
+        let top = if m >= c { p } else { p.topk(m, 1, true, true).0 };
+        let one_minus: Tensor = 1.0 - &top;
+        Ok(-(top.pow_tensor_scalar(g) * one_minus.pow_tensor_scalar(g)).sum_dim_intlist(&[1i64][..], false, Kind::Double))
+    }
+}

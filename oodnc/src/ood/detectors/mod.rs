@@ -1,0 +1,124 @@
+//! The feature-based detectors, one file (or one block) each, and their
+//! registry.
+//!
+//! Notation: z = logits `[C]`, p = softmax(z), h = penultimate feature `[D]`,
+//! W `[C, D]` and b `[C]` the classifier, mu_c class means of the ID training
+//! features. Every score is higher = more in-distribution. Each detector's
+//! doc comment gives its formula, paper, defaults and search grid; every
+//! deliberate difference from the paper and the peers is in `docs/detectors.md`.
+
+pub mod dice;
+pub mod fdbd;
+pub mod klm;
+pub mod knn;
+pub mod logit;
+pub mod mahalanobis;
+pub mod neco;
+pub mod shaping;
+pub mod she;
+pub mod tempscale;
+pub mod vim;
+
+use super::detector::{entry, Entry, FitData};
+use super::linalg::{check_2d, finite_f64};
+use crate::error::{Error, Result};
+use crate::features::FeatureSet;
+use tch::{Kind, Tensor};
+
+/// Every feature-based detector, one line each (order = table order).
+pub static REGISTRY: &[Entry] = &[
+    entry::<logit::Msp>(),
+    entry::<logit::MaxLogit>(),
+    entry::<logit::Energy>(),
+    entry::<logit::Entropy>(),
+    entry::<logit::Gen>(),
+    entry::<tempscale::TempScale>(),
+    entry::<klm::Klm>(),
+    entry::<mahalanobis::Mahalanobis>(),
+    entry::<mahalanobis::Rmds>(),
+    entry::<knn::Knn>(),
+    entry::<vim::Vim>(),
+    entry::<vim::Residual>(),
+    entry::<neco::Neco>(),
+    entry::<neco::NecoSeed>(),
+    entry::<shaping::React>(),
+    entry::<shaping::AshP>(),
+    entry::<shaping::AshB>(),
+    entry::<shaping::AshS>(),
+    entry::<dice::Dice>(),
+    entry::<she::She>(),
+    entry::<fdbd::Fdbd>(),
+];
+
+/// The registry line of `name`, or an error listing the known names.
+pub fn lookup(name: &str) -> Result<&'static Entry> {
+    REGISTRY.iter().find(|e| e.name == name).ok_or_else(|| Error::Unknown {
+        kind: "detector".into(),
+        name: name.into(),
+        known: REGISTRY.iter().map(|e| e.name).collect::<Vec<_>>().join(", "),
+    })
+}
+
+/// Relative eigenvalue threshold of every pseudo-inverse (documented regularisation
+/// for singular covariances, e.g. fewer samples than dimensions).
+pub const PINV_REL_TOL: f64 = 1e-10;
+
+/// The classifier head of a fit, checked: finite f64 `w` `[C, D]` and `b` `[C]`,
+/// and training features and logits of matching sizes.
+pub(crate) struct Head {
+    pub w: Tensor,
+    pub b: Tensor,
+    pub c: i64,
+    pub d: i64,
+    /// "<name> fit", the context of fit-time errors.
+    pub ctx: String,
+}
+
+impl Head {
+    pub(crate) fn of(data: &FitData, name: &str) -> Result<Self> {
+        let ctx = format!("{name} fit");
+        let w = finite_f64(data.weight, &ctx)?;
+        let b = finite_f64(data.bias, &ctx)?;
+        let ws = w.size();
+        if ws.len() != 2 || b.size() != [ws[0]] {
+            return Err(Error::shape(&ctx, format!("classifier weight {ws:?}, bias {:?}", b.size())));
+        }
+        let (c, d) = (ws[0], ws[1]);
+        check_2d(&data.train.penultimate, Some(d), &format!("{ctx} (train features vs classifier)"))?;
+        check_2d(&data.train.logits, Some(c), &format!("{ctx} (train logits)"))?;
+        Ok(Head { w, b, c, d, ctx })
+    }
+}
+
+/// Logits of `f` as f64, checked `[N, c]` and finite.
+pub(crate) fn logits(f: &FeatureSet, c: i64, ctx: &str) -> Result<Tensor> {
+    check_2d(&f.logits, Some(c), ctx)?;
+    f.logits_f64(ctx)
+}
+
+/// Penultimate features of `f` as f64, checked `[N, d]` and finite.
+pub(crate) fn feats(f: &FeatureSet, d: i64, ctx: &str) -> Result<Tensor> {
+    check_2d(&f.penultimate, Some(d), ctx)?;
+    f.penultimate_f64(ctx)
+}
+
+/// T logsumexp(z / T) per row.
+pub(crate) fn energy_of(z: &Tensor, t: f64) -> Tensor {
+    (z / t).logsumexp(&[1i64][..], false) * t
+}
+
+pub(crate) fn max_dim1(x: &Tensor) -> Tensor {
+    x.max_dim(1, false).0
+}
+
+/// log max-softmax, precise for confident samples: -log1p(sum_{j != argmax} exp(z_j - z_max)).
+pub(crate) fn log_msp(z: &Tensor) -> Tensor {
+    let (zmax, arg) = z.max_dim(1, true);
+    let others = (z - &zmax).exp().scatter_value(1, &arg, 0.0).sum_dim_intlist(&[1i64][..], false, Kind::Double);
+    -others.log1p()
+}
+
+/// An error for a parameter outside its range.
+pub(crate) fn bad_param(detector: &str, key: &str, value: impl std::fmt::Display, why: &str) -> Error {
+    Error::param(format!("{detector}.{key}"), format!("{value} {why}"))
+}
