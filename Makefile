@@ -1,7 +1,7 @@
 # oodnc: the only place that knows set-up.
 #
 #   make demo    all five notebooks end-to-end on the embedded offline dataset (CPU, minutes)
-#   make test    cargo tests + notebook tests (CI runs exactly this)
+#   make test    rustfmt + clippy, cargo tests, notebook tests (CI runs exactly this)
 #   make lab     JupyterLab with this project's Rust kernel
 #   make bench   benchmarks, each printing ratios against a baseline measured in the same run
 #   make reproduce  the coursework: real datasets, 300 epochs (GPU), the five notebooks
@@ -41,7 +41,7 @@ OODNC_PROFILE ?= demo
 NB_TIMEOUT ?= 3600
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: help setup venv evcxr kernel demo reproduce test test-rust test-notebooks lab bench clean-build info
+.PHONY: help setup venv evcxr kernel demo reproduce test lint test-rust test-notebooks lab bench clean-build info
 
 help:
 	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
@@ -105,7 +105,12 @@ reproduce: setup
 	OODNC_PROFILE=coursework "$(PY)" scripts/run_notebooks.py --out build/notebooks-coursework \
 	  --timeout 86400 --require-image $(NOTEBOOKS)
 
-test: setup test-rust test-notebooks
+test: setup lint test-rust test-notebooks
+
+# Formatting (rustfmt.toml) and clippy with warnings as errors, before the tests.
+lint: setup
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 test-rust: setup
 	cargo test --workspace --no-fail-fast

@@ -14,12 +14,7 @@ use std::path::Path;
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc/amp.cpp");
-    cc::Build::new()
-        .cpp(true)
-        .std("c++17")
-        .warnings(true)
-        .file("csrc/amp.cpp")
-        .compile("oodnc_amp");
+    cc::Build::new().cpp(true).std("c++17").warnings(true).file("csrc/amp.cpp").compile("oodnc_amp");
     println!("cargo:rerun-if-changed=csrc/optim.cpp");
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").unwrap_or_default();
     let include = Path::new(&lib).join("..").join("include");

@@ -30,7 +30,7 @@ extern "C" {
 }
 
 /// Numeric precision of the training forward/backward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// bf16 autocast on CUDA (when `gpu_fast_path` is on), f32 elsewhere.

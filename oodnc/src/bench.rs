@@ -130,11 +130,7 @@ pub fn python() -> Result<std::path::PathBuf> {
 pub fn run_python_json(script: &str, args: &[String]) -> Result<serde_json::Value> {
     let py = python()?;
     let script_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../python").join(script);
-    let out = std::process::Command::new(&py)
-        .arg(&script_path)
-        .args(args)
-        .output()
-        .map_err(|e| crate::Error::io(&py, e))?;
+    let out = std::process::Command::new(&py).arg(&script_path).args(args).output().map_err(|e| crate::Error::io(&py, e))?;
     if !out.status.success() {
         return Err(crate::Error::data(
             format!("baseline {script}"),
@@ -165,7 +161,7 @@ pub fn train(device: Device, steps: usize, width: f64, fast: crate::config::Fast
         crate::amp::convert_channels_last(&vs);
     }
     let params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-    let mut opt = Sgd::new(params, 0.9, 5e-4, false, true);
+    let mut opt = Sgd::new(params, crate::train::sgd::SgdConfig::default());
     let x = Tensor::randn([b, 3, 32, 32], (Kind::Float, device));
     let y = Tensor::randint(100, [b], (Kind::Int64, device));
     let sync = || {
@@ -204,11 +200,8 @@ pub fn train(device: Device, steps: usize, width: f64, fast: crate::config::Fast
     }
     let base = run_python_json("torch_resnet.py", &args)?;
     let base_ips = base["images_per_s"].as_f64().unwrap_or(f64::NAN);
-    let mode = format!(
-        "{}{}",
-        if fast.autocast.is_some() { "bf16" } else { "fp32" },
-        if fast.channels_last { ", channels-last" } else { "" }
-    );
+    let mode =
+        format!("{}{}", if fast.autocast.is_some() { "bf16" } else { "fp32" }, if fast.channels_last { ", channels-last" } else { "" });
     Ok(vec![BenchLine {
         name: format!("ResNet-18 train step ({device:?}, {mode}, batch {b}, width {width})"),
         ours: b as f64 / ours,
@@ -283,7 +276,11 @@ pub fn ood(n_train: i64, dim: i64, classes: i64, n_test: i64, n_ood: i64, detect
         lines.push(BenchLine::seconds(format!("ood {d} fit+score"), *s, bs, "numpy/sklearn"));
     }
     let all = crate::ood::detector_names().len() == detectors.len();
-    let total = if all { format!("ood all {} detectors (total)", detectors.len()) } else { format!("ood these {} detectors (total)", detectors.len()) };
+    let total = if all {
+        format!("ood all {} detectors (total)", detectors.len())
+    } else {
+        format!("ood these {} detectors (total)", detectors.len())
+    };
     if detectors.len() > 1 {
         lines.push(BenchLine::seconds(total, ours_total, base_total, "numpy/sklearn"));
     }
@@ -291,7 +288,12 @@ pub fn ood(n_train: i64, dim: i64, classes: i64, n_test: i64, n_ood: i64, detect
     // the total ratio; the rest shown apart for transparency.
     if let Some(i) = detectors.iter().position(|d| *d == "knn").filter(|_| detectors.len() > 1) {
         let bk = base[detectors[i]].as_f64().unwrap_or(f64::NAN);
-        lines.push(BenchLine::seconds(format!("ood the {} others (total)", detectors.len() - 1), ours_total - ours_each[i], base_total - bk, "numpy/sklearn"));
+        lines.push(BenchLine::seconds(
+            format!("ood the {} others (total)", detectors.len() - 1),
+            ours_total - ours_each[i],
+            base_total - bk,
+            "numpy/sklearn",
+        ));
     }
     Ok(lines)
 }
@@ -305,7 +307,11 @@ pub fn nc(n: i64, classes: i64, checkpoints: usize) -> Result<Vec<BenchLine>> {
     let y = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(classes);
     let feats: Vec<Tensor> = dims
         .iter()
-        .map(|&d| (Tensor::randn([classes, d], (Kind::Double, Device::Cpu)).index_select(0, &y) + Tensor::randn([n, d], (Kind::Double, Device::Cpu))).abs())
+        .map(|&d| {
+            (Tensor::randn([classes, d], (Kind::Double, Device::Cpu)).index_select(0, &y)
+                + Tensor::randn([n, d], (Kind::Double, Device::Cpu)))
+            .abs()
+        })
         .collect();
     let w = Tensor::randn([classes, 512], (Kind::Double, Device::Cpu));
     let logits = feats[9].matmul(&w.tr());
@@ -318,7 +324,15 @@ pub fn nc(n: i64, classes: i64, checkpoints: usize) -> Result<Vec<BenchLine>> {
     let ours = t.elapsed().as_secs_f64();
     let base = run_python_json(
         "nc_numpy.py",
-        &["bench".into(), "--n".into(), n.to_string(), "--classes".into(), classes.to_string(), "--checkpoints".into(), checkpoints.to_string()],
+        &[
+            "bench".into(),
+            "--n".into(),
+            n.to_string(),
+            "--classes".into(),
+            classes.to_string(),
+            "--checkpoints".into(),
+            checkpoints.to_string(),
+        ],
     )?;
     let bs = base["seconds"].as_f64().unwrap_or(f64::NAN);
     Ok(vec![BenchLine::seconds(format!("nc {checkpoints} ckpt x 10 layers, N={n}"), ours, bs, "numpy")])

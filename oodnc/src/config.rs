@@ -81,7 +81,7 @@ pub struct TrainConfig {
 }
 
 /// A switch whose `auto` position depends on the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Toggle {
     #[default]
@@ -249,11 +249,7 @@ impl RunConfig {
                     ..coursework_train
                 },
             }),
-            other => Err(Error::Unknown {
-                kind: "profile".into(),
-                name: other.into(),
-                known: PROFILES.join(", "),
-            }),
+            other => Err(Error::Unknown { kind: "profile".into(), name: other.into(), known: PROFILES.join(", ") }),
         }
     }
 
@@ -325,14 +321,8 @@ impl RunConfig {
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg = Self::parse(&text).map_err(|reason| Error::Config {
-            path: path.to_path_buf(),
-            reason,
-        })?;
-        cfg.validate().map_err(|e| Error::Config {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let cfg = Self::parse(&text).map_err(|reason| Error::Config { path: path.to_path_buf(), reason })?;
+        cfg.validate().map_err(|e| Error::Config { path: path.to_path_buf(), reason: e.to_string() })?;
         Ok(cfg)
     }
 
@@ -425,7 +415,8 @@ mod tests {
     #[test]
     fn non_finite_and_absurd_hyperparameters_are_rejected() {
         let base = RunConfig::profile("ci").unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut RunConfig)>)> = vec![
+        type Edit = Box<dyn Fn(&mut RunConfig)>;
+        let cases: Vec<(&str, Edit)> = vec![
             ("train.lr", Box::new(|c| c.train.lr = 1e30)),
             ("train.lr", Box::new(|c| c.train.lr = f64::NAN)),
             ("train.weight_decay", Box::new(|c| c.train.weight_decay = f64::INFINITY)),

@@ -35,20 +35,11 @@ pub enum Error {
 
     /// A download failed or produced the wrong bytes.
     #[error("download of {url} failed: {reason}\n  expected file: {file}\n  without internet, place it by hand at: {dest}")]
-    Download {
-        url: String,
-        file: String,
-        dest: PathBuf,
-        reason: String,
-    },
+    Download { url: String, file: String, dest: PathBuf, reason: String },
 
     /// A checksum did not match.
     #[error("{path}: checksum mismatch (expected {expected}, got {actual})")]
-    Checksum {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
+    Checksum { path: PathBuf, expected: String, actual: String },
 
     /// Tensors or arrays whose shapes do not fit together.
     #[error("shape mismatch in {context}: {detail}")]
@@ -72,11 +63,7 @@ pub enum Error {
 
     /// A name looked up in a registry (detector, dataset, profile) that does not exist.
     #[error("unknown {kind} '{name}'; known: {known}")]
-    Unknown {
-        kind: String,
-        name: String,
-        known: String,
-    },
+    Unknown { kind: String, name: String, known: String },
 
     /// An error raised inside libtorch.
     #[error("libtorch: {0}")]
@@ -99,79 +86,46 @@ pub enum Error {
 
     /// Another process holds the run's lock (one writer per run).
     #[error("run {run} is busy: {what} by process {} (lock {lock}); wait for it to finish or stop it", pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()))]
-    Locked {
-        run: PathBuf,
-        what: String,
-        pid: Option<u32>,
-        lock: PathBuf,
-    },
+    Locked { run: PathBuf, what: String, pid: Option<u32>, lock: PathBuf },
 
     /// A run's config no longer matches what its checkpoints were trained with.
     #[error("run {run}: config.toml no longer matches {file}: {fields}.\n  {fix}")]
-    ConfigMismatch {
-        run: PathBuf,
-        file: PathBuf,
-        fields: String,
-        fix: String,
-    },
+    ConfigMismatch { run: PathBuf, file: PathBuf, fields: String, fix: String },
 
     /// Training produced a non-finite loss; nothing of that epoch was written.
     #[error("training diverged in run {run}: loss is {value} at epoch {epoch}, batch {batch}; nothing of epoch {epoch} was saved. Lower train.lr or check train.weight_decay, then train under a new run name (or resume this one from epoch {})", epoch - 1)]
-    Diverged {
-        run: PathBuf,
-        epoch: i64,
-        batch: i64,
-        value: String,
-    },
+    Diverged { run: PathBuf, epoch: i64, batch: i64, value: String },
 }
 
 impl Error {
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     /// A format error for `path`.
     pub fn format(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::Format {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        Error::Format { path: path.into(), reason: reason.into() }
     }
 
     /// A shape error.
     pub fn shape(context: impl Into<String>, detail: impl Into<String>) -> Self {
-        Error::Shape {
-            context: context.into(),
-            detail: detail.into(),
-        }
+        Error::Shape { context: context.into(), detail: detail.into() }
     }
 
     /// An invalid hyperparameter.
     pub fn param(name: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::InvalidParam {
-            name: name.into(),
-            reason: reason.into(),
-        }
+        Error::InvalidParam { name: name.into(), reason: reason.into() }
     }
 
     /// Invalid input data.
     pub fn data(context: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::InvalidData {
-            context: context.into(),
-            reason: reason.into(),
-        }
+        Error::InvalidData { context: context.into(), reason: reason.into() }
     }
 
     /// A numerical failure.
     pub fn numerical(context: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Numerical {
-            context: context.into(),
-            reason: reason.into(),
-        }
+        Error::Numerical { context: context.into(), reason: reason.into() }
     }
 }
 

@@ -11,10 +11,10 @@
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{ResNet18, TAP_NAMES};
+use crate::ood::linalg::{ClassMoments, GlobalMoments};
 use crate::tensor_io;
 use md5::{Digest, Md5};
 use std::collections::BTreeMap;
-use crate::ood::linalg::{ClassMoments, GlobalMoments};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
@@ -233,10 +233,7 @@ impl FeatureSet {
             other => self.taps.get(other).ok_or_else(|| Error::Unknown {
                 kind: "layer".into(),
                 name: other.into(),
-                known: std::iter::once("penultimate".to_string())
-                    .chain(self.taps.keys().cloned())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                known: std::iter::once("penultimate".to_string()).chain(self.taps.keys().cloned()).collect::<Vec<_>>().join(", "),
             }),
         }
     }
@@ -276,9 +273,7 @@ pub fn extract(model: &ResNet18, data: &Dataset, opts: ExtractOptions, device: D
                 let t = model.forward_taps(&b.images, false)?;
                 for (i, m) in t.maps.iter().enumerate() {
                     let name = TAP_NAMES[i];
-                    taps.entry(name.to_string())
-                        .or_default()
-                        .push(m.mean_dim(&[2i64, 3][..], false, Kind::Float).to_device(Device::Cpu));
+                    taps.entry(name.to_string()).or_default().push(m.mean_dim(&[2i64, 3][..], false, Kind::Float).to_device(Device::Cpu));
                     if opts.pool2x2 {
                         taps.entry(format!("{name}+2x2"))
                             .or_default()
@@ -352,7 +347,13 @@ fn restrict(mut fs: FeatureSet, opts: ExtractOptions) -> FeatureSet {
 }
 
 /// Why a cache file cannot serve a request (`Ok(None)`: it can, here it is).
-fn read_cache(path: &Path, ckpt_md5: &str, data: &Dataset, data_md5: &str, opts: ExtractOptions) -> Result<std::result::Result<(FeatureSet, ExtractOptions), String>> {
+fn read_cache(
+    path: &Path,
+    ckpt_md5: &str,
+    data: &Dataset,
+    data_md5: &str,
+    opts: ExtractOptions,
+) -> Result<std::result::Result<(FeatureSet, ExtractOptions), String>> {
     let mut l = match tensor_io::load(path) {
         Ok(l) => l,
         Err(e) => return Ok(Err(format!("unreadable ({e})"))),
@@ -426,7 +427,10 @@ pub fn cached(run_dir: &Path, epoch: i64, data: &Dataset, opts: ExtractOptions, 
             Ok((fs, _)) => return check_finite(restrict(fs, opts), &ckpt, epoch),
             Err(why) => {
                 eprintln!("feature cache {} rebuilt: {why}", path.display());
-                if let Some(held) = tensor_io::read_metadata(&path).ok().and_then(|m| m.get("opts").and_then(|o| serde_json::from_str::<ExtractOptions>(o).ok())) {
+                if let Some(held) = tensor_io::read_metadata(&path)
+                    .ok()
+                    .and_then(|m| m.get("opts").and_then(|o| serde_json::from_str::<ExtractOptions>(o).ok()))
+                {
                     want = ExtractOptions { taps: want.taps || held.taps, pool2x2: want.pool2x2 || held.pool2x2 };
                 }
             }
@@ -448,7 +452,9 @@ pub fn cached(run_dir: &Path, epoch: i64, data: &Dataset, opts: ExtractOptions, 
 
 /// An error naming the checkpoint when any feature is NaN or infinite.
 fn check_finite(fs: FeatureSet, ckpt: &Path, epoch: i64) -> Result<FeatureSet> {
-    let all = std::iter::once(("logits", &fs.logits)).chain(std::iter::once(("penultimate", &fs.penultimate))).chain(fs.taps.iter().map(|(k, v)| (k.as_str(), v)));
+    let all = std::iter::once(("logits", &fs.logits))
+        .chain(std::iter::once(("penultimate", &fs.penultimate)))
+        .chain(fs.taps.iter().map(|(k, v)| (k.as_str(), v)));
     for (name, t) in all {
         if t.numel() > 0 && !bool::try_from(t.isfinite().all()).unwrap_or(false) {
             return Err(Error::data(

@@ -56,18 +56,11 @@ impl fmt::Display for Info {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "oodnc            {}", self.oodnc_version)?;
         writeln!(f, "tch              {} (requires libtorch {})", self.tch_version, self.torch_version_expected)?;
-        writeln!(
-            f,
-            "libtorch         {}",
-            self.libtorch_version.as_deref().unwrap_or("unknown")
-        )?;
+        writeln!(f, "libtorch         {}", self.libtorch_version.as_deref().unwrap_or("unknown"))?;
         writeln!(
             f,
             "libtorch lib     {}",
-            self.libtorch_lib
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "unknown".into())
+            self.libtorch_lib.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "unknown".into())
         )?;
         writeln!(
             f,

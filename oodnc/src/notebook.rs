@@ -109,11 +109,7 @@ impl Session {
     pub fn require_table(&self, rel: &str, notebook: &str) -> Result<PathBuf> {
         let p = self.run_dir.join(rel);
         if !p.exists() {
-            return Err(Error::Missing {
-                what: format!("results table {rel}"),
-                path: p,
-                hint: format!("; run notebook {notebook} first"),
-            });
+            return Err(Error::Missing { what: format!("results table {rel}"), path: p, hint: format!("; run notebook {notebook} first") });
         }
         Ok(p)
     }

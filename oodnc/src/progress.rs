@@ -32,15 +32,7 @@ impl Progress {
             b
         });
         let every = if quiet { Duration::from_secs(u64::MAX / 4) } else { Duration::from_secs(10) };
-        Progress {
-            bar,
-            label,
-            total,
-            done: 0,
-            start: Instant::now(),
-            last_line: Instant::now(),
-            every,
-        }
+        Progress { bar, label, total, done: 0, start: Instant::now(), last_line: Instant::now(), every }
     }
 
     /// Advances by `n` steps with a status message (e.g. "loss 1.23 acc 45%").
@@ -53,7 +45,15 @@ impl Progress {
             self.last_line = Instant::now();
             let el = self.start.elapsed().as_secs_f64();
             let eta = el / self.done.max(1) as f64 * (self.total - self.done) as f64;
-            println!("  {} {}/{} ({:.0}%) {}, ETA {:.0}s", self.label, self.done, self.total, 100.0 * self.done as f64 / self.total.max(1) as f64, msg(), eta);
+            println!(
+                "  {} {}/{} ({:.0}%) {}, ETA {:.0}s",
+                self.label,
+                self.done,
+                self.total,
+                100.0 * self.done as f64 / self.total.max(1) as f64,
+                msg(),
+                eta
+            );
         }
     }
 
@@ -70,7 +70,15 @@ impl Progress {
             self.last_line = Instant::now();
             let el = self.start.elapsed().as_secs_f64();
             let eta = el / self.done.max(1) as f64 * (self.total - self.done) as f64;
-            println!("  {} {}/{} ({:.0}%) {}, ETA {:.0}s", self.label, self.done, self.total, 100.0 * self.done as f64 / self.total.max(1) as f64, msg(), eta);
+            println!(
+                "  {} {}/{} ({:.0}%) {}, ETA {:.0}s",
+                self.label,
+                self.done,
+                self.total,
+                100.0 * self.done as f64 / self.total.max(1) as f64,
+                msg(),
+                eta
+            );
         }
     }
 

@@ -141,9 +141,7 @@ pub fn display_markdown(md: &str) {
 }
 
 fn find(rows: &[LongRow], epoch: i64, key: &str, dataset: &str, metric: &str) -> Option<f64> {
-    rows.iter()
-        .find(|r| r.epoch == epoch && r.key == key && r.dataset == dataset && r.metric == metric)
-        .map(|r| r.value)
+    rows.iter().find(|r| r.epoch == epoch && r.key == key && r.dataset == dataset && r.metric == metric).map(|r| r.value)
 }
 
 fn cell(v: Option<f64>) -> String {
@@ -254,9 +252,7 @@ fn row_keys(df: &DataFrame, keys: &[&str]) -> Result<Vec<Vec<String>>> {
             Ok(c)
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok((0..df.height())
-        .map(|i| cols.iter().map(|c| c.get(i).unwrap_or("").to_string()).collect())
-        .collect())
+    Ok((0..df.height()).map(|i| cols.iter().map(|c| c.get(i).unwrap_or("").to_string()).collect()).collect())
 }
 
 /// Merges `new` into the long-form table at `path` and writes the result
@@ -274,19 +270,12 @@ pub fn merge_csv(path: &std::path::Path, new: &DataFrame, keys: &[&str]) -> Resu
             new.get_column_names().iter().map(|s| s.to_string()).collect(),
         );
         if a != b {
-            return Err(Error::format(
-                path,
-                format!("has columns {a:?}, expected {b:?}; move it away (it is not replaced) and run again"),
-            ));
+            return Err(Error::format(path, format!("has columns {a:?}, expected {b:?}; move it away (it is not replaced) and run again")));
         }
         let fresh: std::collections::HashSet<Vec<String>> = row_keys(new, keys)?.into_iter().collect();
         let mask: BooleanChunked = row_keys(&old, keys)?.iter().map(|k| !fresh.contains(k)).collect();
         let kept = old.filter(&mask)?;
-        let cols = new
-            .columns()
-            .iter()
-            .map(|c| Ok(kept.column(c.name())?.cast(c.dtype())?))
-            .collect::<Result<Vec<Column>>>()?;
+        let cols = new.columns().iter().map(|c| Ok(kept.column(c.name())?.cast(c.dtype())?)).collect::<Result<Vec<Column>>>()?;
         DataFrame::new(kept.height(), cols)?.vstack(new)?
     } else {
         new.clone()
@@ -306,8 +295,9 @@ pub fn merge_json_array(path: &std::path::Path, new: Vec<serde_json::Value>, key
     let key = |v: &serde_json::Value| keys.iter().map(|k| v.get(*k).cloned().unwrap_or_default().to_string()).collect::<Vec<_>>();
     let mut out: Vec<serde_json::Value> = if path.exists() {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let old: Vec<serde_json::Value> = serde_json::from_str(&text)
-            .map_err(|e| Error::format(path, format!("not a JSON array of results ({e}); move it away (it is not replaced) and run again")))?;
+        let old: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| {
+            Error::format(path, format!("not a JSON array of results ({e}); move it away (it is not replaced) and run again"))
+        })?;
         let fresh: std::collections::HashSet<Vec<String>> = new.iter().map(key).collect();
         old.into_iter().filter(|v| !fresh.contains(&key(v))).collect()
     } else {

@@ -35,10 +35,7 @@ pub const CONFIG_FILE: &str = "config.toml";
 /// not `.`/`..`, no leading `.` (hidden), no control characters.
 pub fn validate_name(name: &str) -> Result<()> {
     let bad = |why: &str| {
-        Err(Error::param(
-            "--run",
-            format!("'{name}' {why}; a run name is one folder name under --runs, e.g. `demo` or `seed-1`"),
-        ))
+        Err(Error::param("--run", format!("'{name}' {why}; a run name is one folder name under --runs, e.g. `demo` or `seed-1`")))
     };
     if name.trim().is_empty() {
         return bad("is empty");
@@ -99,13 +96,7 @@ impl RunLock {
     pub fn acquire(run_dir: &Path, kind: LockKind) -> Result<Self> {
         ensure_dir(run_dir, "run folder")?;
         let path = run_dir.join(kind.file_name());
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .at(&path)?;
+        let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).at(&path)?;
         use std::os::unix::io::AsRawFd;
         // SAFETY: flock on a file descriptor we own.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -114,12 +105,7 @@ impl RunLock {
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 let mut s = String::new();
                 let _ = file.read_to_string(&mut s);
-                return Err(Error::Locked {
-                    run: run_dir.to_path_buf(),
-                    what: kind.what().into(),
-                    pid: s.trim().parse().ok(),
-                    lock: path,
-                });
+                return Err(Error::Locked { run: run_dir.to_path_buf(), what: kind.what().into(), pid: s.trim().parse().ok(), lock: path });
             }
             return Err(Error::io(&path, err));
         }
@@ -134,10 +120,7 @@ impl RunLock {
 /// Creates `dir` (and parents), with a clear error when a path component is a file.
 pub fn ensure_dir(dir: &Path, what: &str) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
-        return Err(Error::data(
-            what,
-            format!("{} is a file, not a folder; move it away or choose another path", dir.display()),
-        ));
+        return Err(Error::data(what, format!("{} is a file, not a folder; move it away or choose another path", dir.display())));
     }
     match std::fs::create_dir_all(dir) {
         Ok(()) => Ok(()),
@@ -309,12 +292,7 @@ pub fn check_recorded(run_dir: &Path, file: &Path, current: &RunConfig, allow: A
                 })
                 .collect::<Vec<_>>()
                 .join("; ");
-            Err(Error::ConfigMismatch {
-                run: run_dir.to_path_buf(),
-                file: file.to_path_buf(),
-                fields,
-                fix,
-            })
+            Err(Error::ConfigMismatch { run: run_dir.to_path_buf(), file: file.to_path_buf(), fields, fix })
         }
     }
 }

@@ -67,10 +67,7 @@ pub fn encode(tensors: &[(String, Tensor)], metadata: &BTreeMap<String, String>)
         let shape = t.size().iter().map(|&s| s as usize).collect();
         owned.push((name.clone(), dtype_of(t.kind())?, shape, tensor_bytes(t)?));
     }
-    Ok(Encoded {
-        tensors: owned,
-        metadata: metadata.clone(),
-    })
+    Ok(Encoded { tensors: owned, metadata: metadata.clone() })
 }
 
 impl Encoded {
@@ -108,17 +105,12 @@ pub struct Loaded {
 impl Loaded {
     /// Takes tensor `name`, or a format error naming the file.
     pub fn take(&mut self, path: &Path, name: &str) -> Result<Tensor> {
-        self.tensors
-            .remove(name)
-            .ok_or_else(|| Error::format(path, format!("no tensor '{name}'")))
+        self.tensors.remove(name).ok_or_else(|| Error::format(path, format!("no tensor '{name}'")))
     }
 
     /// Metadata entry `key`, or a format error.
     pub fn meta(&self, path: &Path, key: &str) -> Result<&str> {
-        self.metadata
-            .get(key)
-            .map(String::as_str)
-            .ok_or_else(|| Error::format(path, format!("no metadata '{key}'")))
+        self.metadata.get(key).map(String::as_str).ok_or_else(|| Error::format(path, format!("no metadata '{key}'")))
     }
 }
 
@@ -128,13 +120,9 @@ pub fn load(path: impl AsRef<Path>) -> Result<Loaded> {
     let bytes = crate::data::read_file(path, "safetensors file", "")?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::format(path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
-    let (_, header) =
-        SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(path, format!("bad safetensors header: {e}")))?;
-    let metadata: BTreeMap<String, String> = header
-        .metadata()
-        .as_ref()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-        .unwrap_or_default();
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(path, format!("bad safetensors header: {e}")))?;
+    let metadata: BTreeMap<String, String> =
+        header.metadata().as_ref().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
         let kind = kind_of(view.dtype())
@@ -152,20 +140,18 @@ pub fn read_metadata(path: impl AsRef<Path>) -> Result<BTreeMap<String, String>>
     use std::io::Read;
     let path = path.as_ref();
     let mut f = std::fs::File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::Missing {
-            what: "safetensors file".into(),
-            path: path.to_path_buf(),
-            hint: String::new(),
-        },
+        std::io::ErrorKind::NotFound => Error::Missing { what: "safetensors file".into(), path: path.to_path_buf(), hint: String::new() },
         _ => Error::io(path, e),
     })?;
     let mut n = [0u8; 8];
-    f.read_exact(&mut n)
-        .map_err(|_| Error::format(path, "not a valid safetensors file (shorter than its 8-byte header length)"))?;
+    f.read_exact(&mut n).map_err(|_| Error::format(path, "not a valid safetensors file (shorter than its 8-byte header length)"))?;
     let n = u64::from_le_bytes(n);
     let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
     if n > 100_000_000 || 8 + n > len {
-        return Err(Error::format(path, format!("not a valid safetensors file (header of {n} bytes in a {len}-byte file: truncated or corrupt?)")));
+        return Err(Error::format(
+            path,
+            format!("not a valid safetensors file (header of {n} bytes in a {len}-byte file: truncated or corrupt?)"),
+        ));
     }
     let mut h = vec![0u8; n as usize];
     f.read_exact(&mut h).map_err(|e| Error::io(path, e))?;

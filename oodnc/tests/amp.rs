@@ -85,13 +85,7 @@ fn channels_last_keeps_values_and_checkpoints() {
     // A checkpoint of the channels-last model loads into a plain one: same logits.
     let t = TempDir::new("amp-ckpt");
     let p = t.path().join("epoch_001.safetensors");
-    let meta = CheckpointMeta {
-        epoch: 1,
-        seed: 5,
-        config_hash: "x".into(),
-        model: Some(m.config),
-        metrics: Default::default(),
-    };
+    let meta = CheckpointMeta { epoch: 1, seed: 5, config_hash: "x".into(), model: Some(m.config), metrics: Default::default() };
     save_checkpoint(&p, &vs, &meta).unwrap();
     let (mut vs2, m2) = model(6);
     load_checkpoint(&p, &mut vs2).unwrap();
@@ -118,7 +112,7 @@ fn train_step_fast_paths_agree_with_fp32() {
             convert_channels_last(&vs);
         }
         let params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        let mut opt = Sgd::new(params, 0.9, 5e-4, false, true);
+        let mut opt = Sgd::new(params, oodnc::train::SgdConfig::default());
         let (loss, logits) = train_step(&m, &mut opt, &x, &y, 0.1, fast).unwrap();
         assert_eq!(logits.kind(), Kind::Float);
         let fc = sorted(&vs).into_iter().find(|(n, _)| n == "fc.weight").unwrap().1;

@@ -39,16 +39,7 @@ pub fn python() -> PathBuf {
 
 /// Runs a Python snippet with the venv's interpreter; panics with its stderr on failure.
 pub fn run_python(code: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(python())
-        .arg("-c")
-        .arg(code)
-        .args(args)
-        .output()
-        .expect("cannot start python");
-    assert!(
-        out.status.success(),
-        "python failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = std::process::Command::new(python()).arg("-c").arg(code).args(args).output().expect("cannot start python");
+    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

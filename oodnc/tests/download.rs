@@ -192,10 +192,7 @@ fn missing_file_and_no_server_name_the_url_and_the_manual_path() {
 
     // Nothing listening: the offline case.
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let offline = Resource {
-        url: format!("http://127.0.0.1:{port}/x.mat"),
-        ..res.clone()
-    };
+    let offline = Resource { url: format!("http://127.0.0.1:{port}/x.mat"), ..res.clone() };
     let e = fetch_resource(t.path(), &offline, false).unwrap_err();
     assert!(matches!(e, Error::Download { .. }));
     assert!(e.to_string().contains("expected file: absent.mat"), "{e}");

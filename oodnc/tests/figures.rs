@@ -51,8 +51,21 @@ fn rows() -> Vec<LongRow> {
             }
         }
         for layer in ["stem", "layer1.0", "layer2.0", "layer3.0", "layer4.0", "penultimate"] {
-            let depth = ["stem", "layer1.0", "layer2.0", "layer3.0", "layer4.0", "penultimate"].iter().position(|l| *l == layer).unwrap() as f64;
-            for (m, x) in [("nc1", 10.0 * (1.1 - t) / (1.0 + depth)), ("nc1_raw", 100.0 * (1.1 - t) / (1.0 + depth)), ("cdnv", 1.0 - 0.5 * t), ("nc2_equinorm_m", 0.3 - 0.2 * t), ("nc2_maxangle_m", 0.4 - 0.3 * t), ("nc2_equinorm_w", 0.1), ("nc2_maxangle_w", 0.2 - 0.1 * t), ("nc3", 1.0 - 0.8 * t), ("nc4_ncc_mismatch", 0.5 - 0.4 * t), ("accuracy", 0.5 + 0.5 * t), ("ncc_accuracy", 0.4 + 0.5 * t)] {
+            let depth =
+                ["stem", "layer1.0", "layer2.0", "layer3.0", "layer4.0", "penultimate"].iter().position(|l| *l == layer).unwrap() as f64;
+            for (m, x) in [
+                ("nc1", 10.0 * (1.1 - t) / (1.0 + depth)),
+                ("nc1_raw", 100.0 * (1.1 - t) / (1.0 + depth)),
+                ("cdnv", 1.0 - 0.5 * t),
+                ("nc2_equinorm_m", 0.3 - 0.2 * t),
+                ("nc2_maxangle_m", 0.4 - 0.3 * t),
+                ("nc2_equinorm_w", 0.1),
+                ("nc2_maxangle_w", 0.2 - 0.1 * t),
+                ("nc3", 1.0 - 0.8 * t),
+                ("nc4_ncc_mismatch", 0.5 - 0.4 * t),
+                ("accuracy", 0.5 + 0.5 * t),
+                ("ncc_accuracy", 0.4 + 0.5 * t),
+            ] {
                 push(e, layer, "id-train", m, x);
             }
             for d in ["svhn", "cifar10"] {
@@ -86,7 +99,8 @@ fn training_figures() {
 #[test]
 fn sample_grid_shows_images_with_names() {
     let px: Vec<u8> = (0..20 * 3072).map(|i| ((i * 37) % 256) as u8).collect();
-    let ds = oodnc::data::Dataset::from_raw("toy", px, (0..20).map(|i| i % 3).collect(), vec!["apple".into(), "bee".into(), "cat".into()]).unwrap();
+    let ds = oodnc::data::Dataset::from_raw("toy", px, (0..20).map(|i| i % 3).collect(), vec!["apple".into(), "bee".into(), "cat".into()])
+        .unwrap();
     let fig = sample_grid(&ds, 16, true, 0).unwrap();
     assert!(fig.pixel_variance() > 100.0);
     assert_eq!(fig.width(), 8 * 110 + 20);
@@ -124,7 +138,12 @@ fn nc_figures() {
     let geo = ClassGeometry::new(&st, Some(&means));
     check(&class_geometry(&geo, 3).unwrap(), 1680, 520);
     let diag = geo.w_mean_cosines.as_ref().unwrap().diagonal(0, 0, 1);
-    check(&class_variance_over_epochs(&[0, 3], &[st.class_var.shallow_clone(), st.class_var.shallow_clone()], &[diag.shallow_clone(), diag]).unwrap(), 1300, 520);
+    check(
+        &class_variance_over_epochs(&[0, 3], &[st.class_var.shallow_clone(), st.class_var.shallow_clone()], &[diag.shallow_clone(), diag])
+            .unwrap(),
+        1300,
+        520,
+    );
     let names: Vec<String> = (0..4).map(|i| format!("c{i}")).collect();
     check(&pca_2d(&h, &h, &y, &names, &[("svhn".into(), h.narrow(0, 0, 5) + 5.0)], 100).unwrap(), 900, 760);
 }

@@ -29,7 +29,9 @@ fn initialisation_statistics() {
     let (vs, _) = model(100, 1.0);
     let v = vs.variables();
     // Kaiming normal, fan_out, ReLU: std = sqrt(2 / (k * k * C_out)).
-    for (name, k, cout) in [("layer4.0.conv2.weight", 3.0, 512.0), ("layer3.1.conv1.weight", 3.0, 256.0), ("layer2.0.shortcut.0.weight", 1.0, 128.0)] {
+    for (name, k, cout) in
+        [("layer4.0.conv2.weight", 3.0, 512.0), ("layer3.1.conv1.weight", 3.0, 256.0), ("layer2.0.shortcut.0.weight", 1.0, 128.0)]
+    {
         let std = v[name].std(true).double_value(&[]);
         let expected = (2.0f64 / (k * k * cout)).sqrt();
         assert!((std / expected - 1.0).abs() < 0.02, "{name}: std {std} vs {expected}");

@@ -145,7 +145,11 @@ fn matches_numpy_and_scikit_learn() {
         let ref_ = vec(&theirs.tensors[&spec.label()]);
         let scale = ref_.iter().map(|x| x.abs()).fold(1e-12, f64::max);
         // KNN runs its similarity matmul in f32 (speed); TempScale optimises T numerically.
-        let tol = match spec.name() { "tempscale" => 1e-4, "knn" => 1e-5, _ => 1e-7 };
+        let tol = match spec.name() {
+            "tempscale" => 1e-4,
+            "knn" => 1e-5,
+            _ => 1e-7,
+        };
         let diff = ours.iter().zip(&ref_).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale;
         assert!(diff < tol, "{}: relative max diff {diff}\n ours {:?}\n numpy {:?}", spec.label(), &ours[..4], &ref_[..4]);
     }
@@ -180,11 +184,15 @@ fn mahalanobis_against_an_explicit_loop_with_an_f64_inverse() {
         }
     }
     // Gauss-Jordan inverse.
-    let mut a: Vec<Vec<f64>> = cov.iter().enumerate().map(|(i, r)| {
-        let mut row = r.clone();
-        row.extend((0..d).map(|j| if i == j { 1.0 } else { 0.0 }));
-        row
-    }).collect();
+    let mut a: Vec<Vec<f64>> = cov
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut row = r.clone();
+            row.extend((0..d).map(|j| if i == j { 1.0 } else { 0.0 }));
+            row
+        })
+        .collect();
     for col in 0..d {
         let piv = (col..d).max_by(|&p, &q| a[p][col].abs().total_cmp(&a[q][col].abs())).unwrap();
         a.swap(col, piv);
@@ -266,10 +274,18 @@ fn bad_inputs_are_typed_errors() {
     let e = fit(&DetectorSpec::new("mahalanobis", &[]).unwrap(), &bad).unwrap_err();
     assert!(e.to_string().contains("NaN"), "{e}");
     let fitted = fit(&DetectorSpec::new("knn", &[("k", 2.0)]).unwrap(), &f).unwrap();
-    let nan_test = FeatureSet::new("t", f.test.logits.shallow_clone(), f.test.penultimate.copy().fill_(f64::NAN), f.test.labels.shallow_clone()).unwrap();
+    let nan_test =
+        FeatureSet::new("t", f.test.logits.shallow_clone(), f.test.penultimate.copy().fill_(f64::NAN), f.test.labels.shallow_clone())
+            .unwrap();
     assert!(fitted.score(&nan_test).is_err());
     // Shape mismatch at scoring time.
-    let wrong = FeatureSet::new("w", Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu)), Tensor::zeros([2, 5], (Kind::Float, tch::Device::Cpu)), Tensor::zeros([2], (Kind::Int64, tch::Device::Cpu))).unwrap();
+    let wrong = FeatureSet::new(
+        "w",
+        Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu)),
+        Tensor::zeros([2, 5], (Kind::Float, tch::Device::Cpu)),
+        Tensor::zeros([2], (Kind::Int64, tch::Device::Cpu)),
+    )
+    .unwrap();
     assert!(matches!(fitted.score(&wrong), Err(Error::Shape { .. })));
     // A class with no training sample.
     let mut holes = fixture(3, 6, 10);
@@ -280,7 +296,13 @@ fn bad_inputs_are_typed_errors() {
     let empty = f.test.rows(&[], "empty");
     assert!(fitted.score(&empty).is_err());
     // Mismatched constructor shapes.
-    assert!(FeatureSet::new("x", Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu)), Tensor::zeros([3, 5], (Kind::Float, tch::Device::Cpu)), Tensor::zeros([2], (Kind::Int64, tch::Device::Cpu))).is_err());
+    assert!(FeatureSet::new(
+        "x",
+        Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu)),
+        Tensor::zeros([3, 5], (Kind::Float, tch::Device::Cpu)),
+        Tensor::zeros([2], (Kind::Int64, tch::Device::Cpu))
+    )
+    .is_err());
 }
 
 #[test]
@@ -326,10 +348,12 @@ fn cached_f64_copies_and_moments_follow_replaced_tensors() {
     // as a fresh FeatureSet with those values does.
     let col_scale = Tensor::from_slice(&[3.0f32, 0.2, 1.0, 0.5, 2.0, 0.1]);
     f.train.penultimate = &f.train.penultimate * col_scale + 0.25;
-    let fresh = FeatureSet::new("train", f.train.logits.shallow_clone(), f.train.penultimate.copy(), f.train.labels.shallow_clone()).unwrap();
+    let fresh =
+        FeatureSet::new("train", f.train.logits.shallow_clone(), f.train.penultimate.copy(), f.train.labels.shallow_clone()).unwrap();
     for (spec, before) in specs.iter().zip(&first) {
         let ours = vec(&fit(spec, &f).unwrap().score(&f.test).unwrap());
-        let reference = vec(&spec.fit(&FitData { train: &fresh, val: Some(&f.val), weight: &f.w, bias: &f.b }).unwrap().score(&f.test).unwrap());
+        let reference =
+            vec(&spec.fit(&FitData { train: &fresh, val: Some(&f.val), weight: &f.w, bias: &f.b }).unwrap().score(&f.test).unwrap());
         assert_eq!(ours, reference, "{} used stale statistics", spec.name());
         assert_ne!(&ours, before, "{}: the change had no effect", spec.name());
     }
@@ -390,7 +414,8 @@ fn she_patterns_by_hand_with_a_class_never_classified_correctly() {
     let train_h = d(&[1.0, 0.0, 3.0, 0.0, 0.0, 2.0, 0.0, 4.0], 4, 2);
     let train_z = d(&[1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0], 4, 2);
     let y = Tensor::from_slice(&[0i64, 0, 1, 1]);
-    let test = FeatureSet::new("x", d(&[1.0, 0.0, 0.0, 1.0], 2, 2), d(&[1.0, 1.0, 2.0, 1.0], 2, 2), Tensor::from_slice(&[0i64, 1])).unwrap();
+    let test =
+        FeatureSet::new("x", d(&[1.0, 0.0, 0.0, 1.0], 2, 2), d(&[1.0, 1.0, 2.0, 1.0], 2, 2), Tensor::from_slice(&[0i64, 1])).unwrap();
     let f = Fixture {
         train: FeatureSet::new("t", train_z.shallow_clone(), train_h.shallow_clone(), y.shallow_clone()).unwrap(),
         val: FeatureSet::new("v", train_z, train_h, y).unwrap(),
@@ -403,6 +428,8 @@ fn she_patterns_by_hand_with_a_class_never_classified_correctly() {
     assert!((s[0] - 2.0).abs() < 1e-12 && (s[1] - 3.0).abs() < 1e-12, "{s:?}");
     // Labels outside 0..C are a typed error, not a panic.
     let mut bad = f;
-    bad.train = FeatureSet::new("t", bad.train.logits.shallow_clone(), bad.train.penultimate.shallow_clone(), Tensor::from_slice(&[0i64, 0, 1, 5])).unwrap();
+    bad.train =
+        FeatureSet::new("t", bad.train.logits.shallow_clone(), bad.train.penultimate.shallow_clone(), Tensor::from_slice(&[0i64, 0, 1, 5]))
+            .unwrap();
     assert!(fit(&DetectorSpec::new("she", &[]).unwrap(), &bad).is_err());
 }

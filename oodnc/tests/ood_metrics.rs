@@ -49,7 +49,13 @@ fn brute_auroc(id: &[f64], ood: &[f64]) -> f64 {
     let mut s = 0.0;
     for &a in id {
         for &b in ood {
-            s += if a > b { 1.0 } else if a == b { 0.5 } else { 0.0 };
+            s += if a > b {
+                1.0
+            } else if a == b {
+                0.5
+            } else {
+                0.0
+            };
         }
     }
     s / (id.len() * ood.len()) as f64

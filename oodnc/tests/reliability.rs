@@ -14,12 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn oodnc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_oodnc"))
-        .args(args)
-        .env("OODNC_QUIET", "1")
-        .env("OODNC_DEVICE", "cpu")
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_oodnc")).args(args).env("OODNC_QUIET", "1").env("OODNC_DEVICE", "cpu").output().unwrap()
 }
 
 /// `oodnc train --config CFG --run NAME --runs RUNS` in the background.
@@ -40,15 +35,7 @@ fn text(o: &Output) -> String {
 }
 
 fn tiny_synth() -> SynthConfig {
-    SynthConfig {
-        classes: 10,
-        train_per_class: 12,
-        test_per_class: 4,
-        near_per_class: 4,
-        digits_test: 40,
-        textures_per_class: 3,
-        seed: 0,
-    }
+    SynthConfig { classes: 10, train_per_class: 12, test_per_class: 4, near_per_class: 4, digits_test: 40, textures_per_class: 3, seed: 0 }
 }
 
 fn tiny_config(root: &Path) -> RunConfig {
@@ -130,7 +117,19 @@ fn synth_roots_that_are_links_files_or_empty_are_errors_not_deletes() {
     assert!(text(&o).contains("is a file"), "{}", text(&o));
     let o = oodnc(&["data", "check", "--root", s(&file)]);
     assert!(!o.status.success() && text(&o).contains("is a file"), "{}", text(&o));
-    let o = oodnc(&["train", "--profile", "coursework", "--run", "x", "--runs", s(&t.path().join("runs")), "--data-root", s(&file), "--device", "cpu"]);
+    let o = oodnc(&[
+        "train",
+        "--profile",
+        "coursework",
+        "--run",
+        "x",
+        "--runs",
+        s(&t.path().join("runs")),
+        "--data-root",
+        s(&file),
+        "--device",
+        "cpu",
+    ]);
     assert!(!o.status.success() && text(&o).contains("is a file, not a folder"), "{}", text(&o));
 }
 
@@ -168,9 +167,7 @@ fn a_half_written_or_changed_synthetic_dataset_is_regenerated_whole() {
     assert!(!o.status.success() && text(&o).contains("embedded (synthetic) dataset"), "{}", text(&o));
     // Regenerating the same sizes through the CLI when up to date writes nothing.
     synthetic::generate(&root, &cfg).unwrap();
-    let o = oodnc(&[
-        "data", "synth", "--root", s(&root), "--train-per-class", "12", "--test-per-class", "4",
-    ]);
+    let o = oodnc(&["data", "synth", "--root", s(&root), "--train-per-class", "12", "--test-per-class", "4"]);
     assert!(o.status.success(), "{}", text(&o));
 }
 
@@ -396,7 +393,15 @@ fn data_check_is_as_strict_as_the_loaders() {
     // SVHN with X stored as double, and with no images.
     let svhn = oodnc::data::svhn::path(&root, oodnc::data::Part::Test);
     let orig = std::fs::read(&svhn).unwrap();
-    oodnc::data::mat::write_mat(&svhn, &[("X", vec![32, 32, 3, 1], oodnc::data::mat::MatData::F64(&vec![0.5; 3072])), ("y", vec![1, 1], oodnc::data::mat::MatData::F64(&[1.0]))], false).unwrap();
+    oodnc::data::mat::write_mat(
+        &svhn,
+        &[
+            ("X", vec![32, 32, 3, 1], oodnc::data::mat::MatData::F64(&vec![0.5; 3072])),
+            ("y", vec![1, 1], oodnc::data::mat::MatData::F64(&[1.0])),
+        ],
+        false,
+    )
+    .unwrap();
     let (ok, out) = check();
     assert!(!ok && out.contains("INVALID svhn test") && out.contains("double"), "{out}");
     oodnc::data::svhn::write_svhn(&svhn, &[], &[], false).unwrap();

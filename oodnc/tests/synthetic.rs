@@ -9,15 +9,7 @@ use oodnc::data::synthetic::{generate, SynthConfig};
 use oodnc::data::{cifar, svhn, Part};
 
 fn small() -> SynthConfig {
-    SynthConfig {
-        classes: 12,
-        train_per_class: 10,
-        test_per_class: 4,
-        near_per_class: 3,
-        digits_test: 20,
-        textures_per_class: 6,
-        seed: 5,
-    }
+    SynthConfig { classes: 12, train_per_class: 10, test_per_class: 4, near_per_class: 3, digits_test: 20, textures_per_class: 6, seed: 5 }
 }
 
 #[test]

@@ -195,17 +195,19 @@ fn sgd_loss(params: &[(String, tch::Tensor)], step: usize) -> tch::Tensor {
 
 #[test]
 fn fused_sgd_matches_the_reference_rule() {
-    use oodnc::train::Sgd;
+    use oodnc::train::{Sgd, SgdConfig};
     // (momentum, weight decay, nesterov, decay BN and bias)
-    for (momentum, wd, nesterov, decay_all) in [(0.9, 5e-4, false, true), (0.9, 1e-2, true, false), (0.0, 1e-2, false, true), (0.5, 0.0, false, true)] {
+    for (momentum, wd, nesterov, decay_all) in
+        [(0.9, 5e-4, false, true), (0.9, 1e-2, true, false), (0.0, 1e-2, false, true), (0.5, 0.0, false, true)]
+    {
         let base = sgd_problem(3);
         let fresh = |b: &[(String, tch::Tensor)]| -> Vec<(String, tch::Tensor)> {
             b.iter().map(|(n, p)| (n.clone(), p.copy().set_requires_grad(true))).collect()
         };
         let (pa, pb) = (fresh(&base), fresh(&base));
         assert!(!pa[1].1.is_contiguous(), "the channels-last weight keeps its layout");
-        let mut fused = Sgd::new(share(&pa), momentum, wd, nesterov, decay_all);
-        let mut reference = Sgd::new(share(&pb), momentum, wd, nesterov, decay_all);
+        let mut fused = Sgd::new(share(&pa), SgdConfig { momentum, weight_decay: wd, nesterov, decay_bn_and_bias: decay_all });
+        let mut reference = Sgd::new(share(&pb), SgdConfig { momentum, weight_decay: wd, nesterov, decay_bn_and_bias: decay_all });
         for step in 0..5 {
             let lr = 0.05 / (step as f64 + 1.0);
             fused.zero_grad().unwrap();
@@ -238,9 +240,9 @@ fn fused_sgd_matches_the_reference_rule() {
 
 #[test]
 fn zero_grad_drops_gradients_so_they_do_not_accumulate() {
-    use oodnc::train::Sgd;
+    use oodnc::train::{Sgd, SgdConfig};
     let ps: Vec<(String, tch::Tensor)> = sgd_problem(4).into_iter().map(|(n, p)| (n, p.set_requires_grad(true))).collect();
-    let mut opt = Sgd::new(share(&ps), 0.9, 0.0, false, true);
+    let mut opt = Sgd::new(share(&ps), SgdConfig { momentum: 0.9, weight_decay: 0.0, nesterov: false, decay_bn_and_bias: true });
     sgd_loss(&ps, 3).backward();
     let first: Vec<tch::Tensor> = ps.iter().map(|(_, p)| p.grad().copy()).collect();
     opt.zero_grad().unwrap();
@@ -255,24 +257,25 @@ fn zero_grad_drops_gradients_so_they_do_not_accumulate() {
 fn restored_momentum_buffers_take_the_parameter_layout() {
     // Buffers come back from a checkpoint in the standard layout; a channels-last
     // parameter must still be updated element by element with its own buffer.
-    use oodnc::train::Sgd;
+    use oodnc::train::{Sgd, SgdConfig};
     let base = sgd_problem(5);
     let fresh = |b: &[(String, tch::Tensor)]| -> Vec<(String, tch::Tensor)> {
         b.iter().map(|(n, p)| (n.clone(), p.copy().set_requires_grad(true))).collect()
     };
     let (pa, pb) = (fresh(&base), fresh(&base));
-    let mut first = Sgd::new(share(&pa), 0.9, 5e-4, false, true);
+    let mut first = Sgd::new(share(&pa), SgdConfig::default());
     first.zero_grad().unwrap();
     sgd_loss(&pa, 3).backward();
     first.step(0.05).unwrap();
     // What a checkpoint holds: contiguous copies.
-    let saved: std::collections::BTreeMap<String, tch::Tensor> = first.state().into_iter().map(|(n, t)| (n, t.contiguous().copy())).collect();
+    let saved: std::collections::BTreeMap<String, tch::Tensor> =
+        first.state().into_iter().map(|(n, t)| (n, t.contiguous().copy())).collect();
     assert!(saved["momentum_buffer.cl.weight"].is_contiguous());
-    let mut reference = Sgd::new(share(&pb), 0.9, 5e-4, false, true);
+    let mut reference = Sgd::new(share(&pb), SgdConfig::default());
     reference.zero_grad().unwrap();
     sgd_loss(&pb, 3).backward();
     reference.step_reference(0.05);
-    let mut resumed = Sgd::new(share(&pa), 0.9, 5e-4, false, true);
+    let mut resumed = Sgd::new(share(&pa), SgdConfig::default());
     resumed.load_state(saved, 1).unwrap();
     for _ in 0..2 {
         resumed.zero_grad().unwrap();
@@ -293,14 +296,14 @@ fn restored_momentum_buffers_take_the_parameter_layout() {
 fn a_failing_fused_kernel_falls_back_to_the_same_rule() {
     // A gradient whose dtype differs from its parameter's makes the fused kernel
     // refuse (before updating anything); the step must still apply the SGD rule.
-    use oodnc::train::Sgd;
+    use oodnc::train::{Sgd, SgdConfig};
     let base: Vec<(String, tch::Tensor)> = sgd_problem(6).into_iter().map(|(n, p)| (n, p.to_kind(tch::Kind::Double))).collect();
     let fresh = |b: &[(String, tch::Tensor)]| -> Vec<(String, tch::Tensor)> {
         b.iter().map(|(n, p)| (n.clone(), p.copy().set_requires_grad(true))).collect()
     };
     let (pa, pb) = (fresh(&base), fresh(&base));
-    let mut fused = Sgd::new(share(&pa), 0.9, 5e-4, true, true);
-    let mut reference = Sgd::new(share(&pb), 0.9, 5e-4, true, true);
+    let mut fused = Sgd::new(share(&pa), SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: true, decay_bn_and_bias: true });
+    let mut reference = Sgd::new(share(&pb), SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: true, decay_bn_and_bias: true });
     let f32_grads = |ps: &[(String, tch::Tensor)]| {
         for (_, p) in ps {
             let mut g = p.grad();

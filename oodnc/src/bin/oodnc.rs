@@ -1,6 +1,8 @@
 //! The `oodnc` command line.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use oodnc::amp::Precision;
+use oodnc::config::Toggle;
 use oodnc::data::{self, Part};
 use std::path::PathBuf;
 
@@ -83,18 +85,18 @@ enum Command {
     },
     /// Benchmarks; each prints a ratio against a baseline measured in the same run.
     Bench {
-        /// data | train | ood | nc | all
-        #[arg(default_value = "all")]
-        what: String,
+        /// Which benchmark.
+        #[arg(value_enum, default_value_t = BenchWhat::All)]
+        what: BenchWhat,
         /// Smaller sizes (a quick check; the ratios are then less representative).
         #[arg(long)]
         quick: bool,
-        /// Training-step precision: auto (bf16 autocast on CUDA, f32 on CPU) | bf16 | fp32.
-        #[arg(long, default_value = "auto", value_parser = ["auto", "bf16", "fp32"])]
-        precision: String,
-        /// Channels-last layout in the training step: auto (on CUDA) | on | off.
-        #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
-        channels_last: String,
+        /// Training-step precision: auto (bf16 autocast on CUDA, f32 on CPU).
+        #[arg(long, value_enum, default_value_t = Precision::Auto)]
+        precision: Precision,
+        /// Channels-last layout in the training step: auto (on CUDA).
+        #[arg(long, value_enum, default_value_t = Toggle::Auto)]
+        channels_last: Toggle,
         /// Timed training steps (median); more on a GPU.
         #[arg(long, default_value_t = 3)]
         steps: usize,
@@ -133,34 +135,35 @@ struct TrainArgs {
     /// Stop after this many completed epochs (the run can be resumed later).
     #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
     stop_after: Option<i64>,
-    /// cpu | cuda (default: cuda when available)
-    #[arg(long)]
-    device: Option<String>,
+    /// Where to train (default: cuda when available).
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
     /// Override the data root (where cifar-100-binary/ etc. are).
     #[arg(long)]
     data_root: Option<PathBuf>,
-    /// Override the precision: auto (bf16 autocast on CUDA, f32 on CPU) | bf16 | fp32.
-    #[arg(long, value_parser = ["auto", "bf16", "fp32"])]
-    precision: Option<String>,
-    /// Override the layout: auto (channels-last on CUDA) | on | off.
-    #[arg(long, value_parser = ["auto", "on", "off"])]
-    channels_last: Option<String>,
+    /// Override the precision: auto (bf16 autocast on CUDA, f32 on CPU).
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
+    /// Override the layout: auto (channels-last on CUDA).
+    #[arg(long, value_enum)]
+    channels_last: Option<Toggle>,
 }
 
-fn parse_precision(s: &str) -> oodnc::amp::Precision {
-    match s {
-        "bf16" => oodnc::amp::Precision::Bf16,
-        "fp32" => oodnc::amp::Precision::Fp32,
-        _ => oodnc::amp::Precision::Auto,
-    }
+/// `oodnc bench` targets.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BenchWhat {
+    Data,
+    Train,
+    Ood,
+    Nc,
+    All,
 }
 
-fn parse_toggle(s: &str) -> oodnc::config::Toggle {
-    match s {
-        "on" => oodnc::config::Toggle::On,
-        "off" => oodnc::config::Toggle::Off,
-        _ => oodnc::config::Toggle::Auto,
-    }
+/// `--device` choices.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
 }
 
 #[derive(Subcommand)]
@@ -227,7 +230,13 @@ fn check(root: &std::path::Path) -> oodnc::Result<bool> {
             Some(m.config.clone())
         }
         Ok(RootState::Partial(c)) => {
-            report("embedded manifest", Err(oodnc::Error::data("embedded dataset", "incomplete: a generation stopped before it finished; rerun `oodnc data synth` (or any command of its profile)")));
+            report(
+                "embedded manifest",
+                Err(oodnc::Error::data(
+                    "embedded dataset",
+                    "incomplete: a generation stopped before it finished; rerun `oodnc data synth` (or any command of its profile)",
+                )),
+            );
             Some(*c)
         }
         _ => None,
@@ -275,7 +284,8 @@ fn check(root: &std::path::Path) -> oodnc::Result<bool> {
     }
     report(
         "dtd images",
-        data::dtd::load_dtd_all(root, Resize::default()).and_then(|d| counted("dtd", d.len(), format!(" decoded, {} classes", d.num_classes()))),
+        data::dtd::load_dtd_all(root, Resize::default())
+            .and_then(|d| counted("dtd", d.len(), format!(" decoded, {} classes", d.num_classes()))),
     );
     let lists = (|| -> oodnc::Result<String> {
         let mut n = 0;
@@ -285,7 +295,10 @@ fn check(root: &std::path::Path) -> oodnc::Result<bool> {
                 let (paths, _, _) = data::dtd::list(root, split)?;
                 if let Some(e) = expected("dtd list") {
                     if paths.len() != e {
-                        return Err(oodnc::Error::data(format!("dtd {}", split.file_name()), format!("lists {} images but {source} {e}", paths.len())));
+                        return Err(oodnc::Error::data(
+                            format!("dtd {}", split.file_name()),
+                            format!("lists {} images but {source} {e}", paths.len()),
+                        ));
                     }
                 }
                 n += 1;
@@ -301,18 +314,17 @@ extern "C" fn on_sigint(_: libc::c_int) {
     oodnc::train::trainer::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-fn parse_device(d: Option<&str>) -> oodnc::Result<tch::Device> {
+fn parse_device(d: Option<DeviceArg>) -> oodnc::Result<tch::Device> {
     match d {
         None => Ok(oodnc::device::best_device()),
-        Some("cpu") => Ok(tch::Device::Cpu),
-        Some("cuda") => {
+        Some(DeviceArg::Cpu) => Ok(tch::Device::Cpu),
+        Some(DeviceArg::Cuda) => {
             if oodnc::device::cuda_available() {
                 Ok(tch::Device::Cuda(0))
             } else {
                 Err(oodnc::Error::param("--device", "cuda requested but CUDA is not available (see `oodnc info`)"))
             }
         }
-        Some(o) => Err(oodnc::Error::param("--device", format!("'{o}' (expected cpu or cuda)"))),
     }
 }
 
@@ -330,7 +342,11 @@ fn parse_epochs(run_dir: &std::path::Path, spec: &str) -> oodnc::Result<Vec<i64>
         "last" => avail.last().copied().into_iter().collect(),
         list => list
             .split(',')
-            .map(|x| x.trim().parse::<i64>().map_err(|_| oodnc::Error::param("--epochs", format!("'{x}' is not an epoch number (use all, last or a list like 5,10)"))))
+            .map(|x| {
+                x.trim().parse::<i64>().map_err(|_| {
+                    oodnc::Error::param("--epochs", format!("'{x}' is not an epoch number (use all, last or a list like 5,10)"))
+                })
+            })
             .collect::<oodnc::Result<_>>()?,
     };
     if let Some(e) = eps.iter().find(|e| !avail.contains(e)) {
@@ -365,11 +381,11 @@ fn train(a: TrainArgs) -> oodnc::Result<()> {
     if let Some(r) = &a.data_root {
         cfg.data.root = r.clone();
     }
-    if let Some(p) = &a.precision {
-        cfg.train.precision = parse_precision(p);
+    if let Some(p) = a.precision {
+        cfg.train.precision = p;
     }
-    if let Some(c) = &a.channels_last {
-        cfg.train.channels_last = parse_toggle(c);
+    if let Some(c) = a.channels_last {
+        cfg.train.channels_last = c;
     }
     cfg.validate()?;
     if a.extend && a.epochs.is_none() {
@@ -382,7 +398,7 @@ fn train(a: TrainArgs) -> oodnc::Result<()> {
             format!("{} already has training state; pass --resume to continue it, or pick another name", run_dir.display()),
         ));
     }
-    let device = parse_device(a.device.as_deref())?;
+    let device = parse_device(a.device)?;
     // SAFETY: installing a signal handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
@@ -398,7 +414,13 @@ fn train(a: TrainArgs) -> oodnc::Result<()> {
         if fast.cudnn_benchmark { ", cuDNN autotuning" } else { "" }
     );
     let data = oodnc::train::RunData::load(&cfg)?;
-    println!("data: {} train / {} val / {} test images, {} classes", data.train.len(), data.val.len(), data.test.len(), data.train.num_classes());
+    println!(
+        "data: {} train / {} val / {} test images, {} classes",
+        data.train.len(),
+        data.val.len(),
+        data.test.len(),
+        data.train.num_classes()
+    );
     let allow = oodnc::run::Allow { more_epochs: a.extend };
     let mut tr = oodnc::train::Trainer::open_with(cfg, &run_dir, device, allow)?;
     if tr.epochs_done() > 0 {
@@ -438,11 +460,7 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             }
         }
         Command::Data(DataCmd::Synth(a)) => {
-            let mut cfg = data::synthetic::SynthConfig {
-                classes: a.classes,
-                seed: a.seed,
-                ..Default::default()
-            };
+            let mut cfg = data::synthetic::SynthConfig { classes: a.classes, seed: a.seed, ..Default::default() };
             if let Some(n) = a.train_per_class {
                 cfg.train_per_class = n;
             }
@@ -483,7 +501,19 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             let df = &st.frame;
             let rows = oodnc::report::long_rows(df, "layer")?;
             let last = oodnc::report::last_epoch(&rows)?;
-            let metrics = ["accuracy", "nc1", "nc1_raw", "cdnv", "nc2_equinorm_m", "nc2_maxangle_m", "nc2_equinorm_w", "nc2_maxangle_w", "nc3", "nc4_ncc_mismatch", "ncc_accuracy"];
+            let metrics = [
+                "accuracy",
+                "nc1",
+                "nc1_raw",
+                "cdnv",
+                "nc2_equinorm_m",
+                "nc2_maxangle_m",
+                "nc2_equinorm_w",
+                "nc2_maxangle_w",
+                "nc3",
+                "nc4_ncc_mismatch",
+                "ncc_accuracy",
+            ];
             println!("epoch {last}, ID train (unaugmented):\n{}", oodnc::report::wide_table(&rows, last, "id-train", &metrics)?);
             match st.terminal_phase_start {
                 Some(e) => println!("terminal phase of training starts at epoch {e} (first epoch with train accuracy >= 99.9%)"),
@@ -528,30 +558,25 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             let device = oodnc::device::best_device();
             println!("oodnc bench on {device:?}, {} threads", tch::get_num_threads());
             let mut lines = Vec::new();
-            if what == "data" || what == "all" {
+            let all = what == BenchWhat::All;
+            if what == BenchWhat::Data || all {
                 lines.extend(oodnc::bench::data(device, 20)?);
             }
-            if what == "train" || what == "all" {
+            if what == BenchWhat::Train || all {
                 let mut t = oodnc::config::RunConfig::profile("coursework")?.train;
-                t.precision = parse_precision(&precision);
-                t.channels_last = parse_toggle(&channels_last);
+                t.precision = precision;
+                t.channels_last = channels_last;
                 lines.extend(oodnc::bench::train(device, steps, if quick { 0.25 } else { 1.0 }, t.fast_path(device))?);
             }
-            if what == "ood" || what == "all" {
+            if what == BenchWhat::Ood || all {
                 let all = oodnc::ood::detector_names();
-                let names: Vec<&str> = if detectors == "all" { all } else { detectors.split(',').map(str::trim).filter(|s| !s.is_empty()).collect() };
+                let names: Vec<&str> =
+                    if detectors == "all" { all } else { detectors.split(',').map(str::trim).filter(|s| !s.is_empty()).collect() };
                 let (n, t, o) = if quick { (5000, 2000, 3000) } else { (45_000, 10_000, 26_032) };
                 lines.extend(oodnc::bench::ood(n, 512, 100, t, o, &names)?);
             }
-            if what == "nc" || what == "all" {
+            if what == BenchWhat::Nc || all {
                 lines.extend(oodnc::bench::nc(if quick { 5000 } else { 45_000 }, 100, if quick { 2 } else { 13 })?);
-            }
-            if lines.is_empty() {
-                return Err(oodnc::Error::Unknown {
-                    kind: "benchmark".into(),
-                    name: what,
-                    known: "data, train, ood, nc, all".into(),
-                });
             }
             for l in lines {
                 println!("{l}");

@@ -47,10 +47,7 @@ pub fn parse_records(path: &Path, bytes: &[u8], variant: Variant, num_classes: u
     if bytes.len() % rec != 0 {
         return Err(Error::format(
             path,
-            format!(
-                "size {} is not a multiple of the {rec}-byte {variant:?} record (truncated or wrong variant?)",
-                bytes.len()
-            ),
+            format!("size {} is not a multiple of the {rec}-byte {variant:?} record (truncated or wrong variant?)", bytes.len()),
         ));
     }
     let n = bytes.len() / rec;
@@ -62,10 +59,7 @@ pub fn parse_records(path: &Path, bytes: &[u8], variant: Variant, num_classes: u
             Variant::Cifar100 => r[1],
         } as usize;
         if label >= num_classes {
-            return Err(Error::format(
-                path,
-                format!("record {i}: label {label} outside 0..{num_classes}"),
-            ));
+            return Err(Error::format(path, format!("record {i}: label {label} outside 0..{num_classes}")));
         }
         labels.push(label as i64);
         pixels.extend_from_slice(&r[rec - PIXELS..]);
@@ -152,14 +146,7 @@ pub fn encode_records(pixels: &[u8], labels: &[i64], variant: Variant, coarse: O
 
 /// Writes a dataset in CIFAR binary layout under `root` (used by the synthetic
 /// generator and the tests). For CIFAR-10 the train part is split over 5 batch files.
-pub fn write(
-    root: impl AsRef<Path>,
-    variant: Variant,
-    part: Part,
-    pixels: &[u8],
-    labels: &[i64],
-    class_names: &[String],
-) -> Result<()> {
+pub fn write(root: impl AsRef<Path>, variant: Variant, part: Part, pixels: &[u8], labels: &[i64], class_names: &[String]) -> Result<()> {
     let root = root.as_ref();
     let (dir, paths, meta) = files(root, variant, part);
     std::fs::create_dir_all(&dir).at(&dir)?;

@@ -102,11 +102,7 @@ pub fn resources(dataset: &str) -> Result<Vec<Resource>> {
             v
         }
         other => {
-            return Err(Error::Unknown {
-                kind: "dataset".into(),
-                name: other.into(),
-                known: "cifar100, cifar10, svhn, dtd, all".into(),
-            })
+            return Err(Error::Unknown { kind: "dataset".into(), name: other.into(), known: "cifar100, cifar10, svhn, dtd, all".into() })
         }
     };
     Ok(all)
@@ -156,11 +152,7 @@ pub fn download(root: &Path, res: &Resource, show_progress: bool) -> Result<Path
         if got == res.md5 {
             return Ok(final_path);
         }
-        return Err(Error::Checksum {
-            path: final_path,
-            expected: res.md5.clone(),
-            actual: got,
-        });
+        return Err(Error::Checksum { path: final_path, expected: res.md5.clone(), actual: got });
     }
     let part = dir.join(format!("{}.part", res.file_name));
     let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
@@ -174,20 +166,10 @@ pub fn download(root: &Path, res: &Resource, show_progress: bool) -> Result<Path
     if !(status == 200 || resumed) {
         return Err(download_error(res, root, format!("HTTP status {status}")));
     }
-    let content_len: Option<u64> = resp
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+    let content_len: Option<u64> = resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let start = if resumed { have } else { 0 };
     let total = content_len.map(|l| l + start).or(res.size);
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(resumed)
-        .write(true)
-        .truncate(!resumed)
-        .open(&part)
-        .at(&part)?;
+    let mut file = std::fs::OpenOptions::new().create(true).append(resumed).write(true).truncate(!resumed).open(&part).at(&part)?;
     let pb = if show_progress {
         let pb = ProgressBar::new(total.unwrap_or(0));
         pb.set_style(
@@ -220,21 +202,13 @@ pub fn download(root: &Path, res: &Resource, show_progress: bool) -> Result<Path
     pb.finish_and_clear();
     if let Some(l) = content_len {
         if received < l {
-            return Err(download_error(
-                res,
-                root,
-                format!("truncated: got {received} of {l} bytes (rerun to resume)"),
-            ));
+            return Err(download_error(res, root, format!("truncated: got {received} of {l} bytes (rerun to resume)")));
         }
     }
     let got = md5_file(&part)?;
     if got != res.md5 {
         let _ = std::fs::remove_file(&part);
-        return Err(Error::Checksum {
-            path: part,
-            expected: res.md5.clone(),
-            actual: got,
-        });
+        return Err(Error::Checksum { path: part, expected: res.md5.clone(), actual: got });
     }
     std::fs::rename(&part, &final_path).at(&final_path)?;
     Ok(final_path)
@@ -257,8 +231,7 @@ pub fn install(root: &Path, res: &Resource, file: &Path) -> Result<PathBuf> {
             std::fs::create_dir_all(&tmp).at(&tmp)?;
             let f = std::fs::File::open(file).at(file)?;
             let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
-            ar.unpack(&tmp)
-                .map_err(|e| Error::format(file, format!("cannot extract archive: {e}")))?;
+            ar.unpack(&tmp).map_err(|e| Error::format(file, format!("cannot extract archive: {e}")))?;
             let extracted = tmp.join(top);
             if !extracted.is_dir() {
                 let _ = std::fs::remove_dir_all(&tmp);

@@ -32,10 +32,7 @@ pub enum DtdKind {
 
 impl DtdSplit {
     /// The test list of partition 1 (what torchvision's `DTD(split="test")` uses).
-    pub const TEST1: DtdSplit = DtdSplit {
-        kind: DtdKind::Test,
-        partition: 1,
-    };
+    pub const TEST1: DtdSplit = DtdSplit { kind: DtdKind::Test, partition: 1 };
 
     /// File name of the list, e.g. `test1.txt`.
     pub fn file_name(&self) -> String {
@@ -57,16 +54,12 @@ pub fn list(root: &Path, split: DtdSplit) -> Result<(Vec<PathBuf>, Vec<i64>, Vec
     let images = dir.join("images");
     let hint = fetch_hint("dtd", root);
     if !images.is_dir() {
-        return Err(Error::Missing {
-            what: "DTD images folder".into(),
-            path: images,
-            hint,
-        });
+        return Err(Error::Missing { what: "DTD images folder".into(), path: images, hint });
     }
     let classes = sorted_subdirs(&images)?;
     let list_path = dir.join("labels").join(split.file_name());
-    let text = String::from_utf8(read_file(&list_path, "DTD partition file", &hint)?)
-        .map_err(|_| Error::format(&list_path, "not UTF-8 text"))?;
+    let text =
+        String::from_utf8(read_file(&list_path, "DTD partition file", &hint)?).map_err(|_| Error::format(&list_path, "not UTF-8 text"))?;
     let mut paths = Vec::new();
     let mut labels = Vec::new();
     for (ln, line) in text.lines().enumerate() {
@@ -81,14 +74,15 @@ pub fn list(root: &Path, split: DtdSplit) -> Result<(Vec<PathBuf>, Vec<i64>, Vec
         if !plain(class) || !plain(file) || line.starts_with('/') {
             return Err(Error::format(
                 &list_path,
-                format!("line {}: '{line}' is not class/file.jpg inside {} (no '..', no absolute or deeper paths)", ln + 1, images.display()),
+                format!(
+                    "line {}: '{line}' is not class/file.jpg inside {} (no '..', no absolute or deeper paths)",
+                    ln + 1,
+                    images.display()
+                ),
             ));
         }
         let Ok(ci) = classes.binary_search_by(|c| c.as_str().cmp(class)) else {
-            return Err(Error::format(
-                &list_path,
-                format!("line {}: class '{class}' has no folder in {}", ln + 1, images.display()),
-            ));
+            return Err(Error::format(&list_path, format!("line {}: class '{class}' has no folder in {}", ln + 1, images.display())));
         };
         let p = images.join(line);
         if !p.is_file() {
@@ -120,11 +114,7 @@ pub fn load_dtd_all(root: impl AsRef<Path>, resize: Resize) -> Result<Dataset> {
     let root = root.as_ref();
     let images = root.join(DTD_DIR).join("images");
     let mut ds = super::image_folder::load_image_folder(&images, "dtd-all", resize).map_err(|e| match e {
-        Error::Missing { path, .. } => Error::Missing {
-            what: "DTD images folder".into(),
-            path,
-            hint: fetch_hint("dtd", root),
-        },
+        Error::Missing { path, .. } => Error::Missing { what: "DTD images folder".into(), path, hint: fetch_hint("dtd", root) },
         e => e,
     })?;
     ds.name = "dtd-all".into();

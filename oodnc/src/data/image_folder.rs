@@ -43,9 +43,7 @@ pub fn decode_to_chw(path: &Path, resize: Resize) -> Result<Vec<u8>> {
     if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_is_complete(&bytes) {
         return Err(Error::format(path, "truncated JPEG (no end-of-image marker after its last scan); download or copy it again"));
     }
-    let img = image::load_from_memory(&bytes)
-        .map_err(|e| Error::format(path, format!("unreadable image: {e}")))?
-        .to_rgb8();
+    let img = image::load_from_memory(&bytes).map_err(|e| Error::format(path, format!("unreadable image: {e}")))?.to_rgb8();
     let (w, h) = img.dimensions();
     if w == 0 || h == 0 {
         return Err(Error::format(path, "image has zero size"));
@@ -93,10 +91,7 @@ pub fn decode_many(paths: &[PathBuf], resize: Resize) -> Result<Vec<u8>> {
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(Error::data("image decoding", "a decoder thread panicked"))))
-            .collect()
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::data("image decoding", "a decoder thread panicked")))).collect()
     });
     let mut all = Vec::with_capacity(paths.len() * 3072);
     for p in parts {
@@ -106,10 +101,7 @@ pub fn decode_many(paths: &[PathBuf], resize: Resize) -> Result<Vec<u8>> {
 }
 
 fn is_image(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        .unwrap_or(false)
+    p.extension().and_then(|e| e.to_str()).map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())).unwrap_or(false)
 }
 
 /// Sorted sub-folder names of `dir`.
@@ -147,11 +139,8 @@ pub fn load_image_folder(root: impl AsRef<Path>, name: &str, resize: Resize) -> 
     }
     for (ci, class) in classes.iter().enumerate() {
         let dir = if single { root.to_path_buf() } else { root.join(class) };
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .at(&dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_image(p))
-            .collect();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(&dir).at(&dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_image(p)).collect();
         files.sort();
         labels.extend(std::iter::repeat_n(ci as i64, files.len()));
         paths.extend(files);

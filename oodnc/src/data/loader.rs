@@ -29,10 +29,7 @@ pub struct Normalize {
 impl Default for Normalize {
     /// The CIFAR-100 statistics, used for every dataset (ID and OOD).
     fn default() -> Self {
-        Normalize {
-            mean: CIFAR100_MEAN,
-            std: CIFAR100_STD,
-        }
+        Normalize { mean: CIFAR100_MEAN, std: CIFAR100_STD }
     }
 }
 
@@ -102,10 +99,7 @@ fn augment_with(images: &Tensor, dy: &Tensor, dx: &Tensor, flip: &Tensor) -> Ten
     let b = images.size()[0];
     // All 9x9 crops as a strided view [B, 3, dy, dx, 32, 32] (no copy), then one
     // advanced index picks each sample's crop, and a masked flip.
-    let windows = images
-        .constant_pad_nd([PAD, PAD, PAD, PAD])
-        .unfold(2, SIDE, 1)
-        .unfold(3, SIDE, 1);
+    let windows = images.constant_pad_nd([PAD, PAD, PAD, PAD]).unfold(2, SIDE, 1).unfold(3, SIDE, 1);
     let bi = Tensor::arange(b, (Kind::Int64, images.device()));
     let crops = windows.index(&[Some(bi), None, Some(dy.shallow_clone()), Some(dx.shallow_clone())]);
     crops.flip([3]).where_self(&flip.view([b, 1, 1, 1]), &crops)
@@ -234,12 +228,7 @@ impl BatchLoader {
             (up(Tensor::from_slice(&dy)), up(Tensor::from_slice(&dx)), up(Tensor::from_slice(&flip)))
         });
         let (mean, std) = self.normalize.tensors(self.device);
-        EpochPlan {
-            order: Tensor::from_slice(&order).to_device(self.device),
-            draws,
-            mean,
-            std,
-        }
+        EpochPlan { order: Tensor::from_slice(&order).to_device(self.device), draws, mean, std }
     }
 
     /// Batch `k` of the epoch planned in `plan`.
@@ -255,11 +244,7 @@ impl BatchLoader {
         if let Some((dy, dx, flip)) = &plan.draws {
             imgs = augment_with(&imgs, &dy.narrow(0, start, n), &dx.narrow(0, start, n), &flip.narrow(0, start, n));
         }
-        Ok(Batch {
-            images: normalize_with(&imgs, &plan.mean, &plan.std),
-            labels: self.labels.index_select(0, &idx),
-            indices: idx,
-        })
+        Ok(Batch { images: normalize_with(&imgs, &plan.mean, &plan.std), labels: self.labels.index_select(0, &idx), indices: idx })
     }
 
     /// All batches of `epoch`, in order.
@@ -283,10 +268,7 @@ mod tests {
     use super::*;
 
     fn images(n: i64) -> Tensor {
-        Tensor::arange(n * 3 * 32 * 32, (Kind::Int64, Device::Cpu))
-            .remainder(251)
-            .to_kind(Kind::Uint8)
-            .view([n, 3, 32, 32])
+        Tensor::arange(n * 3 * 32 * 32, (Kind::Int64, Device::Cpu)).remainder(251).to_kind(Kind::Uint8).view([n, 3, 32, 32])
     }
 
     #[test]

@@ -67,8 +67,7 @@ fn matrix_element(name: &str, dims: &[usize], data: &MatData) -> Result<Vec<u8>>
 pub fn write_mat(path: impl AsRef<Path>, arrays: &[(&str, Vec<usize>, MatData)], compress: bool) -> Result<()> {
     let path = path.as_ref();
     let mut out = Vec::new();
-    let mut text = format!("MATLAB 5.0 MAT-file, Platform: GLNXA64, Created by: oodnc {}", env!("CARGO_PKG_VERSION"))
-        .into_bytes();
+    let mut text = format!("MATLAB 5.0 MAT-file, Platform: GLNXA64, Created by: oodnc {}", env!("CARGO_PKG_VERSION")).into_bytes();
     text.resize(116, b' ');
     out.extend_from_slice(&text);
     out.extend_from_slice(&[0u8; 8]);
@@ -109,10 +108,7 @@ impl MatFile {
         let inner = std::panic::catch_unwind(|| matfile::MatFile::parse(bytes))
             .map_err(|_| Error::format(path, "MAT parser failed (corrupt file)"))?
             .map_err(|e| Error::format(path, format!("corrupt or truncated MAT-file: {e}")))?;
-        Ok(MatFile {
-            path: path.to_path_buf(),
-            inner,
-        })
+        Ok(MatFile { path: path.to_path_buf(), inner })
     }
 
     /// Names of the numeric arrays in the file.
@@ -121,12 +117,9 @@ impl MatFile {
     }
 
     fn array(&self, name: &str) -> Result<&matfile::Array> {
-        self.inner.find_by_name(name).ok_or_else(|| {
-            Error::format(
-                &self.path,
-                format!("no variable '{name}' (variables: {})", self.names().join(", ")),
-            )
-        })
+        self.inner
+            .find_by_name(name)
+            .ok_or_else(|| Error::format(&self.path, format!("no variable '{name}' (variables: {})", self.names().join(", "))))
     }
 
     /// Dimensions of variable `name`.
@@ -138,10 +131,7 @@ impl MatFile {
     pub fn u8_data(&self, name: &str) -> Result<&[u8]> {
         match self.array(name)?.data() {
             matfile::NumericData::UInt8 { real, .. } => Ok(real),
-            other => Err(Error::format(
-                &self.path,
-                format!("variable '{name}' is {} (expected uint8)", kind_name(other)),
-            )),
+            other => Err(Error::format(&self.path, format!("variable '{name}' is {} (expected uint8)", kind_name(other)))),
         }
     }
 

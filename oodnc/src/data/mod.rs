@@ -70,25 +70,13 @@ pub struct Dataset {
 
 impl std::fmt::Debug for Dataset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Dataset({}: {} images, {} classes, {:?})",
-            self.name,
-            self.len(),
-            self.class_names.len(),
-            self.images.device()
-        )
+        write!(f, "Dataset({}: {} images, {} classes, {:?})", self.name, self.len(), self.class_names.len(), self.images.device())
     }
 }
 
 impl Dataset {
     /// Builds a dataset from raw CHW bytes (`N * 3072` of them) and labels, checking sizes and ranges.
-    pub fn from_raw(
-        name: impl Into<String>,
-        pixels: Vec<u8>,
-        labels: Vec<i64>,
-        class_names: Vec<String>,
-    ) -> Result<Self> {
+    pub fn from_raw(name: impl Into<String>, pixels: Vec<u8>, labels: Vec<i64>, class_names: Vec<String>) -> Result<Self> {
         let name = name.into();
         let per = (3 * SIDE * SIDE) as usize;
         if pixels.len() != labels.len() * per {
@@ -99,18 +87,10 @@ impl Dataset {
         }
         let c = class_names.len() as i64;
         if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l < 0 || l >= c) {
-            return Err(Error::data(
-                format!("dataset {name}"),
-                format!("label {l} of sample {i} is outside 0..{c}"),
-            ));
+            return Err(Error::data(format!("dataset {name}"), format!("label {l} of sample {i} is outside 0..{c}")));
         }
         let n = labels.len() as i64;
-        Ok(Dataset {
-            name,
-            images: Tensor::from_slice(&pixels).view([n, 3, SIDE, SIDE]),
-            labels: Tensor::from_slice(&labels),
-            class_names,
-        })
+        Ok(Dataset { name, images: Tensor::from_slice(&pixels).view([n, 3, SIDE, SIDE]), labels: Tensor::from_slice(&labels), class_names })
     }
 
     /// Number of images.
@@ -132,10 +112,7 @@ impl Dataset {
     pub fn subset(&self, indices: &[i64], name: impl Into<String>) -> Result<Self> {
         let n = self.len() as i64;
         if let Some(&bad) = indices.iter().find(|&&i| i < 0 || i >= n) {
-            return Err(Error::data(
-                format!("subset of {}", self.name),
-                format!("index {bad} outside 0..{n}"),
-            ));
+            return Err(Error::data(format!("subset of {}", self.name), format!("index {bad} outside 0..{n}")));
         }
         let idx = Tensor::from_slice(indices).to_device(self.images.device());
         Ok(Dataset {
@@ -169,10 +146,7 @@ impl Dataset {
 
     /// Images per class label.
     pub fn class_counts(&self) -> Vec<i64> {
-        let counts = self
-            .labels
-            .to_device(Device::Cpu)
-            .bincount::<Tensor>(None, self.num_classes() as i64);
+        let counts = self.labels.to_device(Device::Cpu).bincount::<Tensor>(None, self.num_classes() as i64);
         Vec::<i64>::try_from(counts.to_kind(Kind::Int64)).unwrap_or_default()
     }
 
@@ -195,11 +169,7 @@ pub(crate) fn read_file(path: &std::path::Path, what: &str, hint: &str) -> Resul
                 ));
             }
             if e.kind() == std::io::ErrorKind::NotFound {
-                return Err(Error::Missing {
-                    what: what.to_string(),
-                    path: path.to_path_buf(),
-                    hint: hint.to_string(),
-                });
+                return Err(Error::Missing { what: what.to_string(), path: path.to_path_buf(), hint: hint.to_string() });
             }
             Err(Error::io(path, e))
         }
@@ -210,11 +180,7 @@ pub(crate) fn read_file(path: &std::path::Path, what: &str, hint: &str) -> Resul
 pub(crate) fn read_names(path: &std::path::Path, what: &str, hint: &str) -> Result<Vec<String>> {
     let bytes = read_file(path, what, hint)?;
     let text = String::from_utf8(bytes).map_err(|_| Error::format(path, "not UTF-8 text"))?;
-    Ok(text
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect())
+    Ok(text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
 }
 
 /// True when `root` holds (or is being filled with) the embedded dataset.
@@ -231,8 +197,5 @@ pub(crate) fn fetch_hint(dataset: &str, root: &std::path::Path) -> String {
             root.display()
         );
     }
-    format!(
-        "; run `oodnc data fetch --dataset {dataset} --root {}` (or `oodnc data synth` for the offline demo data)",
-        root.display()
-    )
+    format!("; run `oodnc data fetch --dataset {dataset} --root {}` (or `oodnc data synth` for the offline demo data)", root.display())
 }

@@ -35,11 +35,7 @@ pub fn jigsaw(data: &Dataset, seed: u64, name: &str) -> Result<Dataset> {
     let g = 4i64;
     let t = SIDE / g;
     // [N,3,4,8,4,8] -> [N,16,3,8,8]
-    let tiles = data
-        .images
-        .view([n, 3, g, t, g, t])
-        .permute([0, 2, 4, 1, 3, 5])
-        .reshape([n, g * g, 3, t, t]);
+    let tiles = data.images.view([n, 3, g, t, g, t]).permute([0, 2, 4, 1, 3, 5]).reshape([n, g * g, 3, t, t]);
     let mut rng = SplitMix64::derive(seed, &[0x615]);
     let mut perm = Vec::with_capacity((n * g * g) as usize);
     for _ in 0..n {
@@ -47,16 +43,8 @@ pub fn jigsaw(data: &Dataset, seed: u64, name: &str) -> Result<Dataset> {
     }
     let idx = Tensor::from_slice(&perm).view([n, g * g, 1, 1, 1]).expand([n, g * g, 3, t, t], false);
     let shuffled = tiles.gather(1, &idx, false);
-    let images = shuffled
-        .view([n, g, g, 3, t, t])
-        .permute([0, 3, 1, 4, 2, 5])
-        .reshape([n, 3, SIDE, SIDE]);
-    Ok(Dataset {
-        name: name.into(),
-        images,
-        labels: data.labels.shallow_clone(),
-        class_names: data.class_names.clone(),
-    })
+    let images = shuffled.view([n, g, g, 3, t, t]).permute([0, 3, 1, 4, 2, 5]).reshape([n, 3, SIDE, SIDE]);
+    Ok(Dataset { name: name.into(), images, labels: data.labels.shallow_clone(), class_names: data.class_names.clone() })
 }
 
 /// Loads the evaluation sets of a run config.
@@ -82,13 +70,7 @@ pub fn load_eval_sets(cfg: &RunConfig) -> Result<EvalSets> {
     id_train.name = "id-train".into();
     let mut id_test = run.test;
     id_test.name = "id-test".into();
-    Ok(EvalSets {
-        id_train,
-        id_val: run.val,
-        id_test,
-        ood,
-        ood_val,
-    })
+    Ok(EvalSets { id_train, id_val: run.val, id_test, ood, ood_val })
 }
 
 #[cfg(test)]

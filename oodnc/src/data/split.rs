@@ -79,10 +79,7 @@ impl SplitProtocol {
                     ));
                 }
                 let s = seed_indices()?;
-                Ok(SplitIndices {
-                    train: s.cifar100_train_indices,
-                    val: s.cifar100_val_indices,
-                })
+                Ok(SplitIndices { train: s.cifar100_train_indices, val: s.cifar100_val_indices })
             }
         }
     }

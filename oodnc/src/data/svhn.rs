@@ -90,11 +90,7 @@ pub fn write_svhn(path: impl AsRef<Path>, pixels: &[u8], labels: &[i64], compres
         }
     }
     let y: Vec<f64> = labels.iter().map(|&l| if l == 0 { 10.0 } else { l as f64 }).collect();
-    write_mat(
-        path,
-        &[("X", vec![32, 32, 3, n], MatData::U8(&x)), ("y", vec![n, 1], MatData::F64(&y))],
-        compress,
-    )
+    write_mat(path, &[("X", vec![32, 32, 3, n], MatData::U8(&x)), ("y", vec![n, 1], MatData::F64(&y))], compress)
 }
 
 /// Reads just the image count of an SVHN file (for `oodnc data check`).

@@ -21,8 +21,8 @@ use super::cifar::{self, Variant};
 use super::{svhn, Part};
 use crate::error::{Error, IoContext, Result};
 use crate::util::{write_atomic, SplitMix64};
-use std::f64::consts::PI;
 use std::collections::BTreeMap;
+use std::f64::consts::PI;
 use std::path::{Path, PathBuf};
 
 /// Sizes of the generated sets.
@@ -100,11 +100,7 @@ struct Canvas {
 
 impl Canvas {
     fn new(w: usize, h: usize) -> Self {
-        Canvas {
-            w,
-            h,
-            px: vec![[0.0; 3]; w * h],
-        }
+        Canvas { w, h, px: vec![[0.0; 3]; w * h] }
     }
 
     /// For each pixel, `f(u, v)` with u, v in [-1, 1] (x right, y down).
@@ -166,19 +162,19 @@ fn shape_field(kind: usize, x: f64, y: f64, aspect: f64) -> f64 {
     let r = (x * x + y * y).sqrt();
     let (ax, ay) = (x.abs(), y.abs());
     match kind % SHAPES {
-        0 => 1.0 - r,                                              // disk
-        1 => 0.8 - ax.max(ay),                                     // square
+        0 => 1.0 - r,                                               // disk
+        1 => 0.8 - ax.max(ay),                                      // square
         2 => (0.5 * y + 0.4).min(0.87 - 0.5 * y - 0.87 * ax) * 1.5, // triangle
-        3 => 0.25 - (r - 0.7).abs(),                               // ring
-        4 => (0.3 - ax).max(0.3 - ay).min(0.9 - ax.max(ay)),       // cross
-        5 => (0.3 - ay).min(1.0 - ax),                             // bar
-        6 => 1.0 - (ax + ay),                                      // diamond
+        3 => 0.25 - (r - 0.7).abs(),                                // ring
+        4 => (0.3 - ax).max(0.3 - ay).min(0.9 - ax.max(ay)),        // cross
+        5 => (0.3 - ay).min(1.0 - ax),                              // bar
+        6 => 1.0 - (ax + ay),                                       // diamond
         7 => {
             let d1 = ((x - 0.45).powi(2) + y * y).sqrt();
             let d2 = ((x + 0.45).powi(2) + y * y).sqrt();
             0.45 - d1.min(d2)
         } // two disks
-        8 => 0.2 - (ax.max(ay) - 0.7).abs(),                       // frame
+        8 => 0.2 - (ax.max(ay) - 0.7).abs(),                        // frame
         9 => (0.22 - (x - y).abs() / 2f64.sqrt()).max(0.22 - (x + y).abs() / 2f64.sqrt()).min(0.95 - r), // X
         10 => (1.0 - r).min(((x + 0.45).powi(2) + y * y).sqrt() - 0.8), // crescent
         _ => {
@@ -199,21 +195,13 @@ struct ShapeClass {
 fn id_class(c: usize, _classes: usize) -> ShapeClass {
     // Shape cycles fastest; hues step by the golden angle, so classes that share a
     // shape (beyond 12 classes) differ in colour.
-    ShapeClass {
-        kind: c % SHAPES,
-        hue: (c as f64 * 137.507_764) % 360.0,
-        aspect: 1.0,
-    }
+    ShapeClass { kind: c % SHAPES, hue: (c as f64 * 137.507_764) % 360.0, aspect: 1.0 }
 }
 
 fn near_class(j: usize, classes: usize) -> ShapeClass {
     // Same family: an ID shape with a hue half a golden step away and a stretched aspect.
     let base = id_class((j * 7 + 3) % classes, classes);
-    ShapeClass {
-        kind: base.kind,
-        hue: (base.hue + 68.75) % 360.0,
-        aspect: if j % 2 == 0 { 1.35 } else { 0.7 },
-    }
+    ShapeClass { kind: base.kind, hue: (base.hue + 68.75) % 360.0, aspect: if j % 2 == 0 { 1.35 } else { 0.7 } }
 }
 
 fn render_shape(rng: &mut SplitMix64, cls: ShapeClass) -> Vec<u8> {
@@ -332,9 +320,8 @@ fn render_texture(rng: &mut SplitMix64, class: usize, w: usize, h: usize) -> Can
     let (ct, st) = (theta.cos(), theta.sin());
     let phase = rng.uniform() * 2.0 * PI;
     // Random low-frequency components for marble / cracks.
-    let comps: Vec<(f64, f64, f64, f64)> = (0..6)
-        .map(|_| (rng.normal() * 3.0, rng.normal() * 3.0, rng.uniform() * 2.0 * PI, 0.3 + rng.uniform()))
-        .collect();
+    let comps: Vec<(f64, f64, f64, f64)> =
+        (0..6).map(|_| (rng.normal() * 3.0, rng.normal() * 3.0, rng.uniform() * 2.0 * PI, 0.3 + rng.uniform())).collect();
     let noise = |x: f64, y: f64| -> f64 { comps.iter().map(|(fx, fy, ph, amp)| amp * (fx * x + fy * y + ph).sin()).sum::<f64>() };
     let aspect = w as f64 / h as f64;
     cv.paint(|u, v, p| {
@@ -345,15 +332,27 @@ fn render_texture(rng: &mut SplitMix64, class: usize, w: usize, h: usize) -> Can
             1 => (((r * freq).floor() + (s * freq).floor()) as i64).rem_euclid(2) as f64,
             2 => {
                 let n = noise(x, v);
-                if (n.abs() * 4.0).fract() < 0.12 { 0.0 } else { 1.0 }
+                if (n.abs() * 4.0).fract() < 0.12 {
+                    0.0
+                } else {
+                    1.0
+                }
             }
             3 => {
                 let (fx, fy) = ((r * freq).fract() - 0.5, (s * freq).fract() - 0.5);
-                if (fx * fx + fy * fy).sqrt() < 0.25 { 1.0 } else { 0.0 }
+                if (fx * fx + fy * fy).sqrt() < 0.25 {
+                    1.0
+                } else {
+                    0.0
+                }
             }
             4 => {
                 let (fx, fy) = ((r * freq).fract(), (s * freq).fract());
-                if fx < 0.15 || fy < 0.15 { 1.0 } else { 0.0 }
+                if fx < 0.15 || fy < 0.15 {
+                    1.0
+                } else {
+                    0.0
+                }
             }
             5 => 0.5 + 0.5 * (freq * r + 2.0 * noise(x, v)).sin(),
             6 => 0.5 + 0.5 * (freq * PI * r + 1.5 * (freq * s).sin()).sin(),
@@ -371,19 +370,13 @@ fn render_texture(rng: &mut SplitMix64, class: usize, w: usize, h: usize) -> Can
 
 /// Class names of the generated ID set ("disk-0", "square-1", ...).
 pub fn id_class_names(classes: usize) -> Vec<String> {
-    const SHAPE_NAMES: [&str; SHAPES] = [
-        "disk", "square", "triangle", "ring", "cross", "bar", "diamond", "twin-disks", "frame", "x-mark", "crescent", "star",
-    ];
+    const SHAPE_NAMES: [&str; SHAPES] =
+        ["disk", "square", "triangle", "ring", "cross", "bar", "diamond", "twin-disks", "frame", "x-mark", "crescent", "star"];
     (0..classes).map(|c| format!("{}-{c}", SHAPE_NAMES[c % SHAPES])).collect()
 }
 
 /// Renders `n` images of `class_fn(label)` per label, in parallel, deterministic in `seed`/`stream`.
-fn render_set(
-    labels: &[i64],
-    seed: u64,
-    stream: u64,
-    render: impl Fn(&mut SplitMix64, i64) -> Vec<u8> + Sync,
-) -> Vec<u8> {
+fn render_set(labels: &[i64], seed: u64, stream: u64, render: impl Fn(&mut SplitMix64, i64) -> Vec<u8> + Sync) -> Vec<u8> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(16);
     let chunk = labels.len().div_ceil(threads).max(1);
     let parts: Vec<Vec<u8>> = std::thread::scope(|s| {
@@ -507,7 +500,8 @@ fn files_under(root: &Path) -> Result<Vec<(String, PathBuf, bool)>> {
             if ft.is_dir() {
                 stack.push(p);
             } else {
-                let rel = p.strip_prefix(root).unwrap_or(&p).components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+                let rel =
+                    p.strip_prefix(root).unwrap_or(&p).components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
                 out.push((rel, p, ft.is_file()));
             }
         }
@@ -640,10 +634,13 @@ pub fn generate(root: impl AsRef<Path>, cfg: &SynthConfig) -> Result<SynthSummar
         }
     };
     let plan = planned_files(cfg);
-    let ours: std::collections::BTreeSet<&str> = previous.iter().chain(plan.iter()).map(String::as_str).chain([MANIFEST, PARTIAL, LOCK]).collect();
+    let ours: std::collections::BTreeSet<&str> =
+        previous.iter().chain(plan.iter()).map(String::as_str).chain([MANIFEST, PARTIAL, LOCK]).collect();
     if root.is_dir() {
         for (rel, p, plain) in files_under(root)? {
-            let stale_temp = plain && crate::run::temp_file_pid(p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_str()).is_some_and(|pid| !crate::run::pid_alive(pid));
+            let stale_temp = plain
+                && crate::run::temp_file_pid(p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_str())
+                    .is_some_and(|pid| !crate::run::pid_alive(pid));
             if stale_temp {
                 std::fs::remove_file(&p).at(&p)?;
             } else if !plain || !ours.contains(rel.as_str()) {

@@ -100,10 +100,7 @@ pub fn encode_checkpoint(vs: &VarStore, meta: &CheckpointMeta) -> Result<tensor_
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let mut md = BTreeMap::new();
     md.insert("format".to_string(), "oodnc-checkpoint-v1".to_string());
-    md.insert(
-        "oodnc".to_string(),
-        serde_json::to_string(meta).map_err(|e| Error::data("checkpoint metadata", e.to_string()))?,
-    );
+    md.insert("oodnc".to_string(), serde_json::to_string(meta).map_err(|e| Error::data("checkpoint metadata", e.to_string()))?);
     tensor_io::encode(&tensors, &md)
 }
 

@@ -35,10 +35,7 @@ pub struct ResNetConfig {
 
 impl Default for ResNetConfig {
     fn default() -> Self {
-        ResNetConfig {
-            num_classes: 100,
-            width: 1.0,
-        }
+        ResNetConfig { num_classes: 100, width: 1.0 }
     }
 }
 
@@ -66,40 +63,18 @@ impl ResNetConfig {
 }
 
 fn conv_init() -> Init {
-    Init::Kaiming {
-        dist: NormalOrUniform::Normal,
-        fan: FanInOut::FanOut,
-        non_linearity: NonLinearity::ReLU,
-    }
+    Init::Kaiming { dist: NormalOrUniform::Normal, fan: FanInOut::FanOut, non_linearity: NonLinearity::ReLU }
 }
 
 fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64) -> nn::Conv2D {
-    nn::conv2d(
-        p,
-        cin,
-        cout,
-        k,
-        ConvConfig {
-            stride,
-            padding: k / 2,
-            bias: false,
-            ws_init: conv_init(),
-            ..Default::default()
-        },
-    )
+    nn::conv2d(p, cin, cout, k, ConvConfig { stride, padding: k / 2, bias: false, ws_init: conv_init(), ..Default::default() })
 }
 
 fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
     nn::batch_norm2d(
         p,
         c,
-        nn::BatchNormConfig {
-            eps: 1e-5,
-            momentum: 0.1,
-            ws_init: Init::Const(1.0),
-            bs_init: Init::Const(0.0),
-            ..Default::default()
-        },
+        nn::BatchNormConfig { eps: 1e-5, momentum: 0.1, ws_init: Init::Const(1.0), bs_init: Init::Const(0.0), ..Default::default() },
     )
 }
 
@@ -127,7 +102,9 @@ impl BasicBlock {
             shortcut,
         }
     }
+}
 
+impl nn::ModuleT for BasicBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let out = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
         let out = out.apply(&self.conv2).apply_t(&self.bn2, train);
@@ -141,10 +118,8 @@ impl BasicBlock {
 
 /// Names of the feature taps, in depth order: the stem, the 8 BasicBlocks,
 /// the penultimate feature (GAP of the last block) and the logits.
-pub const TAP_NAMES: [&str; 11] = [
-    "stem", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1", "layer4.0", "layer4.1",
-    "penultimate", "logits",
-];
+pub const TAP_NAMES: [&str; 11] =
+    ["stem", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1", "layer4.0", "layer4.1", "penultimate", "logits"];
 
 /// Everything one forward pass exposes.
 pub struct Taps {
@@ -186,19 +161,9 @@ impl ResNet18 {
             vs / "fc",
             w[3],
             config.num_classes,
-            nn::LinearConfig {
-                ws_init: Init::Randn { mean: 0.0, stdev: 0.01 },
-                bs_init: Some(Init::Const(0.0)),
-                bias: true,
-            },
+            nn::LinearConfig { ws_init: Init::Randn { mean: 0.0, stdev: 0.01 }, bs_init: Some(Init::Const(0.0)), bias: true },
         );
-        Ok(ResNet18 {
-            config,
-            conv1,
-            bn1,
-            blocks,
-            fc,
-        })
+        Ok(ResNet18 { config, conv1, bn1, blocks, fc })
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {
@@ -212,24 +177,39 @@ impl ResNet18 {
         Ok(())
     }
 
-    /// Logits `[B, C]` (train = true: BN uses batch statistics and updates its running ones).
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.check_input(x)?;
+    /// The stem and the 8 blocks: the last block's map, and every map when
+    /// `maps` is given (stem first). The one trunk every forward uses.
+    fn trunk(&self, x: &Tensor, train: bool, mut maps: Option<&mut Vec<Tensor>>) -> Tensor {
+        use nn::ModuleT;
         let mut h = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
+        if let Some(m) = maps.as_deref_mut() {
+            m.push(h.shallow_clone());
+        }
         for b in &self.blocks {
             h = b.forward_t(&h, train);
+            if let Some(m) = maps.as_deref_mut() {
+                m.push(h.shallow_clone());
+            }
         }
-        Ok(h.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc))
+        h
+    }
+
+    /// Penultimate features `[B, D]`: global average pool of the last block.
+    fn pool(h: &Tensor) -> Tensor {
+        h.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+    }
+
+    /// Logits `[B, C]` (train = true: BN uses batch statistics and updates its
+    /// running ones). A bad input is a typed error (the [`nn::ModuleT`] impl panics instead).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.check_input(x)?;
+        Ok(Self::pool(&self.trunk(x, train, None)).apply(&self.fc))
     }
 
     /// Penultimate features and logits (eval or train mode).
     pub fn features_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
         self.check_input(x)?;
-        let mut h = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
-        for b in &self.blocks {
-            h = b.forward_t(&h, train);
-        }
-        let pen = h.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        let pen = Self::pool(&self.trunk(x, train, None));
         let logits = pen.apply(&self.fc);
         Ok((pen, logits))
     }
@@ -238,27 +218,28 @@ impl ResNet18 {
     pub fn forward_taps(&self, x: &Tensor, train: bool) -> Result<Taps> {
         self.check_input(x)?;
         let mut maps = Vec::with_capacity(9);
-        let mut h = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
-        maps.push(h.shallow_clone());
-        for b in &self.blocks {
-            h = b.forward_t(&h, train);
-            maps.push(h.shallow_clone());
-        }
-        let penultimate = h.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        let penultimate = Self::pool(&self.trunk(x, train, Some(&mut maps)));
         let logits = penultimate.apply(&self.fc);
-        Ok(Taps {
-            maps,
-            penultimate,
-            logits,
-        })
+        Ok(Taps { maps, penultimate, logits })
     }
 
     /// The classifier weight `W` `[C, D]` and bias `[C]`.
     pub fn head(&self) -> (Tensor, Tensor) {
-        let b = self.fc.bs.as_ref().map(|b| b.shallow_clone()).unwrap_or_else(|| {
-            Tensor::zeros([self.config.num_classes], (Kind::Float, self.fc.ws.device()))
-        });
+        let b = self
+            .fc
+            .bs
+            .as_ref()
+            .map(|b| b.shallow_clone())
+            .unwrap_or_else(|| Tensor::zeros([self.config.num_classes], (Kind::Float, self.fc.ws.device())));
         (self.fc.ws.shallow_clone(), b)
+    }
+}
+
+/// tch's module trait, so the network composes with tch code (`x.apply_t(&model, train)`).
+/// Panics on a bad input, like tch's own modules; [`ResNet18::forward_t`] returns a typed error.
+impl nn::ModuleT for ResNet18 {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        Self::pool(&self.trunk(x, train, None)).apply(&self.fc)
     }
 }
 

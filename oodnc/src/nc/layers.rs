@@ -54,12 +54,7 @@ pub fn layer_metrics(train: &FeatureSet, w: &Tensor, c: i64, ood: &[&FeatureSet]
             let (a, b) = nc5(&st, o.layer(&name)?)?;
             n5.push((o.name.clone(), a, b));
         }
-        out.push(LayerResult {
-            layer: name,
-            dim: st.dim,
-            metrics: m,
-            nc5: n5,
-        });
+        out.push(LayerResult { layer: name, dim: st.dim, metrics: m, nc5: n5 });
     }
     Ok(out)
 }

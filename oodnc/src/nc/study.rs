@@ -41,11 +41,7 @@ pub struct NcOptions {
 
 impl Default for NcOptions {
     fn default() -> Self {
-        NcOptions {
-            layers: false,
-            pool2x2: false,
-            tpt_threshold: 0.999,
-        }
+        NcOptions { layers: false, pool2x2: false, tpt_threshold: 0.999 }
     }
 }
 
@@ -117,7 +113,12 @@ pub fn run(run_dir: &Path, epochs: &[i64], opts: NcOptions, device: Device) -> R
             let ood_dev: Vec<crate::features::FeatureSet> = ood
                 .iter()
                 .map(|o| {
-                    let mut f = crate::features::FeatureSet::new(o.name.clone(), o.logits.to_device(device), o.penultimate.to_device(device), o.labels.to_device(device))?;
+                    let mut f = crate::features::FeatureSet::new(
+                        o.name.clone(),
+                        o.logits.to_device(device),
+                        o.penultimate.to_device(device),
+                        o.labels.to_device(device),
+                    )?;
                     f.taps = o.taps.iter().map(|(k, v)| (k.clone(), v.to_device(device))).collect();
                     Ok(f)
                 })
@@ -172,7 +173,8 @@ pub fn run(run_dir: &Path, epochs: &[i64], opts: NcOptions, device: Device) -> R
     let mut all_acc: std::collections::BTreeMap<i64, f64> = std::collections::BTreeMap::new();
     if tp_path.exists() {
         let text = std::fs::read_to_string(&tp_path).map_err(|e| Error::io(&tp_path, e))?;
-        let old: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&tp_path, format!("{e}; move it away and run again")))?;
+        let old: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(&tp_path, format!("{e}; move it away and run again")))?;
         for pair in old.get("train_accuracy_by_epoch").and_then(|v| v.as_array()).into_iter().flatten() {
             if let (Some(e), Some(a)) = (pair.get(0).and_then(|v| v.as_i64()), pair.get(1).and_then(|v| v.as_f64())) {
                 all_acc.insert(e, a);

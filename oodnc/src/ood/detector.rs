@@ -161,10 +161,7 @@ impl<'a> ParamReader<'a> {
         if let Some(k) = self.given.keys().find(|k| !self.read.contains(&k.as_str())) {
             return Err(Error::param(
                 format!("{}.{k}", self.detector),
-                format!(
-                    "unknown hyperparameter (known: {})",
-                    if self.read.is_empty() { "none".to_string() } else { self.read.join(", ") }
-                ),
+                format!("unknown hyperparameter (known: {})", if self.read.is_empty() { "none".to_string() } else { self.read.join(", ") }),
             ));
         }
         Ok(())
@@ -203,6 +200,11 @@ pub trait Registered: std::fmt::Debug + Default + Send + Sync + Sized + 'static 
     }
 }
 
+/// A boxed, checked detector (what the registry builds).
+pub type BoxedDetector = Box<dyn Detector>;
+/// The by-name parameter map of tables and the CLI.
+pub type ParamMap = BTreeMap<String, f64>;
+
 /// One registry line: built by [`entry`] from a [`Registered`] type.
 pub struct Entry {
     pub name: &'static str,
@@ -210,11 +212,11 @@ pub struct Entry {
     /// The parameter names (from the default value).
     pub param_names: fn() -> Vec<&'static str>,
     /// Reads (defaults for the missing ones) and checks parameters.
-    pub build: fn(&BTreeMap<String, f64>) -> Result<Box<dyn Detector>>,
+    pub build: fn(&ParamMap) -> Result<BoxedDetector>,
     /// The checked search grid.
-    pub grid: fn(&GridContext) -> Result<Vec<Box<dyn Detector>>>,
+    pub grid: fn(&GridContext) -> Result<Vec<BoxedDetector>>,
     /// See [`Registered::prepare_grid`].
-    pub prepare_grid: fn(&[Box<dyn Detector>], &FeatureSet, &[&FeatureSet]) -> Result<()>,
+    pub prepare_grid: fn(&[BoxedDetector], &FeatureSet, &[&FeatureSet]) -> Result<()>,
 }
 
 fn build<T: Registered>(given: &BTreeMap<String, f64>) -> Result<Box<dyn Detector>> {
@@ -246,14 +248,7 @@ fn names<T: Registered>() -> Vec<&'static str> {
 
 /// The registry line of `T`.
 pub const fn entry<T: Registered>() -> Entry {
-    Entry {
-        name: T::NAME,
-        summary: T::SUMMARY,
-        param_names: names::<T>,
-        build: build::<T>,
-        grid: grid::<T>,
-        prepare_grid: prepare::<T>,
-    }
+    Entry { name: T::NAME, summary: T::SUMMARY, param_names: names::<T>, build: build::<T>, grid: grid::<T>, prepare_grid: prepare::<T> }
 }
 
 /// A fitted detector: what it was fitted with and its fitted state.

@@ -21,12 +21,7 @@ pub struct EvalInputs<'a> {
 
 impl EvalInputs<'_> {
     fn fit_data(&self) -> FitData<'_> {
-        FitData {
-            train: self.train,
-            val: Some(self.val),
-            weight: self.weight,
-            bias: self.bias,
-        }
+        FitData { train: self.train, val: Some(self.val), weight: self.weight, bias: self.bias }
     }
 }
 
@@ -62,10 +57,7 @@ pub fn select_hyperparameters(name: &str, inputs: &EvalInputs) -> Result<Selecti
             _ => Some(x),
         })
         .ok_or_else(|| Error::data(format!("selection of {name}"), "empty grid"))?;
-    Ok(Selection {
-        chosen: best.0.clone(),
-        candidates,
-    })
+    Ok(Selection { chosen: best.0.clone(), candidates })
 }
 
 /// One row of the long-form results table.
@@ -116,15 +108,7 @@ pub fn score_rows(epoch: i64, detector: &str, id: &[f64], ood: &[(String, Vec<f6
             ood_metrics(id, os)?.named().into_iter().map(|(m, v)| (m, v, f64::NAN, f64::NAN)).collect()
         };
         for (m, value, ci_low, ci_high) in named {
-            rows.push(Row {
-                epoch,
-                detector: detector.into(),
-                dataset: name.clone(),
-                metric: m.into(),
-                value,
-                ci_low,
-                ci_high,
-            });
+            rows.push(Row { epoch, detector: detector.into(), dataset: name.clone(), metric: m.into(), value, ci_low, ci_high });
         }
     }
     Ok(rows)

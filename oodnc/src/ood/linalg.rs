@@ -83,10 +83,7 @@ pub fn class_means(x: &Tensor, labels: &Tensor, c: i64, context: &str) -> Result
     let counts = y.bincount::<Tensor>(None, c).to_kind(Kind::Double);
     let empty = counts.eq(0.0).nonzero();
     if empty.size()[0] > 0 {
-        return Err(Error::data(
-            context,
-            format!("class {} has no training sample", empty.int64_value(&[0, 0])),
-        ));
+        return Err(Error::data(context, format!("class {} has no training sample", empty.int64_value(&[0, 0]))));
     }
     let sums = Tensor::zeros([c, d], (Kind::Double, x.device())).index_add(0, &y, &x.to_kind(Kind::Double));
     Ok((sums / counts.unsqueeze(1), counts))
@@ -177,4 +174,3 @@ pub fn select_pair<T: Copy + Into<f64>>(mut v: Vec<T>, lo: usize, hi: usize, cmp
     let b = if hi > lo { right.iter().copied().min_by(cmp).unwrap_or(a) } else { a };
     (a.into(), b.into())
 }
-

@@ -85,12 +85,7 @@ impl Ranked {
             }
             order.push((g, is_id, i));
         }
-        Ok(Ranked {
-            order,
-            groups: g as usize + 1,
-            n_id: id.len(),
-            n_ood: ood.len(),
-        })
+        Ok(Ranked { order, groups: g as usize + 1, n_id: id.len(), n_ood: ood.len() })
     }
 
     /// Per-group (ID weight, OOD weight), descending score; `w_id`/`w_ood` weight each sample.

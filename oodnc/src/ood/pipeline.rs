@@ -147,10 +147,8 @@ pub fn odin_epoch(run_dir: &Path, epoch: i64, sets: &EvalSets, reps: usize, seed
         .map(|o| Ok((o.name.clone(), odin::to_vec(&odin::score(&model, o, p, device, batch)?)?)))
         .collect::<Result<Vec<_>>>()?;
     let rows = super::eval::score_rows(epoch, ODIN, &id, &ood, reps, seed)?;
-    let selection = Selection {
-        chosen: spec(&p)?,
-        candidates: sel.candidates.iter().map(|(c, a)| Ok((spec(c)?, *a))).collect::<Result<_>>()?,
-    };
+    let selection =
+        Selection { chosen: spec(&p)?, candidates: sel.candidates.iter().map(|(c, a)| Ok((spec(c)?, *a))).collect::<Result<_>>()? };
     Ok((selection, rows))
 }
 

@@ -30,21 +30,12 @@ pub struct BarChart {
 impl BarChart {
     /// An empty chart over `groups`.
     pub fn new(title: impl Into<String>, y_label: impl Into<String>, groups: Vec<String>) -> Self {
-        BarChart {
-            title: title.into(),
-            y_label: y_label.into(),
-            groups,
-            ..Default::default()
-        }
+        BarChart { title: title.into(), y_label: y_label.into(), groups, ..Default::default() }
     }
 
     /// Adds a series (one value per group).
     pub fn with(mut self, label: impl Into<String>, values: Vec<f64>, intervals: Option<Vec<(f64, f64)>>) -> Self {
-        self.series.push(BarSeries {
-            label: label.into(),
-            values,
-            intervals,
-        });
+        self.series.push(BarSeries { label: label.into(), values, intervals });
         self
     }
 
@@ -67,9 +58,7 @@ impl BarChart {
 impl Plot for BarChart {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
         self.check()?;
-        let vals = self.series.iter().flat_map(|s| {
-            s.values.iter().copied().chain(s.intervals.iter().flatten().flat_map(|&(a, b)| [a, b]))
-        });
+        let vals = self.series.iter().flat_map(|s| s.values.iter().copied().chain(s.intervals.iter().flatten().flat_map(|&(a, b)| [a, b])));
         let vals: Vec<f64> = vals.filter(|v| v.is_finite() && (!self.log_y || *v > 0.0)).collect();
         if vals.is_empty() {
             return Err(Error::data(format!("bar chart '{}'", self.title), "no finite values"));

@@ -36,10 +36,7 @@ impl Figure {
     /// Renders `plot` at `width` x `height` pixels.
     pub fn new(plot: &impl Plot, width: u32, height: u32) -> Result<Self> {
         if width < 16 || height < 16 || width > 16384 || height > 16384 {
-            return Err(Error::param(
-                "figure size",
-                format!("{width}x{height} is outside 16..=16384 pixels"),
-            ));
+            return Err(Error::param("figure size", format!("{width}x{height} is outside 16..=16384 pixels")));
         }
         super::style::register_fonts();
         let mut rgb = vec![255u8; (width * height * 3) as usize];
@@ -56,12 +53,7 @@ impl Figure {
             plot.draw(&root)?;
             root.present().map_err(plot_err)?;
         }
-        Ok(Figure {
-            width,
-            height,
-            rgb,
-            svg,
-        })
+        Ok(Figure { width, height, rgb, svg })
     }
 
     /// Width in pixels.
@@ -88,14 +80,8 @@ impl Figure {
     pub fn png_bytes(&self) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         let enc = image::codecs::png::PngEncoder::new(&mut out);
-        image::ImageEncoder::write_image(
-            enc,
-            &self.rgb,
-            self.width,
-            self.height,
-            image::ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| Error::Plot(format!("PNG encoding: {e}")))?;
+        image::ImageEncoder::write_image(enc, &self.rgb, self.width, self.height, image::ExtendedColorType::Rgb8)
+            .map_err(|e| Error::Plot(format!("PNG encoding: {e}")))?;
         Ok(out)
     }
 
@@ -106,12 +92,7 @@ impl Figure {
         let bytes = match path.extension().and_then(|e| e.to_str()) {
             Some("png") => self.png_bytes()?,
             Some("svg") => self.svg.as_bytes().to_vec(),
-            _ => {
-                return Err(Error::param(
-                    "figure path",
-                    format!("{}: extension must be .png or .svg", path.display()),
-                ))
-            }
+            _ => return Err(Error::param("figure path", format!("{}: extension must be .png or .svg", path.display()))),
         };
         crate::util::write_atomic(path, &bytes)
     }

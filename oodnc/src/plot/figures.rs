@@ -41,9 +41,7 @@ fn hist_series(h: &History, f: impl Fn(&crate::train::EpochRecord) -> f64) -> Ve
 }
 
 fn training_panels(h: &History, upto: Option<i64>, with_lr: bool) -> Result<Vec<AnyPlot>> {
-    let h = History {
-        records: h.records.iter().filter(|r| upto.is_none_or(|u| r.epoch <= u)).cloned().collect(),
-    };
+    let h = History { records: h.records.iter().filter(|r| upto.is_none_or(|u| r.epoch <= u)).cloned().collect() };
     if h.records.is_empty() {
         return Err(Error::data("training curves", "the history is empty"));
     }
@@ -119,8 +117,8 @@ pub fn training_gif(h: &History, path: impl AsRef<std::path::Path>, max_frames: 
             l.y_range = Some((0.0, 100.0));
         }
         let fig = Figure::new(&Panels::new(format!("Training, epoch {upto}"), 1, 2, p), 900, 380)?;
-        let img = image::RgbImage::from_raw(fig.width(), fig.height(), fig.rgb().to_vec())
-            .ok_or_else(|| Error::Plot("frame buffer".into()))?;
+        let img =
+            image::RgbImage::from_raw(fig.width(), fig.height(), fig.rgb().to_vec()).ok_or_else(|| Error::Plot("frame buffer".into()))?;
         frames.push(image::DynamicImage::ImageRgb8(img).to_rgba8());
         if k == n {
             break;
@@ -141,11 +139,8 @@ pub fn training_gif(h: &History, path: impl AsRef<std::path::Path>, max_frames: 
 
 /// (epoch, value) points of one (key, dataset, metric), sorted by epoch.
 pub fn series_of(rows: &[LongRow], key: &str, dataset: &str, metric: &str) -> Vec<(f64, f64)> {
-    let mut v: Vec<(f64, f64)> = rows
-        .iter()
-        .filter(|r| r.key == key && r.dataset == dataset && r.metric == metric)
-        .map(|r| (r.epoch as f64, r.value))
-        .collect();
+    let mut v: Vec<(f64, f64)> =
+        rows.iter().filter(|r| r.key == key && r.dataset == dataset && r.metric == metric).map(|r| (r.epoch as f64, r.value)).collect();
     v.sort_by(|a, b| a.0.total_cmp(&b.0));
     v
 }
@@ -173,8 +168,17 @@ pub fn ood_vs_epoch(rows: &[LongRow], detector: &str, tpt: Option<(i64, i64)>) -
             .with(Series::new("AUROC", series_of(rows, detector, d, "auroc")))
             .hline(0.5, "chance");
         let mut f = LinePlot::new(format!("{detector}: FPR@95, {d}"), "epoch", "FPR@95 (%)")
-            .with(Series::new("OOD accepted at 95% ID", series_of(rows, detector, d, "fpr95_ood_accepted_at_95_id").into_iter().map(|(e, v)| (e, 100.0 * v)).collect()))
-            .with(Series::new("ID rejected at 95% OOD", series_of(rows, detector, d, "fpr95_id_rejected_at_95_ood").into_iter().map(|(e, v)| (e, 100.0 * v)).collect()).dashed());
+            .with(Series::new(
+                "OOD accepted at 95% ID",
+                series_of(rows, detector, d, "fpr95_ood_accepted_at_95_id").into_iter().map(|(e, v)| (e, 100.0 * v)).collect(),
+            ))
+            .with(
+                Series::new(
+                    "ID rejected at 95% OOD",
+                    series_of(rows, detector, d, "fpr95_id_rejected_at_95_ood").into_iter().map(|(e, v)| (e, 100.0 * v)).collect(),
+                )
+                .dashed(),
+            );
         if let Some((s, e)) = tpt {
             a = a.shade(s as f64, e as f64, "terminal phase");
             f = f.shade(s as f64, e as f64, "terminal phase");
@@ -190,7 +194,12 @@ pub fn ood_vs_epoch(rows: &[LongRow], detector: &str, tpt: Option<(i64, i64)>) -
 pub fn score_histograms(detector: &str, id: &[f64], ood: &[(String, Vec<f64>)]) -> Result<Figure> {
     let panels: Vec<AnyPlot> = ood
         .iter()
-        .map(|(name, s)| Histogram::new(format!("{detector}: ID vs {name}"), "score (higher = more ID)").with("ID test", id.to_vec()).with(name.clone(), s.clone()).into())
+        .map(|(name, s)| {
+            Histogram::new(format!("{detector}: ID vs {name}"), "score (higher = more ID)")
+                .with("ID test", id.to_vec())
+                .with(name.clone(), s.clone())
+                .into()
+        })
         .collect();
     let n = panels.len().max(1);
     Figure::new(&Panels::new("", 1, n, panels), 520 * n as u32, 420)
@@ -243,15 +252,35 @@ fn nc_line(rows: &[LongRow], title: &str, ylabel: &str, items: &[(&str, &str)], 
 /// The NC evolution grid: NC1 (log), NC2 equinorm (M, W), NC2 angles (M, W), NC3, NC4, accuracy.
 pub fn nc_evolution(rows: &[LongRow], tpt: Option<(i64, i64)>) -> Result<Figure> {
     let acc: Vec<(f64, f64)> = series_of(rows, "penultimate", "id-train", "accuracy").into_iter().map(|(e, v)| (e, 100.0 * v)).collect();
-    let ncc: Vec<(f64, f64)> = series_of(rows, "penultimate", "id-train", "ncc_accuracy").into_iter().map(|(e, v)| (e, 100.0 * v)).collect();
-    let mut accp = LinePlot::new("Accuracy (unaugmented train)", "epoch", "%").with(Series::new("network", acc)).with(Series::new("nearest class centre", ncc).dashed()).legend_lower();
+    let ncc: Vec<(f64, f64)> =
+        series_of(rows, "penultimate", "id-train", "ncc_accuracy").into_iter().map(|(e, v)| (e, 100.0 * v)).collect();
+    let mut accp = LinePlot::new("Accuracy (unaugmented train)", "epoch", "%")
+        .with(Series::new("network", acc))
+        .with(Series::new("nearest class centre", ncc).dashed())
+        .legend_lower();
     if let Some((a, b)) = tpt {
         accp = accp.shade(a as f64, b as f64, "terminal phase");
     }
     let panels: Vec<AnyPlot> = vec![
         nc_line(rows, "NC1: within-class variability", "Tr(Sw Sb+)/C (log)", &[("nc1", "NC1"), ("cdnv", "CDNV")], true, tpt).into(),
-        nc_line(rows, "NC2: equinorm", "CoV of norms", &[("nc2_equinorm_m", "class means"), ("nc2_equinorm_w", "classifier W")], false, tpt).into(),
-        nc_line(rows, "NC2: equiangularity", "mean |cos + 1/(C-1)|", &[("nc2_maxangle_m", "class means"), ("nc2_maxangle_w", "classifier W")], false, tpt).into(),
+        nc_line(
+            rows,
+            "NC2: equinorm",
+            "CoV of norms",
+            &[("nc2_equinorm_m", "class means"), ("nc2_equinorm_w", "classifier W")],
+            false,
+            tpt,
+        )
+        .into(),
+        nc_line(
+            rows,
+            "NC2: equiangularity",
+            "mean |cos + 1/(C-1)|",
+            &[("nc2_maxangle_m", "class means"), ("nc2_maxangle_w", "classifier W")],
+            false,
+            tpt,
+        )
+        .into(),
         nc_line(rows, "NC3: self-duality", "||W/|W| - M/|M|||^2", &[("nc3", "NC3")], false, tpt).into(),
         nc_line(rows, "NC4: NCC mismatch", "fraction", &[("nc4_ncc_mismatch", "NCC vs network")], false, tpt).into(),
         accp.into(),
@@ -288,8 +317,11 @@ pub fn nc5_evolution_for(rows: &[LongRow], tpt: Option<(i64, i64)>, only: Option
 /// NC1 and equiangularity, ID only vs with each OOD set as an extra class.
 pub fn nc_id_vs_ood(rows: &[LongRow]) -> Result<Figure> {
     let sets = distinct(rows.iter().filter(|r| r.metric == "nc1_with_ood_class").map(|r| r.dataset.clone()));
-    let mut a = LinePlot::new("NC1: ID vs ID + OOD class", "epoch", "NC1 (log)").with(Series::new("ID", series_of(rows, "penultimate", "id-train", "nc1"))).log_y();
-    let mut b = LinePlot::new("Equiangularity: ID vs ID + OOD class", "epoch", "mean |cos + 1/(K-1)|").with(Series::new("ID", series_of(rows, "penultimate", "id-train", "nc2_maxangle_m")));
+    let mut a = LinePlot::new("NC1: ID vs ID + OOD class", "epoch", "NC1 (log)")
+        .with(Series::new("ID", series_of(rows, "penultimate", "id-train", "nc1")))
+        .log_y();
+    let mut b = LinePlot::new("Equiangularity: ID vs ID + OOD class", "epoch", "mean |cos + 1/(K-1)|")
+        .with(Series::new("ID", series_of(rows, "penultimate", "id-train", "nc2_maxangle_m")));
     for s in &sets {
         a = a.with(Series::new(format!("ID + {s}"), series_of(rows, "penultimate", s, "nc1_with_ood_class")).dashed());
         b = b.with(Series::new(format!("ID + {s}"), series_of(rows, "penultimate", s, "nc2_maxangle_with_ood_class")).dashed());
@@ -299,7 +331,14 @@ pub fn nc_id_vs_ood(rows: &[LongRow]) -> Result<Figure> {
 
 /// 2-D PCA fitted on the ID **train** features; shows ID test points coloured by
 /// class (distinct colours for up to 100+ classes) and OOD points in grey tones.
-pub fn pca_2d(train: &Tensor, test: &Tensor, test_labels: &Tensor, class_names: &[String], ood: &[(String, Tensor)], max_points: i64) -> Result<Figure> {
+pub fn pca_2d(
+    train: &Tensor,
+    test: &Tensor,
+    test_labels: &Tensor,
+    class_names: &[String],
+    ood: &[(String, Tensor)],
+    max_points: i64,
+) -> Result<Figure> {
     let x = train.to_kind(Kind::Double);
     let mean = x.mean_dim(&[0i64][..], true, Kind::Double);
     let xc = &x - &mean;
@@ -334,10 +373,20 @@ pub fn pca_2d(train: &Tensor, test: &Tensor, test_labels: &Tensor, class_names: 
 pub fn class_geometry(g: &crate::nc::ClassGeometry, epoch: i64) -> Result<Figure> {
     let mut panels: Vec<AnyPlot> = vec![
         Heatmap::from_tensor(format!("||mu_c - mu_c'|| (centred), epoch {epoch}"), &g.mean_distances)?.axes("class", "class").into(),
-        Heatmap { range: Some((-1.0, 1.0)), ..Heatmap::from_tensor(format!("cos(mu_c, mu_c'), epoch {epoch}"), &g.mean_cosines)?.axes("class", "class") }.into(),
+        Heatmap {
+            range: Some((-1.0, 1.0)),
+            ..Heatmap::from_tensor(format!("cos(mu_c, mu_c'), epoch {epoch}"), &g.mean_cosines)?.axes("class", "class")
+        }
+        .into(),
     ];
     if let Some(wm) = &g.w_mean_cosines {
-        panels.push(Heatmap { range: Some((-1.0, 1.0)), ..Heatmap::from_tensor(format!("cos(w_c, mu_c'), epoch {epoch}"), wm)?.axes("class mean", "classifier row") }.into());
+        panels.push(
+            Heatmap {
+                range: Some((-1.0, 1.0)),
+                ..Heatmap::from_tensor(format!("cos(w_c, mu_c'), epoch {epoch}"), wm)?.axes("class mean", "classifier row")
+            }
+            .into(),
+        );
     }
     let n = panels.len();
     Figure::new(&Panels::new("Class-mean geometry (NC2, NC3)", 1, n, panels), 560 * n as u32, 520)
@@ -349,16 +398,25 @@ pub fn class_variance_over_epochs(epochs: &[i64], class_var: &[Tensor], diag_cos
     if epochs.is_empty() || epochs.len() != class_var.len() {
         return Err(Error::shape("class variance figure", format!("{} epochs, {} variance vectors", epochs.len(), class_var.len())));
     }
-    let cols: Vec<Vec<f64>> = class_var.iter().map(|t| Vec::<f64>::try_from(t.to_kind(Kind::Double).clamp_min(1e-12).log10())).collect::<std::result::Result<_, _>>()?;
+    let cols: Vec<Vec<f64>> = class_var
+        .iter()
+        .map(|t| Vec::<f64>::try_from(t.to_kind(Kind::Double).clamp_min(1e-12).log10()))
+        .collect::<std::result::Result<_, _>>()?;
     let c = cols[0].len();
     let values: Vec<Vec<f64>> = (0..c).map(|k| cols.iter().map(|col| col[k]).collect()).collect();
     let labels: Vec<String> = epochs.iter().map(|e| e.to_string()).collect();
     let heat = Heatmap::new("log10 Tr(Sigma_W,c) per class", values).axes("epoch", "class").labels(vec![], labels);
     let mut panels: Vec<AnyPlot> = vec![heat.into()];
     if diag_cos.len() == epochs.len() {
-        let means: Vec<(f64, f64)> = epochs.iter().zip(diag_cos).map(|(&e, t)| (e as f64, t.mean(Kind::Double).double_value(&[]))).collect();
+        let means: Vec<(f64, f64)> =
+            epochs.iter().zip(diag_cos).map(|(&e, t)| (e as f64, t.mean(Kind::Double).double_value(&[]))).collect();
         let mins: Vec<(f64, f64)> = epochs.iter().zip(diag_cos).map(|(&e, t)| (e as f64, t.min().double_value(&[]))).collect();
-        panels.push(LinePlot::new("cos(w_c, mu_c) (self-duality per class)", "epoch", "cosine").with(Series::new("mean over classes", means)).with(Series::new("worst class", mins).dashed()).into());
+        panels.push(
+            LinePlot::new("cos(w_c, mu_c) (self-duality per class)", "epoch", "cosine")
+                .with(Series::new("mean over classes", means))
+                .with(Series::new("worst class", mins).dashed())
+                .into(),
+        );
     }
     let n = panels.len();
     Figure::new(&Panels::new("Within-class variance and self-duality over training", 1, n, panels), 650 * n as u32, 520)
@@ -374,7 +432,9 @@ fn layer_order(rows: &[LongRow]) -> Vec<String> {
 /// Per-layer bars at `epoch`: NC1 (log), equinorm, equiangularity, NC4, NC5 per OOD set.
 pub fn layer_bars(rows: &[LongRow], epoch: i64) -> Result<Figure> {
     let layers = layer_order(rows);
-    let get = |l: &str, d: &str, m: &str| rows.iter().find(|r| r.epoch == epoch && r.key == l && r.dataset == d && r.metric == m).map(|r| r.value).unwrap_or(f64::NAN);
+    let get = |l: &str, d: &str, m: &str| {
+        rows.iter().find(|r| r.epoch == epoch && r.key == l && r.dataset == d && r.metric == m).map(|r| r.value).unwrap_or(f64::NAN)
+    };
     let bar = |title: &str, m: &str, log: bool| {
         let mut b = BarChart::new(title, m, layers.clone()).with(m, layers.iter().map(|l| get(l, "id-train", m)).collect(), None);
         b.log_y = log;
@@ -410,8 +470,16 @@ pub fn layer_epoch_heatmap(rows: &[LongRow], metric: &str, dataset: &str, log10:
             epochs
                 .iter()
                 .map(|&e| {
-                    let v = rows.iter().find(|r| r.epoch == e && &r.key == l && r.dataset == dataset && r.metric == metric).map(|r| r.value).unwrap_or(f64::NAN);
-                    if log10 { v.max(1e-12).log10() } else { v }
+                    let v = rows
+                        .iter()
+                        .find(|r| r.epoch == e && &r.key == l && r.dataset == dataset && r.metric == metric)
+                        .map(|r| r.value)
+                        .unwrap_or(f64::NAN);
+                    if log10 {
+                        v.max(1e-12).log10()
+                    } else {
+                        v
+                    }
                 })
                 .collect()
         })
@@ -429,15 +497,24 @@ pub fn fuzziness_vs_depth(rows: &[LongRow], epoch: i64) -> Result<Figure> {
     let layers = layer_order(rows);
     let d: Vec<f64> = layers
         .iter()
-        .map(|l| rows.iter().find(|r| r.epoch == epoch && &r.key == l && r.dataset == "id-train" && r.metric == "nc1_raw").map(|r| r.value).unwrap_or(f64::NAN))
+        .map(|l| {
+            rows.iter()
+                .find(|r| r.epoch == epoch && &r.key == l && r.dataset == "id-train" && r.metric == "nc1_raw")
+                .map(|r| r.value)
+                .unwrap_or(f64::NAN)
+        })
         .collect();
     let (a, b) = crate::nc::separation_fuzziness_slope(&d)?;
     let pts: Vec<(f64, f64)> = d.iter().enumerate().map(|(i, &v)| (i as f64, v)).collect();
     let fit: Vec<(f64, f64)> = (0..d.len()).map(|i| (i as f64, (a + b * i as f64).exp())).collect();
-    let p = LinePlot::new(format!("Separation fuzziness by depth, epoch {epoch} (layers: {})", layers.join(", ")), "layer index (0 = stem)", "D = Tr(SS_w SS_b+) (log)")
-        .with(Series::new("measured", pts))
-        .with(Series::new(format!("fit: ratio {:.3} per layer", b.exp()), fit).dashed().no_markers())
-        .log_y();
+    let p = LinePlot::new(
+        format!("Separation fuzziness by depth, epoch {epoch} (layers: {})", layers.join(", ")),
+        "layer index (0 = stem)",
+        "D = Tr(SS_w SS_b+) (log)",
+    )
+    .with(Series::new("measured", pts))
+    .with(Series::new(format!("fit: ratio {:.3} per layer", b.exp()), fit).dashed().no_markers())
+    .log_y();
     Figure::new(&p, 1000, 560)
 }
 

@@ -40,13 +40,7 @@ impl ImageGrid {
         let flat = Vec::<u8>::try_from(hwc.flatten(0, -1)).map_err(crate::Error::Torch)?;
         let side = size[2] as usize;
         let per = side * side * 3;
-        Ok(ImageGrid {
-            title: title.into(),
-            images: flat.chunks(per).map(|c| c.to_vec()).collect(),
-            side,
-            captions,
-            cols,
-        })
+        Ok(ImageGrid { title: title.into(), images: flat.chunks(per).map(|c| c.to_vec()).collect(), side, captions, cols })
     }
 
     /// Suggested figure size in pixels (cells of ~110 px).
@@ -63,12 +57,7 @@ impl Plot for ImageGrid {
         }
         let (w, h) = root.dim_in_pixel();
         let title_h = 40u32;
-        root.draw(&Text::new(
-            self.title.clone(),
-            (10, 8),
-            (FONT, 20).into_font().color(&BLACK),
-        ))
-        .map_err(plot_err)?;
+        root.draw(&Text::new(self.title.clone(), (10, 8), (FONT, 20).into_font().color(&BLACK))).map_err(plot_err)?;
         let body = root.margin(title_h, 5, 5, 5);
         let rows = self.images.len().div_ceil(self.cols);
         let cells = body.split_evenly((rows, self.cols));
@@ -86,8 +75,7 @@ impl Plot for ImageGrid {
                     let p = &img[(y * self.side + x) * 3..(y * self.side + x) * 3 + 3];
                     let (x0, y0) = (off + (x as f64 * scale) as i32, 2 + (y as f64 * scale) as i32);
                     let (x1, y1) = (off + ((x + 1) as f64 * scale) as i32, 2 + ((y + 1) as f64 * scale) as i32);
-                    cell.draw(&Rectangle::new([(x0, y0), (x1, y1)], RGBColor(p[0], p[1], p[2]).filled()))
-                        .map_err(plot_err)?;
+                    cell.draw(&Rectangle::new([(x0, y0), (x1, y1)], RGBColor(p[0], p[1], p[2]).filled())).map_err(plot_err)?;
                 }
             }
             let mut cap = self.captions[i].clone();
@@ -95,8 +83,7 @@ impl Plot for ImageGrid {
                 cap = cap.chars().take(15).collect::<String>() + "…";
             }
             let ty = 4 + (scale * self.side as f64) as i32;
-            cell.draw(&Text::new(cap, (off, ty), (FONT, 13).into_font().color(&BLACK)))
-                .map_err(plot_err)?;
+            cell.draw(&Text::new(cap, (off, ty), (FONT, 13).into_font().color(&BLACK))).map_err(plot_err)?;
         }
         Ok(())
     }

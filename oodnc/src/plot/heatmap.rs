@@ -27,11 +27,7 @@ pub struct Heatmap {
 impl Heatmap {
     /// A heatmap from rows of values.
     pub fn new(title: impl Into<String>, values: Vec<Vec<f64>>) -> Self {
-        Heatmap {
-            title: title.into(),
-            values,
-            ..Default::default()
-        }
+        Heatmap { title: title.into(), values, ..Default::default() }
     }
 
     /// From a 2-D tensor.
@@ -95,11 +91,23 @@ impl Plot for Heatmap {
             .y_labels(rows.min(20))
             .x_label_formatter(&|x: &f64| {
                 let i = (x - 0.5).round();
-                if i >= 0.0 && (i as usize) < cl.len() && (x - 0.5 - i).abs() < 1e-6 { cl[i as usize].clone() } else if cl.is_empty() { format!("{}", x.floor() as i64) } else { String::new() }
+                if i >= 0.0 && (i as usize) < cl.len() && (x - 0.5 - i).abs() < 1e-6 {
+                    cl[i as usize].clone()
+                } else if cl.is_empty() {
+                    format!("{}", x.floor() as i64)
+                } else {
+                    String::new()
+                }
             })
             .y_label_formatter(&|y: &f64| {
                 let i = (y - 0.5).round();
-                if i >= 0.0 && (i as usize) < rl.len() && (y - 0.5 - i).abs() < 1e-6 { rl[i as usize].clone() } else if rl.is_empty() { format!("{}", y.floor() as i64) } else { String::new() }
+                if i >= 0.0 && (i as usize) < rl.len() && (y - 0.5 - i).abs() < 1e-6 {
+                    rl[i as usize].clone()
+                } else if rl.is_empty() {
+                    format!("{}", y.floor() as i64)
+                } else {
+                    String::new()
+                }
             })
             .label_style((FONT, base * 0.8))
             .axis_desc_style((FONT, base))

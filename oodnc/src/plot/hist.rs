@@ -20,13 +20,7 @@ pub struct Histogram {
 impl Histogram {
     /// An empty histogram with 60 bins over the 0.5 %-99.5 % range.
     pub fn new(title: impl Into<String>, x_label: impl Into<String>) -> Self {
-        Histogram {
-            title: title.into(),
-            x_label: x_label.into(),
-            samples: Vec::new(),
-            bins: 60,
-            quantile_range: (0.005, 0.995),
-        }
+        Histogram { title: title.into(), x_label: x_label.into(), samples: Vec::new(), bins: 60, quantile_range: (0.005, 0.995) }
     }
 
     /// Adds a sample.
@@ -94,9 +88,9 @@ impl Plot for Histogram {
         for (k, ((label, _), d)) in self.samples.iter().zip(&dens).enumerate() {
             let color = series_color(k);
             chart
-                .draw_series(d.iter().enumerate().map(|(i, &v)| {
-                    Rectangle::new([(edges[i], 0.0), (edges[i + 1], v)], color.mix(0.35).filled())
-                }))
+                .draw_series(
+                    d.iter().enumerate().map(|(i, &v)| Rectangle::new([(edges[i], 0.0), (edges[i + 1], v)], color.mix(0.35).filled())),
+                )
                 .map_err(plot_err)?
                 .label(label.clone())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.mix(0.5).filled()));

@@ -21,21 +21,13 @@ pub struct Series {
 impl Series {
     /// A solid line with markers.
     pub fn new(label: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
-        Series {
-            label: label.into(),
-            points,
-            dashed: false,
-            markers: true,
-        }
+        Series { label: label.into(), points, dashed: false, markers: true }
     }
 
     /// From parallel x and y slices.
     pub fn from_xy(label: impl Into<String>, x: &[f64], y: &[f64]) -> Result<Self> {
         if x.len() != y.len() {
-            return Err(Error::shape(
-                "Series::from_xy",
-                format!("{} x values but {} y values", x.len(), y.len()),
-            ));
+            return Err(Error::shape("Series::from_xy", format!("{} x values but {} y values", x.len(), y.len())));
         }
         Ok(Series::new(label, x.iter().copied().zip(y.iter().copied()).collect()))
     }
@@ -75,12 +67,7 @@ pub struct LinePlot {
 impl LinePlot {
     /// An empty chart with a title and axis labels.
     pub fn new(title: impl Into<String>, x_label: impl Into<String>, y_label: impl Into<String>) -> Self {
-        LinePlot {
-            title: title.into(),
-            x_label: x_label.into(),
-            y_label: y_label.into(),
-            ..Default::default()
-        }
+        LinePlot { title: title.into(), x_label: x_label.into(), y_label: y_label.into(), ..Default::default() }
     }
 
     /// Adds a series.
@@ -121,20 +108,14 @@ impl LinePlot {
 
     fn finite_points(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
         let log = self.log_y;
-        self.series
-            .iter()
-            .flat_map(|s| s.points.iter().copied())
-            .filter(move |(x, y)| x.is_finite() && y.is_finite() && (!log || *y > 0.0))
+        self.series.iter().flat_map(|s| s.points.iter().copied()).filter(move |(x, y)| x.is_finite() && y.is_finite() && (!log || *y > 0.0))
     }
 
     /// The x and y ranges the chart will use.
     pub fn ranges(&self) -> Result<((f64, f64), (f64, f64))> {
         let mut pts = self.finite_points().peekable();
         if pts.peek().is_none() {
-            return Err(Error::data(
-                format!("plot '{}'", self.title),
-                "no finite points to draw",
-            ));
+            return Err(Error::data(format!("plot '{}'", self.title), "no finite points to draw"));
         }
         let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
         for (x, y) in pts {
@@ -180,12 +161,7 @@ impl Plot for LinePlot {
 }
 
 impl LinePlot {
-    fn draw_with<DB, YR>(
-        &self,
-        root: &DrawingArea<DB, Shift>,
-        xr: std::ops::Range<f64>,
-        yr: YR,
-    ) -> Result<()>
+    fn draw_with<DB, YR>(&self, root: &DrawingArea<DB, Shift>, xr: std::ops::Range<f64>, yr: YR) -> Result<()>
     where
         DB: DrawingBackend,
         YR: AsRangedCoord<Value = f64>,
@@ -218,13 +194,9 @@ impl LinePlot {
         };
         for (i, (a, b, label)) in self.shaded.iter().enumerate() {
             let color = RGBColor(214, 39, 40).mix(0.12);
-            let series = chart
-                .draw_series(std::iter::once(Rectangle::new([(*a, ylo), (*b, yhi)], color.filled())))
-                .map_err(plot_err)?;
+            let series = chart.draw_series(std::iter::once(Rectangle::new([(*a, ylo), (*b, yhi)], color.filled()))).map_err(plot_err)?;
             if i == 0 {
-                series
-                    .label(label.clone())
-                    .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
+                series.label(label.clone()).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
             }
         }
         for (v, label) in &self.hlines {
@@ -239,28 +211,17 @@ impl LinePlot {
         let log = self.log_y;
         for (i, s) in self.series.iter().enumerate() {
             let color = series_color(i);
-            let pts: Vec<(f64, f64)> = s
-                .points
-                .iter()
-                .copied()
-                .filter(|(x, y)| x.is_finite() && y.is_finite() && (!log || *y > 0.0))
-                .collect();
+            let pts: Vec<(f64, f64)> =
+                s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite() && (!log || *y > 0.0)).collect();
             let style = ShapeStyle::from(&color).stroke_width(2);
             let anno = if s.dashed {
-                chart
-                    .draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style))
-                    .map_err(plot_err)?
+                chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style)).map_err(plot_err)?
             } else {
-                chart
-                    .draw_series(LineSeries::new(pts.clone(), style))
-                    .map_err(plot_err)?
+                chart.draw_series(LineSeries::new(pts.clone(), style)).map_err(plot_err)?
             };
-            anno.label(s.label.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], style));
+            anno.label(s.label.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], style));
             if s.markers && pts.len() <= 400 {
-                chart
-                    .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                    .map_err(plot_err)?;
+                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(plot_err)?;
             }
         }
         if !self.series.is_empty() {

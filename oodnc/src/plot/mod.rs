@@ -21,8 +21,8 @@ pub mod run_figures;
 pub mod scatter;
 pub mod style;
 
-pub use figure::{Figure, Plot};
 pub use bar::BarChart;
+pub use figure::{Figure, Plot};
 pub use grid::ImageGrid;
 pub use heatmap::Heatmap;
 pub use hist::Histogram;

@@ -23,10 +23,8 @@ impl Plot for TextBox {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
         let (w, h) = root.dim_in_pixel();
         let base = (w.min(h) as f64 / 18.0).clamp(11.0, 18.0);
-        root.draw(&Rectangle::new([(4, 4), (w as i32 - 4, h as i32 - 4)], RGBColor(120, 120, 120).stroke_width(1)))
-            .map_err(plot_err)?;
-        root.draw(&Text::new(self.title.clone(), (14, 12), (FONT, base * 1.2).into_font().style(FontStyle::Bold)))
-            .map_err(plot_err)?;
+        root.draw(&Rectangle::new([(4, 4), (w as i32 - 4, h as i32 - 4)], RGBColor(120, 120, 120).stroke_width(1))).map_err(plot_err)?;
+        root.draw(&Text::new(self.title.clone(), (14, 12), (FONT, base * 1.2).into_font().style(FontStyle::Bold))).map_err(plot_err)?;
         for (i, l) in self.lines.iter().enumerate() {
             root.draw(&Text::new(l.clone(), (14, 12 + ((i as f64 + 1.6) * base * 1.4) as i32), (FONT, base).into_font()))
                 .map_err(plot_err)?;
@@ -90,12 +88,7 @@ pub struct Panels {
 impl Panels {
     /// A grid; panels fill it row by row.
     pub fn new(title: impl Into<String>, rows: usize, cols: usize, panels: Vec<AnyPlot>) -> Self {
-        Panels {
-            title: title.into(),
-            rows,
-            cols,
-            panels,
-        }
+        Panels { title: title.into(), rows, cols, panels }
     }
 }
 

@@ -120,7 +120,13 @@ pub fn detector_scores(run_dir: &Path, epoch: i64, sets: &EvalSets, name: &str, 
 
 /// The class-geometry heatmaps (last of `epochs`), the within-class variance over
 /// `epochs`, and the 2-D PCA of ID test and OOD features (last epoch).
-pub fn geometry_figures(run_dir: &Path, cfg: &RunConfig, sets: &EvalSets, epochs: &[i64], device: Device) -> Result<(Figure, Figure, Figure)> {
+pub fn geometry_figures(
+    run_dir: &Path,
+    cfg: &RunConfig,
+    sets: &EvalSets,
+    epochs: &[i64],
+    device: Device,
+) -> Result<(Figure, Figure, Figure)> {
     let c = cfg.model.num_classes;
     let last = *epochs.last().ok_or_else(|| crate::Error::data("geometry figures", "no epochs"))?;
     let (mut vars, mut diag, mut geo_fig, mut pca_fig) = (Vec::new(), Vec::new(), None, None);

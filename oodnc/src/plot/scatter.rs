@@ -24,12 +24,7 @@ pub struct ScatterPlot {
 impl ScatterPlot {
     /// An empty scatter plot.
     pub fn new(title: impl Into<String>, x: impl Into<String>, y: impl Into<String>) -> Self {
-        ScatterPlot {
-            title: title.into(),
-            x_label: x.into(),
-            y_label: y.into(),
-            ..Default::default()
-        }
+        ScatterPlot { title: title.into(), x_label: x.into(), y_label: y.into(), ..Default::default() }
     }
 
     /// Adds a group.
@@ -41,11 +36,13 @@ impl ScatterPlot {
 
 impl Plot for ScatterPlot {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
-        let pts: Vec<(f64, f64)> = self.groups.iter().flat_map(|g| g.1.iter().copied()).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+        let pts: Vec<(f64, f64)> =
+            self.groups.iter().flat_map(|g| g.1.iter().copied()).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
         if pts.is_empty() {
             return Err(Error::data(format!("scatter '{}'", self.title), "no finite points"));
         }
-        let (x0, x1, y0, y1) = pts.iter().fold((f64::MAX, f64::MIN, f64::MAX, f64::MIN), |a, &(x, y)| (a.0.min(x), a.1.max(x), a.2.min(y), a.3.max(y)));
+        let (x0, x1, y0, y1) =
+            pts.iter().fold((f64::MAX, f64::MIN, f64::MAX, f64::MIN), |a, &(x, y)| (a.0.min(x), a.1.max(x), a.2.min(y), a.3.max(y)));
         let (px, py) = (((x1 - x0) * 0.05).max(1e-9), ((y1 - y0) * 0.05).max(1e-9));
         let (w, h) = root.dim_in_pixel();
         let base = (w.min(h) as f64 / 30.0).clamp(11.0, 20.0);
@@ -71,9 +68,7 @@ impl Plot for ScatterPlot {
         let mut any_legend = false;
         for (k, (label, p, size, legend)) in self.groups.iter().enumerate() {
             let color = colors[k % colors.len().max(1)];
-            let s = chart
-                .draw_series(p.iter().map(|&q| Circle::new(q, *size, color.mix(0.7).filled())))
-                .map_err(plot_err)?;
+            let s = chart.draw_series(p.iter().map(|&q| Circle::new(q, *size, color.mix(0.7).filled()))).map_err(plot_err)?;
             if *legend {
                 any_legend = true;
                 s.label(label.clone()).legend(move |(x, y)| Circle::new((x + 6, y), 5, color.filled()));

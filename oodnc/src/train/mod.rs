@@ -15,5 +15,5 @@ pub mod trainer;
 pub mod writer;
 
 pub use history::{EpochRecord, History};
-pub use sgd::Sgd;
+pub use sgd::{Sgd, SgdConfig};
 pub use trainer::{cosine_lr, train_step, RunData, TrainOutcome, Trainer};

@@ -65,6 +65,24 @@ fn ptrs(ts: &[&Tensor]) -> Vec<*mut C_tensor> {
     ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect()
 }
 
+/// SGD's settings, with the original recipe's values as defaults
+/// (momentum 0.9, weight decay 5e-4 on every parameter, no Nesterov).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdConfig {
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub nesterov: bool,
+    /// Apply weight decay to 1-D parameters (BN gamma/beta, biases) too, as the
+    /// original does; `false` decays only the >1-D weights.
+    pub decay_bn_and_bias: bool,
+}
+
+impl Default for SgdConfig {
+    fn default() -> Self {
+        SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: false, decay_bn_and_bias: true }
+    }
+}
+
 /// The optimizer and its state.
 pub struct Sgd {
     params: Vec<(String, Tensor)>,
@@ -79,21 +97,14 @@ pub struct Sgd {
 }
 
 impl Sgd {
-    /// `params`: trainable (name, tensor) pairs. With `decay_bn_and_bias` false,
-    /// 1-D parameters (BN gamma/beta and biases) get no weight decay.
-    pub fn new(mut params: Vec<(String, Tensor)>, momentum: f64, weight_decay: f64, nesterov: bool, decay_bn_and_bias: bool) -> Self {
+    /// `params`: trainable (name, tensor) pairs; `cfg`: see [`SgdConfig`]
+    /// (`SgdConfig::default()` is the original recipe).
+    pub fn new(mut params: Vec<(String, Tensor)>, cfg: SgdConfig) -> Self {
+        let SgdConfig { momentum, weight_decay, nesterov, decay_bn_and_bias } = cfg;
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let decay = params.iter().map(|(_, p)| decay_bn_and_bias || p.dim() > 1).collect();
         let n = params.len();
-        Sgd {
-            params,
-            decay,
-            buffers: (0..n).map(|_| None).collect(),
-            momentum,
-            weight_decay,
-            nesterov,
-            steps: 0,
-        }
+        Sgd { params, decay, buffers: (0..n).map(|_| None).collect(), momentum, weight_decay, nesterov, steps: 0 }
     }
 
     /// Drops the gradients (PyTorch's `zero_grad(set_to_none=True)`): the next
@@ -140,7 +151,10 @@ impl Sgd {
                     if !same_layout(&grads[i], p) || !buf_ok {
                         return Err(Error::shape(
                             "fused SGD step",
-                            format!("{name}: gradient or momentum buffer laid out differently from the parameter (strides {:?})", p.stride()),
+                            format!(
+                                "{name}: gradient or momentum buffer laid out differently from the parameter (strides {:?})",
+                                p.stride()
+                            ),
                         ));
                     }
                 }
@@ -206,11 +220,7 @@ impl Sgd {
     fn reference_update(&mut self, i: usize, g: &Tensor, lr: f64) {
         tch::no_grad(|| {
             let p = &mut self.params[i].1;
-            let mut d = if self.weight_decay > 0.0 && self.decay[i] {
-                g + &*p * self.weight_decay
-            } else {
-                g.shallow_clone()
-            };
+            let mut d = if self.weight_decay > 0.0 && self.decay[i] { g + &*p * self.weight_decay } else { g.shallow_clone() };
             if self.momentum > 0.0 {
                 let buf = match self.buffers[i].take() {
                     // In the parameter's layout, like the fused path's buffers.

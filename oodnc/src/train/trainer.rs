@@ -153,24 +153,19 @@ impl Trainer {
         if cfg.train.fast_path(device).channels_last {
             crate::amp::convert_channels_last(&vs);
         }
-        let params: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
+        let params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         let t = &cfg.train;
-        let opt = Sgd::new(params, t.momentum, t.weight_decay, t.nesterov, t.decay_bn_and_bias);
-        let mut tr = Trainer {
-            cfg,
-            run_dir,
-            vs,
-            model,
-            opt,
-            history: History::default(),
-            device,
-            writer: BackgroundWriter::default(),
-            _lock: lock,
-        };
+        let opt = Sgd::new(
+            params,
+            super::sgd::SgdConfig {
+                momentum: t.momentum,
+                weight_decay: t.weight_decay,
+                nesterov: t.nesterov,
+                decay_bn_and_bias: t.decay_bn_and_bias,
+            },
+        );
+        let mut tr =
+            Trainer { cfg, run_dir, vs, model, opt, history: History::default(), device, writer: BackgroundWriter::default(), _lock: lock };
         if state_path(&tr.run_dir).exists() {
             tr.load_state()?;
         }
@@ -201,12 +196,7 @@ impl Trainer {
     /// state, which resuming handles (it drops the extra rows); the reverse
     /// order would leave a run that cannot resume.
     fn state_ops(&self) -> Result<Vec<FileOp>> {
-        let mut tensors: Vec<(String, Tensor)> = self
-            .vs
-            .variables()
-            .into_iter()
-            .map(|(n, t)| (format!("model.{n}"), t))
-            .collect();
+        let mut tensors: Vec<(String, Tensor)> = self.vs.variables().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
         tensors.extend(self.opt.state().into_iter().map(|(n, t)| (format!("optim.{n}"), t)));
         let mut md = BTreeMap::new();
         md.insert("epoch".into(), self.epochs_done().to_string());
@@ -232,32 +222,21 @@ impl Trainer {
             }
             tch::no_grad(|| var.f_copy_(&src))?;
         }
-        let optim: BTreeMap<String, Tensor> = loaded
-            .tensors
-            .into_iter()
-            .filter_map(|(n, t)| n.strip_prefix("optim.").map(|s| (s.to_string(), t)))
-            .collect();
+        let optim: BTreeMap<String, Tensor> =
+            loaded.tensors.into_iter().filter_map(|(n, t)| n.strip_prefix("optim.").map(|s| (s.to_string(), t))).collect();
         self.opt.load_state(optim, steps)?;
         let hist = History::read(self.run_dir.join("history.csv"))?;
         if hist.records.last().map(|r| r.epoch).unwrap_or(0) < epoch {
             return Err(Error::format(&p, format!("state is at epoch {epoch} but history.csv is behind")));
         }
-        self.history = History {
-            records: hist.records.into_iter().filter(|r| r.epoch <= epoch).collect(),
-        };
+        self.history = History { records: hist.records.into_iter().filter(|r| r.epoch <= epoch).collect() };
         Ok(())
     }
 
     /// The checkpoint of `epoch` and, beside it, the optimizer state (momentum
     /// buffers and step count), so that training can branch from any checkpoint.
     fn checkpoint_ops(&self, epoch: i64, metrics: BTreeMap<String, f64>) -> Result<Vec<FileOp>> {
-        let meta = CheckpointMeta {
-            epoch,
-            seed: self.cfg.seed,
-            config_hash: self.cfg.hash(),
-            model: Some(self.cfg.model),
-            metrics,
-        };
+        let meta = CheckpointMeta { epoch, seed: self.cfg.seed, config_hash: self.cfg.hash(), model: Some(self.cfg.model), metrics };
         let mut md = BTreeMap::new();
         md.insert("epoch".into(), epoch.to_string());
         md.insert("steps".into(), self.opt.steps.to_string());
@@ -272,11 +251,7 @@ impl Trainer {
 
     /// Mean loss and accuracy of the model in eval mode over `loader`, in f32.
     pub fn evaluate(&self, loader: &BatchLoader) -> Result<(f64, f64)> {
-        let plain = FastPath {
-            autocast: None,
-            channels_last: false,
-            cudnn_benchmark: false,
-        };
+        let plain = FastPath { autocast: None, channels_last: false, cudnn_benchmark: false };
         self.evaluate_with(loader, plain)
     }
 
@@ -343,12 +318,7 @@ impl Trainer {
                 if b < 0 {
                     return Ok(());
                 }
-                Err(Error::Diverged {
-                    run: self.run_dir.clone(),
-                    epoch,
-                    batch: b + 1,
-                    value: format!("{}", bad_loss.double_value(&[])),
-                })
+                Err(Error::Diverged { run: self.run_dir.clone(), epoch, batch: b + 1, value: format!("{}", bad_loss.double_value(&[])) })
             };
             for (k, batch) in train_loader.epoch(epoch as u64).enumerate() {
                 if INTERRUPTED.load(Ordering::SeqCst) {
@@ -376,11 +346,7 @@ impl Trainer {
                 let (ls, c) = (&loss_sum, &correct);
                 // Reading the running loss syncs with the device: only every 25 batches.
                 prog.inc_throttled(1, k % 25 == 0, || {
-                    format!(
-                        "loss {:.3} acc {:.1}%",
-                        ls.double_value(&[]) / seen as f64,
-                        100.0 * c.int64_value(&[]) as f64 / seen as f64
-                    )
+                    format!("loss {:.3} acc {:.1}%", ls.double_value(&[]) / seen as f64, 100.0 * c.int64_value(&[]) as f64 / seen as f64)
                 });
             }
             let train_secs = prog.elapsed();
@@ -468,7 +434,6 @@ pub fn load_run_model(run_dir: &Path, epoch: i64, device: Device) -> Result<(Var
     Ok((vs, model, meta))
 }
 
-
 /// Epochs that have a checkpoint in a run, ascending (real epoch numbers only).
 pub fn available_epochs(run_dir: &Path) -> Result<Vec<i64>> {
     let dir = run_dir.join("checkpoints");
@@ -485,7 +450,10 @@ pub fn available_epochs(run_dir: &Path) -> Result<Vec<i64>> {
             continue;
         }
         let Ok(epoch) = stem.parse::<i64>() else {
-            return Err(Error::format(dir.join(&n), "not a checkpoint name (epoch_NNN.safetensors); move it out of the checkpoints folder"));
+            return Err(Error::format(
+                dir.join(&n),
+                "not a checkpoint name (epoch_NNN.safetensors); move it out of the checkpoints folder",
+            ));
         };
         let canonical = checkpoint_path(run_dir, epoch);
         if epoch < 0 || canonical.file_name() != Some(e.file_name().as_os_str()) {

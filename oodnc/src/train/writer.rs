@@ -59,9 +59,7 @@ impl BackgroundWriter {
     pub fn flush(&mut self) -> Result<()> {
         match self.pending.take() {
             None => Ok(()),
-            Some(h) => h
-                .join()
-                .unwrap_or_else(|_| Err(Error::data("background writer", "the writer thread panicked"))),
+            Some(h) => h.join().unwrap_or_else(|_| Err(Error::data("background writer", "the writer thread panicked"))),
         }
     }
 }

@@ -197,7 +197,11 @@ impl Bank {
     /// `[M, N]` inner products of a block of queries with the bank, dense, on the bank's device.
     fn similarities(&self, q: &Tensor) -> Tensor {
         if let Some(w) = &self.onednn {
-            let fast = q.contiguous().f_to_mkldnn(None).and_then(|qm| qm.f_mkldnn_linear(w, None::<Tensor>)).and_then(|s| s.f_to_dense(None, false));
+            let fast = q
+                .contiguous()
+                .f_to_mkldnn(None)
+                .and_then(|qm| qm.f_mkldnn_linear(w, None::<Tensor>))
+                .and_then(|s| s.f_to_dense(None, false));
             if let Ok(s) = fast {
                 return s;
             }

@@ -1,9 +1,9 @@
 //! Detectors on the logits alone: MSP, MaxLogit, Energy, Entropy, GEN.
 
 use super::{energy_of, log_msp, logits, max_dim1, Head};
-use crate::ood::detector::{FitData, GridContext, ParamReader, ParamValue, Registered, Scorer};
 use crate::error::Result;
 use crate::features::FeatureSet;
+use crate::ood::detector::{FitData, GridContext, ParamReader, ParamValue, Registered, Scorer};
 use tch::{Kind, Tensor};
 
 /// The fitted state of a logit detector: the number of classes (nothing is estimated).

@@ -58,11 +58,8 @@ impl Registered for Neco {
         Ok(())
     }
     fn grid(ctx: &GridContext) -> Vec<Self> {
-        let mut v: Vec<Neco> = [10, 20, 50, 100, 200, 300, 400, 500]
-            .iter()
-            .filter(|&&k| k < ctx.d)
-            .map(|&d| Neco { d, maxlogit: false })
-            .collect();
+        let mut v: Vec<Neco> =
+            [10, 20, 50, 100, 200, 300, 400, 500].iter().filter(|&&k| k < ctx.d).map(|&d| Neco { d, maxlogit: false }).collect();
         let cm1 = (ctx.c - 1).clamp(1, ctx.d - 1);
         v.push(Neco { d: cm1, maxlogit: false });
         v.push(Neco { d: cm1, maxlogit: true });

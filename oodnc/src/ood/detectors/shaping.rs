@@ -205,6 +205,24 @@ macro_rules! ash {
     };
 }
 
-ash!(AshP, "ash_p", AshVariant::Prune, "activation shaping, prune (Djurisic et al. 2023)", "**ASH-P**: prune the activations below the threshold.");
-ash!(AshB, "ash_b", AshVariant::Binarize, "activation shaping, binarise (Djurisic et al. 2023)", "**ASH-B**: set the kept activations to s1 / (number kept).");
-ash!(AshS, "ash_s", AshVariant::Scale, "activation shaping, scale (Djurisic et al. 2023)", "**ASH-S**: scale the kept activations by exp(s1 / s2).");
+ash!(
+    AshP,
+    "ash_p",
+    AshVariant::Prune,
+    "activation shaping, prune (Djurisic et al. 2023)",
+    "**ASH-P**: prune the activations below the threshold."
+);
+ash!(
+    AshB,
+    "ash_b",
+    AshVariant::Binarize,
+    "activation shaping, binarise (Djurisic et al. 2023)",
+    "**ASH-B**: set the kept activations to s1 / (number kept)."
+);
+ash!(
+    AshS,
+    "ash_s",
+    AshVariant::Scale,
+    "activation shaping, scale (Djurisic et al. 2023)",
+    "**ASH-S**: scale the kept activations by exp(s1 / s2)."
+);
