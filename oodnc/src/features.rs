@@ -310,7 +310,7 @@ pub fn dataset_md5(data: &Dataset) -> Result<String> {
 
 /// The cache file of `dataset` features at `epoch` of a run.
 pub fn cache_path(run_dir: &Path, epoch: i64, dataset: &str) -> PathBuf {
-    run_dir.join("features").join(format!("epoch_{epoch:03}")).join(format!("{dataset}.safetensors"))
+    crate::run::layout::features(run_dir, epoch, dataset)
 }
 
 /// MD5 (hex) of named tensors: names, shapes, dtypes and bytes, in name order.

@@ -114,6 +114,11 @@ impl Session {
         Ok(p)
     }
 
+    /// The run, opened for analysis (config checked against its checkpoints).
+    pub fn open_run(&self) -> Result<crate::run::Run> {
+        crate::run::Run::open(&self.run_dir)
+    }
+
     /// The training history.
     pub fn history(&self) -> Result<History> {
         History::read(self.run_dir.join("history.csv"))

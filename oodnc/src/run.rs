@@ -1,5 +1,7 @@
-//! A run directory: its name, its lock, and the check that its config still
-//! matches what its checkpoints were trained with.
+//! A run directory: the [`Run`] type that owns it (config read and checked
+//! once, epochs, checkpoints, the model or just its classifier head, the
+//! feature cache, the result tables, the locks), the file [`layout`], and the
+//! check that its config still matches what its checkpoints were trained with.
 //!
 //! Layout of `runs/<name>/`:
 //! ```text
@@ -30,6 +32,247 @@ use std::path::{Path, PathBuf};
 
 /// Name of the config file of a run.
 pub const CONFIG_FILE: &str = "config.toml";
+
+/// Where every file of a run lives (the one place these names are spelled).
+pub mod layout {
+    use std::path::{Path, PathBuf};
+
+    /// `config.toml`: the resolved config.
+    pub fn config(run: &Path) -> PathBuf {
+        run.join(super::CONFIG_FILE)
+    }
+    /// `history.csv`: one row per completed epoch.
+    pub fn history(run: &Path) -> PathBuf {
+        run.join("history.csv")
+    }
+    /// `state/last.safetensors`: the resume state.
+    pub fn state(run: &Path) -> PathBuf {
+        run.join("state").join("last.safetensors")
+    }
+    /// The checkpoints folder.
+    pub fn checkpoints(run: &Path) -> PathBuf {
+        run.join("checkpoints")
+    }
+    /// `checkpoints/epoch_NNN.safetensors`.
+    pub fn checkpoint(run: &Path, epoch: i64) -> PathBuf {
+        checkpoints(run).join(format!("epoch_{epoch:03}.safetensors"))
+    }
+    /// `checkpoints/epoch_NNN.optim.safetensors`: the optimizer state beside a checkpoint.
+    pub fn optimizer(run: &Path, epoch: i64) -> PathBuf {
+        checkpoints(run).join(format!("epoch_{epoch:03}.optim.safetensors"))
+    }
+    /// `checkpoints/best.json`: the epoch with the best validation accuracy.
+    pub fn best(run: &Path) -> PathBuf {
+        checkpoints(run).join("best.json")
+    }
+    /// `features/epoch_NNN/<set>.safetensors`: the feature cache.
+    pub fn features(run: &Path, epoch: i64, set: &str) -> PathBuf {
+        run.join("features").join(format!("epoch_{epoch:03}")).join(format!("{set}.safetensors"))
+    }
+    /// A result table.
+    pub fn table(run: &Path, t: super::Table) -> PathBuf {
+        run.join(t.rel())
+    }
+}
+
+/// The result tables of a run (merged, never shrunk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// `ood/metrics.csv`: epoch, detector, dataset, metric, value, ci_low, ci_high.
+    OodMetrics,
+    /// `ood/selection.json`: the chosen hyperparameters with every candidate's validation AUROC.
+    OodSelection,
+    /// `nc/metrics.csv`: epoch, layer, dataset, metric, value (penultimate layer).
+    NcMetrics,
+    /// `nc/layers.csv`: the same for every layer.
+    NcLayers,
+    /// `nc/terminal_phase.json`.
+    TerminalPhase,
+}
+
+impl Table {
+    /// Path relative to the run folder.
+    pub fn rel(self) -> &'static str {
+        match self {
+            Table::OodMetrics => "ood/metrics.csv",
+            Table::OodSelection => "ood/selection.json",
+            Table::NcMetrics => "nc/metrics.csv",
+            Table::NcLayers => "nc/layers.csv",
+            Table::TerminalPhase => "nc/terminal_phase.json",
+        }
+    }
+}
+
+/// An existing run, opened for analysis: its config read once, validated, and
+/// checked against the resume state and every checkpoint ([`read_config`]).
+/// Extraction, the OOD and NC studies, figures, the CLI and the notebooks all
+/// reach the run's files through it.
+///
+/// ```no_run
+/// let run = oodnc::run::Run::open_named("runs".as_ref(), "demo")?;
+/// let last = run.last_epoch()?;
+/// let (w, b) = run.head(last)?; // the classifier, without building the network
+/// println!("{} epochs, head {:?}", run.epochs()?.len(), w.size());
+/// # Ok::<(), oodnc::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Run {
+    dir: PathBuf,
+    cfg: RunConfig,
+}
+
+impl Run {
+    /// Opens the run in `dir`.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        let cfg = read_config(&dir)?;
+        Ok(Run { dir, cfg })
+    }
+
+    /// Opens `runs/<name>` ([`validate_name`] first).
+    pub fn open_named(runs: &Path, name: &str) -> Result<Self> {
+        Self::open(run_dir(runs, name)?)
+    }
+
+    /// The run folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The run's name (its folder name).
+    pub fn name(&self) -> String {
+        self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    /// The config (as checked against the checkpoints).
+    pub fn config(&self) -> &RunConfig {
+        &self.cfg
+    }
+
+    /// The training history.
+    pub fn history(&self) -> Result<crate::train::History> {
+        crate::train::History::read(layout::history(&self.dir))
+    }
+
+    /// Epochs with a checkpoint, ascending.
+    pub fn epochs(&self) -> Result<Vec<i64>> {
+        crate::train::trainer::available_epochs(&self.dir)
+    }
+
+    /// The last epoch with a checkpoint.
+    pub fn last_epoch(&self) -> Result<i64> {
+        self.epochs()?.last().copied().ok_or_else(|| Error::Missing {
+            what: "any checkpoint".into(),
+            path: layout::checkpoints(&self.dir),
+            hint: "; train first (`oodnc train` or notebook 01)".into(),
+        })
+    }
+
+    /// `wanted` checked against the checkpoints (every epoch when empty).
+    pub fn select_epochs(&self, wanted: &[i64]) -> Result<Vec<i64>> {
+        let avail = self.epochs()?;
+        if avail.is_empty() {
+            self.last_epoch()?;
+        }
+        if wanted.is_empty() {
+            return Ok(avail);
+        }
+        if let Some(e) = wanted.iter().find(|e| !avail.contains(e)) {
+            return Err(Error::param("--epochs", format!("no checkpoint of epoch {e} in {}; available: {avail:?}", self.dir.display())));
+        }
+        Ok(wanted.to_vec())
+    }
+
+    /// Epochs from the CLI's `all | last | 5,10` syntax, checked.
+    pub fn parse_epochs(&self, spec: &str) -> Result<Vec<i64>> {
+        match spec.trim() {
+            "all" => self.select_epochs(&[]),
+            "last" => Ok(vec![self.last_epoch()?]),
+            list => {
+                let eps = list
+                    .split(',')
+                    .map(|x| {
+                        x.trim().parse::<i64>().map_err(|_| {
+                            Error::param("--epochs", format!("'{x}' is not an epoch number (use all, last or a list like 5,10)"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                if eps.is_empty() {
+                    return Err(Error::param("--epochs", "is empty"));
+                }
+                self.select_epochs(&eps)
+            }
+        }
+    }
+
+    /// The checkpoint file of `epoch`.
+    pub fn checkpoint(&self, epoch: i64) -> PathBuf {
+        layout::checkpoint(&self.dir, epoch)
+    }
+
+    /// The network at `epoch` (with the checkpoint's metadata).
+    pub fn model(
+        &self,
+        epoch: i64,
+        device: tch::Device,
+    ) -> Result<(tch::nn::VarStore, crate::model::ResNet18, crate::model::CheckpointMeta)> {
+        crate::train::trainer::load_run_model(&self.dir, epoch, device)
+    }
+
+    /// The classifier weight `[C, D]` and bias `[C]` at `epoch` (f32, CPU), read
+    /// from the checkpoint without building the network.
+    pub fn head(&self, epoch: i64) -> Result<(tch::Tensor, tch::Tensor)> {
+        let p = self.checkpoint(epoch);
+        if !p.exists() {
+            return Err(Error::Missing { what: format!("checkpoint of epoch {epoch}"), path: p, hint: "; train first".into() });
+        }
+        check_recorded(&self.dir, &p, &self.cfg, Allow { more_epochs: true })?;
+        let mut l = crate::tensor_io::load(&p)?;
+        let w = l.take(&p, "fc.weight")?.to_kind(tch::Kind::Float);
+        let (c, d) = (self.cfg.model.num_classes, self.cfg.model.feature_dim());
+        if w.size() != [c, d] {
+            return Err(Error::shape(
+                format!("checkpoint {}", p.display()),
+                format!("fc.weight is {:?}, the config says [{c}, {d}]", w.size()),
+            ));
+        }
+        let b = match l.take(&p, "fc.bias") {
+            Ok(b) => b.to_kind(tch::Kind::Float),
+            Err(_) => tch::Tensor::zeros([c], (tch::Kind::Float, tch::Device::Cpu)),
+        };
+        Ok((w, b))
+    }
+
+    /// The evaluation sets of the run's config (ID splits, OOD sets, OOD-val).
+    pub fn eval_sets(&self) -> Result<crate::data::protocol::EvalSets> {
+        crate::data::protocol::load_eval_sets(&self.cfg)
+    }
+
+    /// Features of `data` at `epoch`, from the run's feature cache (see [`crate::features::cached`]).
+    pub fn features(
+        &self,
+        epoch: i64,
+        data: &crate::data::Dataset,
+        opts: crate::features::ExtractOptions,
+        device: tch::Device,
+    ) -> Result<crate::features::FeatureSet> {
+        crate::features::cached(&self.dir, epoch, data, opts, device)
+    }
+
+    /// The path of a result table.
+    pub fn table(&self, t: Table) -> PathBuf {
+        layout::table(&self.dir, t)
+    }
+
+    /// The lock for writing result tables; removes temp files of dead writers.
+    pub fn lock_tables(&self) -> Result<RunLock> {
+        let lock = RunLock::acquire(&self.dir, LockKind::Tables)?;
+        for p in clean_stale_temps(&self.dir)? {
+            eprintln!("removed a temp file left by a stopped writer: {}", p.display());
+        }
+        Ok(lock)
+    }
+}
 
 /// Checks that `name` is one plain folder name: not empty, no path separator,
 /// not `.`/`..`, no leading `.` (hidden), no control characters.
@@ -306,22 +549,22 @@ fn to_value(cfg: &RunConfig) -> Result<toml::Value> {
 /// config edited after training is refused. A grown `train.epochs` (an
 /// extended run) is accepted.
 pub fn read_config(run_dir: &Path) -> Result<RunConfig> {
-    let path = run_dir.join(CONFIG_FILE);
+    let path = layout::config(run_dir);
     if !path.exists() {
         return Err(Error::Missing {
             what: format!("run '{}'", run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
             path,
-            hint: "; train it first (`oodnc train --run NAME` or notebook 01), or check --run / --runs".into(),
+            hint: "; train first (`oodnc train --run NAME` or notebook 01), or check --run / --runs".into(),
         });
     }
     let cfg = RunConfig::read(&path)?;
     let allow = Allow { more_epochs: true };
-    let state = run_dir.join("state").join("last.safetensors");
+    let state = layout::state(run_dir);
     if state.exists() {
         check_recorded(run_dir, &state, &cfg, allow)?;
     }
     for e in crate::train::trainer::available_epochs(run_dir).unwrap_or_default() {
-        check_recorded(run_dir, &crate::train::trainer::checkpoint_path(run_dir, e), &cfg, allow)?;
+        check_recorded(run_dir, &layout::checkpoint(run_dir, e), &cfg, allow)?;
     }
     Ok(cfg)
 }

@@ -328,33 +328,6 @@ fn parse_device(d: Option<DeviceArg>) -> oodnc::Result<tch::Device> {
     }
 }
 
-fn parse_epochs(run_dir: &std::path::Path, spec: &str) -> oodnc::Result<Vec<i64>> {
-    let avail = oodnc::train::trainer::available_epochs(run_dir)?;
-    if avail.is_empty() {
-        return Err(oodnc::Error::Missing {
-            what: "any checkpoint".into(),
-            path: run_dir.join("checkpoints"),
-            hint: "; train first (`oodnc train` or notebook 01)".into(),
-        });
-    }
-    let eps: Vec<i64> = match spec {
-        "all" => avail.clone(),
-        "last" => avail.last().copied().into_iter().collect(),
-        list => list
-            .split(',')
-            .map(|x| {
-                x.trim().parse::<i64>().map_err(|_| {
-                    oodnc::Error::param("--epochs", format!("'{x}' is not an epoch number (use all, last or a list like 5,10)"))
-                })
-            })
-            .collect::<oodnc::Result<_>>()?,
-    };
-    if let Some(e) = eps.iter().find(|e| !avail.contains(e)) {
-        return Err(oodnc::Error::param("--epochs", format!("no checkpoint of epoch {e} in {}; available: {avail:?}", run_dir.display())));
-    }
-    Ok(eps)
-}
-
 fn train(a: TrainArgs) -> oodnc::Result<()> {
     let run_dir = oodnc::run::run_dir(&a.runs, &a.run)?;
     let cfg_path = run_dir.join(oodnc::run::CONFIG_FILE);
@@ -489,15 +462,15 @@ fn run(cli: Cli) -> oodnc::Result<()> {
         }
         Command::Train(a) => train(a)?,
         Command::Figures { run, runs, out } => {
-            let run_dir = oodnc::run::run_dir(&runs, &run)?;
-            let files = oodnc::plot::run_figures::write_run_figures(&run_dir, &out.join(&run), oodnc::device::best_device())?;
+            let r = oodnc::run::Run::open_named(&runs, &run)?;
+            let files = oodnc::plot::run_figures::write_run_figures(r.dir(), &out.join(&run), oodnc::device::best_device())?;
             println!("{} figures written to {} (PNG + SVG)", files.len(), out.join(&run).display());
         }
         Command::Nc { run, runs, epochs, layers, pool2x2 } => {
-            let run_dir = oodnc::run::run_dir(&runs, &run)?;
-            let eps = parse_epochs(&run_dir, &epochs)?;
+            let r = oodnc::run::Run::open_named(&runs, &run)?;
+            let eps = r.parse_epochs(&epochs)?;
             let opts = oodnc::nc::study::NcOptions { layers, pool2x2, ..Default::default() };
-            let st = oodnc::nc::study::run(&run_dir, &eps, opts, oodnc::device::best_device())?;
+            let st = oodnc::nc::study::study(&r, &eps, opts, oodnc::device::best_device())?;
             let df = &st.frame;
             let rows = oodnc::report::long_rows(df, "layer")?;
             let last = oodnc::report::last_epoch(&rows)?;
@@ -522,21 +495,20 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             println!("table: {}", st.csv.display());
         }
         Command::Extract { run, runs, epochs, taps } => {
-            let run_dir = oodnc::run::run_dir(&runs, &run)?;
-            let cfg = oodnc::run::read_config(&run_dir)?;
-            let eps = parse_epochs(&run_dir, &epochs)?;
-            let sets = oodnc::data::protocol::load_eval_sets(&cfg)?;
+            let r = oodnc::run::Run::open_named(&runs, &run)?;
+            let eps = r.parse_epochs(&epochs)?;
+            let sets = r.eval_sets()?;
             let opts = oodnc::features::ExtractOptions { taps, pool2x2: false };
             let device = oodnc::device::best_device();
             for e in eps {
                 let t = std::time::Instant::now();
-                oodnc::ood::pipeline::epoch_features(&run_dir, e, &sets, opts, device)?;
+                oodnc::ood::pipeline::epoch_features(r.dir(), e, &sets, opts, device)?;
                 println!("epoch {e}: features cached in {:.1}s", t.elapsed().as_secs_f64());
             }
         }
         Command::Ood { run, runs, epochs, detectors, bootstrap } => {
-            let run_dir = oodnc::run::run_dir(&runs, &run)?;
-            let eps = parse_epochs(&run_dir, &epochs)?;
+            let r = oodnc::run::Run::open_named(&runs, &run)?;
+            let eps = r.parse_epochs(&epochs)?;
             let mut names: Vec<&str> = Vec::new();
             for d in detectors.split(',').map(str::trim).filter(|d| !d.is_empty()) {
                 match d {
@@ -547,7 +519,7 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             }
             let mut seen = std::collections::BTreeSet::new();
             names.retain(|d| seen.insert(*d));
-            let study = oodnc::ood::pipeline::run(&run_dir, &eps, &names, bootstrap, oodnc::device::best_device())?;
+            let study = oodnc::ood::pipeline::study(&r, &eps, &names, bootstrap, oodnc::device::best_device())?;
             let rows = oodnc::report::long_rows(&study.frame, "detector")?;
             let last = oodnc::report::last_epoch(&rows)?;
             println!("{}", oodnc::report::ood_table(&rows, last)?);

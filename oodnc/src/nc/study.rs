@@ -2,7 +2,6 @@
 
 use super::layers::{layer_metrics, separation_fuzziness_slope};
 use super::metrics::{nc5, nc_metrics, nc_with_ood_class};
-use crate::data::protocol::load_eval_sets;
 use crate::error::{Error, Result};
 use crate::features::{cached, ExtractOptions};
 use polars::prelude::*;
@@ -62,11 +61,19 @@ pub fn run(run_dir: &Path, epochs: &[i64], opts: NcOptions, device: Device) -> R
     if opts.pool2x2 && !opts.layers {
         return Err(Error::param("pool2x2", "needs layers (2x2 pooling applies to the block outputs: pass --layers too)"));
     }
-    let cfg = crate::run::read_config(run_dir)?;
-    let _lock = crate::run::RunLock::acquire(run_dir, crate::run::LockKind::Tables)?;
-    let available = crate::train::trainer::available_epochs(run_dir)?;
-    let epochs: Vec<i64> = if epochs.is_empty() { available.clone() } else { epochs.to_vec() };
-    let sets = load_eval_sets(&cfg)?;
+    study(&crate::run::Run::open(run_dir)?, epochs, opts, device)
+}
+
+/// [`run`] on an opened [`Run`](crate::run::Run).
+pub fn study(run: &crate::run::Run, epochs: &[i64], opts: NcOptions, device: Device) -> Result<NcStudy> {
+    if opts.pool2x2 && !opts.layers {
+        return Err(Error::param("pool2x2", "needs layers (2x2 pooling applies to the block outputs: pass --layers too)"));
+    }
+    let run_dir = run.dir();
+    let cfg = run.config();
+    let _lock = run.lock_tables()?;
+    let epochs = run.select_epochs(epochs)?;
+    let sets = run.eval_sets()?;
     let c = cfg.model.num_classes;
     let x_opts = ExtractOptions { taps: opts.layers, pool2x2: opts.layers && opts.pool2x2 };
     let mut rows = Vec::new();
@@ -76,13 +83,6 @@ pub fn run(run_dir: &Path, epochs: &[i64], opts: NcOptions, device: Device) -> R
     let mut prog = crate::progress::Progress::new("nc", epochs.len() as u64);
     let mut acc = Vec::new();
     for &epoch in &epochs {
-        if !available.contains(&epoch) {
-            return Err(Error::Missing {
-                what: format!("checkpoint of epoch {epoch}"),
-                path: crate::train::trainer::checkpoint_path(run_dir, epoch),
-                hint: format!("; available: {available:?}"),
-            });
-        }
         let mut train = cached(run_dir, epoch, &sets.id_train, x_opts, device)?;
         // Statistics in f64 on the device (the GPU when there is one).
         train.penultimate = train.penultimate.to_device(device);
@@ -92,8 +92,7 @@ pub fn run(run_dir: &Path, epochs: &[i64], opts: NcOptions, device: Device) -> R
             *t = t.to_device(device);
         }
         let ood: Vec<_> = sets.ood.iter().map(|d| cached(run_dir, epoch, d, x_opts, device)).collect::<Result<_>>()?;
-        let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, epoch, Device::Cpu)?;
-        let (w, _) = model.head();
+        let (w, _) = run.head(epoch)?;
         let w = w.to_device(device);
         let (m, st) = nc_metrics(&train.penultimate, &train.labels, c, Some(&train.logits), Some(&w))?;
         for (k, v) in m.named() {
@@ -164,12 +163,11 @@ pub fn run(run_dir: &Path, epochs: &[i64], opts: NcOptions, device: Device) -> R
         "metric" => rows.iter().map(|r| r.metric.clone()).collect::<Vec<_>>(),
         "value" => rows.iter().map(|r| r.value).collect::<Vec<_>>(),
     )?;
-    let dir = run_dir.join("nc");
-    crate::run::ensure_dir(&dir, "results folder")?;
-    let csv = dir.join(if opts.layers { "layers.csv" } else { "metrics.csv" });
+    let csv = run.table(if opts.layers { crate::run::Table::NcLayers } else { crate::run::Table::NcMetrics });
+    crate::run::ensure_dir(csv.parent().unwrap_or(run_dir), "results folder")?;
     crate::report::merge_csv(&csv, &frame, &["epoch", "layer", "dataset"])?;
     // The accuracy of epochs computed before (and not now) is kept too.
-    let tp_path = dir.join("terminal_phase.json");
+    let tp_path = run.table(crate::run::Table::TerminalPhase);
     let mut all_acc: std::collections::BTreeMap<i64, f64> = std::collections::BTreeMap::new();
     if tp_path.exists() {
         let text = std::fs::read_to_string(&tp_path).map_err(|e| Error::io(&tp_path, e))?;

@@ -72,10 +72,33 @@ pub struct Row {
     pub ci_high: f64,
 }
 
+/// The scores of one fitted detector at one checkpoint.
+#[derive(Debug, Clone)]
+pub struct DetectorScores {
+    pub epoch: i64,
+    /// The chosen detector.
+    pub spec: DetectorSpec,
+    /// ID test scores (higher = more ID).
+    pub id: Vec<f64>,
+    /// Scores per OOD test set.
+    pub ood: Vec<(String, Vec<f64>)>,
+}
+
 /// Evaluates `specs` (already chosen) at one checkpoint on every OOD set, with
 /// `reps` bootstrap replicates (0 = no intervals). Also reports ID accuracy
 /// (detector "classifier", dataset "id-test").
 pub fn evaluate(epoch: i64, specs: &[DetectorSpec], inputs: &EvalInputs, reps: usize, seed: u64) -> Result<Vec<Row>> {
+    Ok(evaluate_with_scores(epoch, specs, inputs, reps, seed)?.0)
+}
+
+/// [`evaluate`], also returning the scores behind the rows.
+pub fn evaluate_with_scores(
+    epoch: i64,
+    specs: &[DetectorSpec],
+    inputs: &EvalInputs,
+    reps: usize,
+    seed: u64,
+) -> Result<(Vec<Row>, Vec<DetectorScores>)> {
     if inputs.ood.is_empty() {
         return Err(Error::data("OOD evaluation", "no OOD set"));
     }
@@ -88,13 +111,15 @@ pub fn evaluate(epoch: i64, specs: &[DetectorSpec], inputs: &EvalInputs, reps: u
         ci_low: f64::NAN,
         ci_high: f64::NAN,
     }];
+    let mut scores = Vec::new();
     for spec in specs {
         let fitted = spec.fit(&inputs.fit_data())?;
         let id = fitted.score_vec(inputs.id_test)?;
         let ood = inputs.ood.iter().map(|o| Ok((o.name.clone(), fitted.score_vec(o)?))).collect::<Result<Vec<_>>>()?;
         rows.extend(score_rows(epoch, spec.name(), &id, &ood, reps, seed)?);
+        scores.push(DetectorScores { epoch, spec: spec.clone(), id, ood });
     }
-    Ok(rows)
+    Ok((rows, scores))
 }
 
 /// The metric rows of one detector's scores: ID test scores `id` against each

@@ -1,8 +1,8 @@
 //! The OOD study of a run: features from the cache, hyperparameters chosen on
 //! held-out data, every detector on every OOD set at every requested checkpoint.
 
-use super::eval::{evaluate, rows_to_frame, select_hyperparameters, EvalInputs, Row, Selection};
-use crate::data::protocol::{load_eval_sets, EvalSets};
+use super::eval::{rows_to_frame, select_hyperparameters, EvalInputs, Row, Selection};
+use crate::data::protocol::EvalSets;
 use crate::error::{Error, Result};
 use crate::features::{cached, ExtractOptions, FeatureSet};
 use polars::prelude::*;
@@ -15,6 +15,9 @@ pub struct OodStudy {
     pub frame: DataFrame,
     /// Chosen hyperparameters per (epoch, detector).
     pub selections: Vec<(i64, Selection)>,
+    /// The scores behind the table: ID test and every OOD test set, per
+    /// (epoch, feature-based detector).
+    pub scores: Vec<super::eval::DetectorScores>,
     pub csv: PathBuf,
 }
 
@@ -65,36 +68,41 @@ pub fn epoch_features(run_dir: &Path, epoch: i64, sets: &EvalSets, opts: Extract
 /// other row is kept. The detector list is checked before anything is read or
 /// written; the run's tables lock is held while the study runs.
 pub fn run(run_dir: &Path, epochs: &[i64], detectors: &[&str], reps: usize, device: Device) -> Result<OodStudy> {
+    check_detectors(detectors)?;
+    study(&crate::run::Run::open(run_dir)?, epochs, detectors, reps, device)
+}
+
+/// Errors on an empty list or an unknown name, listing the valid ones.
+fn check_detectors(detectors: &[&str]) -> Result<()> {
     if detectors.is_empty() {
         return Err(Error::param(
             "--detectors",
             format!("is empty; name at least one: all, seed, odin, or any of {}", super::detector_names().join(", ")),
         ));
     }
-    for d in detectors.iter().filter(|d| **d != ODIN) {
+    for d in detectors {
         super::DetectorSpec::new(d, &[])?;
     }
-    let cfg = crate::run::read_config(run_dir)?;
-    let _lock = crate::run::RunLock::acquire(run_dir, crate::run::LockKind::Tables)?;
-    let available = crate::train::trainer::available_epochs(run_dir)?;
-    let epochs: Vec<i64> = if epochs.is_empty() { available.clone() } else { epochs.to_vec() };
-    if let Some(e) = epochs.iter().find(|e| !available.contains(e)) {
-        return Err(Error::Missing {
-            what: format!("checkpoint of epoch {e}"),
-            path: crate::train::trainer::checkpoint_path(run_dir, *e),
-            hint: format!("; available epochs: {available:?}"),
-        });
-    }
+    Ok(())
+}
+
+/// [`run`] on an opened [`Run`](crate::run::Run).
+pub fn study(run: &crate::run::Run, epochs: &[i64], detectors: &[&str], reps: usize, device: Device) -> Result<OodStudy> {
+    check_detectors(detectors)?;
+    let run_dir = run.dir();
+    let cfg = run.config();
+    let _lock = run.lock_tables()?;
+    let epochs = run.select_epochs(epochs)?;
     let with_odin = detectors.contains(&ODIN);
     let feature_detectors: Vec<&str> = detectors.iter().copied().filter(|d| *d != ODIN).collect();
-    let sets = load_eval_sets(&cfg)?;
+    let sets = run.eval_sets()?;
     let mut rows: Vec<Row> = Vec::new();
     let mut selections = Vec::new();
+    let mut scores = Vec::new();
     let mut prog = crate::progress::Progress::new("ood", (epochs.len() * detectors.len()) as u64);
     for &epoch in &epochs {
         let feats = epoch_features(run_dir, epoch, &sets, ExtractOptions::default(), device)?;
-        let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, epoch, Device::Cpu)?;
-        let (w, b) = model.head();
+        let (w, b) = run.head(epoch)?;
         let inputs = feats.inputs(&w, &b);
         let mut chosen = Vec::new();
         for d in &feature_detectors {
@@ -103,9 +111,9 @@ pub fn run(run_dir: &Path, epochs: &[i64], detectors: &[&str], reps: usize, devi
             selections.push((epoch, sel));
             prog.inc(1, || format!("epoch {epoch} {d}"));
         }
-        let mut r = evaluate(epoch, &chosen, &inputs, reps, cfg.seed)?;
-        // Keep the per-detector rows unique for the ID accuracy row too.
+        let (mut r, mut sc) = super::eval::evaluate_with_scores(epoch, &chosen, &inputs, reps, cfg.seed)?;
         rows.append(&mut r);
+        scores.append(&mut sc);
         if with_odin {
             let (sel, mut r) = odin_epoch(run_dir, epoch, &sets, reps, cfg.seed, device)?;
             selections.push((epoch, sel));
@@ -115,16 +123,15 @@ pub fn run(run_dir: &Path, epochs: &[i64], detectors: &[&str], reps: usize, devi
     }
     prog.finish();
     let frame = rows_to_frame(&rows)?;
-    let dir = run_dir.join("ood");
-    crate::run::ensure_dir(&dir, "results folder")?;
-    let csv = dir.join("metrics.csv");
+    let csv = run.table(crate::run::Table::OodMetrics);
+    crate::run::ensure_dir(csv.parent().unwrap_or(run_dir), "results folder")?;
     crate::report::merge_csv(&csv, &frame, &["epoch", "detector", "dataset"])?;
     let sel_json: Vec<serde_json::Value> = selections
         .iter()
         .map(|(e, s)| serde_json::json!({"epoch": e, "detector": s.chosen.name(), "chosen": s.chosen.params(), "candidates": s.candidates.iter().map(|(c, a)| serde_json::json!({"params": c.params(), "val_auroc_vs_ood_val": a})).collect::<Vec<_>>()}))
         .collect();
-    crate::report::merge_json_array(&dir.join("selection.json"), sel_json, &["epoch", "detector"])?;
-    Ok(OodStudy { frame, selections, csv })
+    crate::report::merge_json_array(&run.table(crate::run::Table::OodSelection), sel_json, &["epoch", "detector"])?;
+    Ok(OodStudy { frame, selections, scores, csv })
 }
 
 /// Name of the model-based detector in `detectors` lists.

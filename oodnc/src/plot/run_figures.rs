@@ -12,7 +12,7 @@ use tch::Device;
 
 /// The terminal phase span (start, last epoch) recorded by the NC study, if reached.
 pub fn terminal_phase_span(run_dir: &Path) -> Option<(i64, i64)> {
-    let text = std::fs::read_to_string(run_dir.join("nc/terminal_phase.json")).ok()?;
+    let text = std::fs::read_to_string(crate::run::layout::table(run_dir, crate::run::Table::TerminalPhase)).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let start = v["terminal_phase_start"].as_i64()?;
     let last = crate::train::trainer::available_epochs(run_dir).ok()?.last().copied()?;
@@ -27,18 +27,19 @@ pub fn write_run_figures(run_dir: &Path, out: &Path, device: Device) -> Result<V
         written.push(out.join(format!("{stem}.png")));
         Ok(())
     };
-    let cfg = crate::run::read_config(run_dir)?;
+    let run = crate::run::Run::open(run_dir)?;
+    let cfg = run.config().clone();
     let tpt = terminal_phase_span(run_dir);
     // Training.
-    let hist = crate::train::History::read(run_dir.join("history.csv"))?;
+    let hist = run.history()?;
     save(training_curves(&hist)?, "training_curves")?;
     save(final_metrics(&hist)?, "final_metrics")?;
     training_gif(&hist, out.join("training_curves.gif"), 50, 10)?;
-    let sets = crate::data::protocol::load_eval_sets(&cfg)?;
+    let sets = run.eval_sets()?;
     save(sample_grid(&sets.id_train, 16, true, cfg.seed)?, "sample_batch")?;
-    let last = crate::train::trainer::available_epochs(run_dir)?.last().copied().unwrap_or(0);
+    let last = run.epochs()?.last().copied().unwrap_or(0);
     // OOD.
-    let ood_csv = run_dir.join("ood/metrics.csv");
+    let ood_csv = run.table(crate::run::Table::OodMetrics);
     if ood_csv.exists() {
         let rows = long_rows(&crate::ood::pipeline::read_csv(&ood_csv)?, "detector")?;
         let detectors: Vec<String> = {
@@ -67,7 +68,7 @@ pub fn write_run_figures(run_dir: &Path, out: &Path, device: Device) -> Result<V
         }
     }
     // Neural Collapse.
-    let nc_csv = run_dir.join("nc/metrics.csv");
+    let nc_csv = run.table(crate::run::Table::NcMetrics);
     if nc_csv.exists() {
         let rows = long_rows(&crate::ood::pipeline::read_csv(&nc_csv)?, "layer")?;
         save(nc_evolution(&rows, tpt)?, "nc_evolution_all")?;
@@ -84,7 +85,7 @@ pub fn write_run_figures(run_dir: &Path, out: &Path, device: Device) -> Result<V
         save(var, "nc_class_variance")?;
         save(pca, "pca_2d")?;
     }
-    let layers_csv = run_dir.join("nc/layers.csv");
+    let layers_csv = run.table(crate::run::Table::NcLayers);
     if layers_csv.exists() {
         let rows = long_rows(&crate::ood::pipeline::read_csv(&layers_csv)?, "layer")?;
         let le = crate::report::last_epoch(&rows)?;
@@ -104,18 +105,33 @@ pub fn write_run_figures(run_dir: &Path, out: &Path, device: Device) -> Result<V
 /// Scores per named set: `(set name, scores)`.
 pub type NamedScores = Vec<(String, Vec<f64>)>;
 
-/// Scores of detector `name` (hyperparameters chosen on held-out data) at `epoch`:
-/// (label with the chosen values, ID test scores, scores per OOD set).
+/// The hyperparameters the OOD study chose for `name` at `epoch`, from the
+/// run's `ood/selection.json` (None when that study has not run).
+pub fn chosen_spec(run_dir: &Path, epoch: i64, name: &str) -> Option<crate::ood::DetectorSpec> {
+    let text = std::fs::read_to_string(crate::run::layout::table(run_dir, crate::run::Table::OodSelection)).ok()?;
+    let all: Vec<serde_json::Value> = serde_json::from_str(&text).ok()?;
+    let v = all.iter().find(|v| v["epoch"].as_i64() == Some(epoch) && v["detector"].as_str() == Some(name))?;
+    let params: Vec<(String, f64)> = v["chosen"].as_object()?.iter().filter_map(|(k, x)| Some((k.clone(), x.as_f64()?))).collect();
+    let refs: Vec<(&str, f64)> = params.iter().map(|(k, x)| (k.as_str(), *x)).collect();
+    crate::ood::DetectorSpec::new(name, &refs).ok()
+}
+
+/// Scores of detector `name` at `epoch`, with the hyperparameters the OOD study
+/// chose (read from `selection.json`; chosen on held-out data now when the
+/// study has not run): (label with the chosen values, ID test scores, scores
+/// per OOD set).
 pub fn detector_scores(run_dir: &Path, epoch: i64, sets: &EvalSets, name: &str, device: Device) -> Result<(String, Vec<f64>, NamedScores)> {
+    let run = crate::run::Run::open(run_dir)?;
     let feats = crate::ood::pipeline::epoch_features(run_dir, epoch, sets, ExtractOptions::default(), device)?;
-    let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, epoch, Device::Cpu)?;
-    let (w, b) = model.head();
-    let inputs = feats.inputs(&w, &b);
-    let sel = crate::ood::select_hyperparameters(name, &inputs)?;
-    let fitted = sel.chosen.fit(&crate::ood::FitData { train: &feats.train, val: Some(&feats.val), weight: &w, bias: &b })?;
+    let (w, b) = run.head(epoch)?;
+    let spec = match chosen_spec(run_dir, epoch, name) {
+        Some(s) => s,
+        None => crate::ood::select_hyperparameters(name, &feats.inputs(&w, &b))?.chosen,
+    };
+    let fitted = spec.fit(&crate::ood::FitData { train: &feats.train, val: Some(&feats.val), weight: &w, bias: &b })?;
     let id = fitted.score_vec(&feats.test)?;
     let oods = feats.ood.iter().map(|o| Ok((o.name.clone(), fitted.score_vec(o)?))).collect::<Result<_>>()?;
-    Ok((sel.chosen.label(), id, oods))
+    Ok((spec.label(), id, oods))
 }
 
 /// The class-geometry heatmaps (last of `epochs`), the within-class variance over
@@ -130,10 +146,10 @@ pub fn geometry_figures(
     let c = cfg.model.num_classes;
     let last = *epochs.last().ok_or_else(|| crate::Error::data("geometry figures", "no epochs"))?;
     let (mut vars, mut diag, mut geo_fig, mut pca_fig) = (Vec::new(), Vec::new(), None, None);
+    let run = crate::run::Run::open(run_dir)?;
     for &e in epochs {
         let f = cached(run_dir, e, &sets.id_train, ExtractOptions::default(), device)?;
-        let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, e, Device::Cpu)?;
-        let (w, _) = model.head();
+        let (w, _) = run.head(e)?;
         let st = crate::nc::ClassStats::compute(&f.penultimate, &f.labels, c)?;
         let g = crate::nc::ClassGeometry::new(&st, Some(&w));
         if e == last {

@@ -102,17 +102,17 @@ pub struct Trainer {
 }
 
 fn state_path(run_dir: &Path) -> PathBuf {
-    run_dir.join("state").join("last.safetensors")
+    crate::run::layout::state(run_dir)
 }
 
 /// Path of the optimizer state saved beside the checkpoint of `epoch`.
 pub fn optimizer_path(run_dir: &Path, epoch: i64) -> PathBuf {
-    run_dir.join("checkpoints").join(format!("epoch_{epoch:03}.optim.safetensors"))
+    crate::run::layout::optimizer(run_dir, epoch)
 }
 
 /// Path of the checkpoint of `epoch` in a run.
 pub fn checkpoint_path(run_dir: &Path, epoch: i64) -> PathBuf {
-    run_dir.join("checkpoints").join(format!("epoch_{epoch:03}.safetensors"))
+    crate::run::layout::checkpoint(run_dir, epoch)
 }
 
 impl Trainer {
@@ -204,7 +204,7 @@ impl Trainer {
         md.insert("config_hash".into(), self.cfg.hash());
         md.insert("config".into(), self.cfg.to_toml()?);
         Ok(vec![
-            FileOp::Bytes(self.run_dir.join("history.csv"), self.history.to_csv().into_bytes()),
+            FileOp::Bytes(crate::run::layout::history(&self.run_dir), self.history.to_csv().into_bytes()),
             FileOp::Safetensors(state_path(&self.run_dir), tensor_io::encode(&tensors, &md)?),
         ])
     }
@@ -225,7 +225,7 @@ impl Trainer {
         let optim: BTreeMap<String, Tensor> =
             loaded.tensors.into_iter().filter_map(|(n, t)| n.strip_prefix("optim.").map(|s| (s.to_string(), t))).collect();
         self.opt.load_state(optim, steps)?;
-        let hist = History::read(self.run_dir.join("history.csv"))?;
+        let hist = History::read(crate::run::layout::history(&self.run_dir))?;
         if hist.records.last().map(|r| r.epoch).unwrap_or(0) < epoch {
             return Err(Error::format(&p, format!("state is at epoch {epoch} but history.csv is behind")));
         }
@@ -406,7 +406,7 @@ impl Trainer {
                     }
                 }
                 let best = serde_json::json!({ "epoch": epoch, "val_acc": rec.val_acc });
-                ops.push(FileOp::Bytes(self.run_dir.join("checkpoints/best.json"), best.to_string().into_bytes()));
+                ops.push(FileOp::Bytes(crate::run::layout::best(&self.run_dir), best.to_string().into_bytes()));
             }
             ops.extend(self.state_ops()?);
             self.writer.submit(ops)?;
@@ -426,7 +426,7 @@ impl Trainer {
 
 /// Loads the model of a run at `epoch` (for extraction and analysis).
 pub fn load_run_model(run_dir: &Path, epoch: i64, device: Device) -> Result<(VarStore, ResNet18, CheckpointMeta)> {
-    let cfg = RunConfig::read(run_dir.join("config.toml"))?;
+    let cfg = RunConfig::read(crate::run::layout::config(run_dir))?;
     let mut vs = VarStore::new(device);
     let model = ResNet18::new(&vs.root(), cfg.model)?;
     let meta = load_checkpoint(checkpoint_path(run_dir, epoch), &mut vs)?;
@@ -436,7 +436,7 @@ pub fn load_run_model(run_dir: &Path, epoch: i64, device: Device) -> Result<(Var
 
 /// Epochs that have a checkpoint in a run, ascending (real epoch numbers only).
 pub fn available_epochs(run_dir: &Path) -> Result<Vec<i64>> {
-    let dir = run_dir.join("checkpoints");
+    let dir = crate::run::layout::checkpoints(run_dir);
     let rd = std::fs::read_dir(&dir).map_err(|_| Error::Missing {
         what: "checkpoints folder".into(),
         path: dir.clone(),

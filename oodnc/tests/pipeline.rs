@@ -1,0 +1,112 @@
+//! The whole study end to end on the ci profile, through `Run`: train ->
+//! extract -> ood -> nc -> figures, so that `cargo test` alone covers the
+//! pipelines (the notebook tests cover the same through the kernel). And a
+//! detector written outside the crate, to show the `Registered` trait is all a
+//! new detector needs.
+
+mod common;
+
+use common::TempDir;
+use oodnc::config::RunConfig;
+use oodnc::features::{ExtractOptions, FeatureSet};
+use oodnc::ood::detector::{FitData, ParamReader, Registered, Scorer};
+use oodnc::run::{Run, Table};
+use tch::{Device, Tensor};
+
+#[test]
+fn the_ci_study_end_to_end_through_run() {
+    let t = TempDir::new("pipeline");
+    let mut cfg = RunConfig::profile("ci").unwrap();
+    cfg.data.root = t.path().join("data");
+    let dir = t.path().join("runs/ci");
+    let cpu = Device::Cpu;
+    let data = oodnc::train::RunData::load(&cfg).unwrap();
+    let out = oodnc::train::Trainer::open(cfg.clone(), &dir, cpu).unwrap().fit(&data, None).unwrap();
+    assert_eq!(out.epochs_done, cfg.train.epochs);
+
+    let run = Run::open(&dir).unwrap();
+    assert_eq!(run.config(), &cfg);
+    assert_eq!(run.epochs().unwrap(), cfg.checkpoint_epochs());
+    let last = run.last_epoch().unwrap();
+    assert_eq!(run.parse_epochs("last").unwrap(), vec![last]);
+    // The head read from the checkpoint equals the network's.
+    let (w, b) = run.head(last).unwrap();
+    let (_vs, model, meta) = run.model(last, cpu).unwrap();
+    let (mw, mb) = model.head();
+    assert!(w.equal(&mw) && b.equal(&mb) && meta.epoch == last);
+
+    // Extract with layer taps, then every study reads the cache.
+    let sets = run.eval_sets().unwrap();
+    let train = run.features(last, &sets.id_train, ExtractOptions { taps: true, pool2x2: false }, cpu).unwrap();
+    assert_eq!(train.taps.len(), 9);
+    assert_eq!(train.len(), sets.id_train.len());
+
+    let names = oodnc::ood::detector_names();
+    let study = oodnc::ood::pipeline::study(&run, &[last], &names, 0, cpu).unwrap();
+    let rows = oodnc::report::long_rows(&study.frame, "detector").unwrap();
+    for d in &names {
+        for o in &sets.ood {
+            let auroc = rows.iter().find(|r| r.key == *d && r.dataset == o.name && r.metric == "auroc").unwrap().value;
+            assert!((0.0..=1.0).contains(&auroc), "{d} on {}: {auroc}", o.name);
+        }
+    }
+    assert_eq!(study.scores.len(), names.len());
+    assert!(study.scores.iter().all(|s| s.id.len() == sets.id_test.len() && s.ood.len() == sets.ood.len()));
+    assert!(run.table(Table::OodMetrics).exists() && run.table(Table::OodSelection).exists());
+    // The figures reuse the study's choices.
+    let spec = oodnc::plot::run_figures::chosen_spec(run.dir(), last, "vim").unwrap();
+    assert_eq!(&spec, &study.selections.iter().find(|(_, s)| s.chosen.name() == "vim").unwrap().1.chosen);
+
+    let nc = oodnc::nc::study::study(&run, &[], oodnc::nc::study::NcOptions { layers: true, ..Default::default() }, cpu).unwrap();
+    assert!(nc.rows.iter().any(|r| r.layer == "layer4.0" && r.metric == "nc1" && r.value.is_finite()));
+    assert!(run.table(Table::NcLayers).exists() && run.table(Table::TerminalPhase).exists());
+    let nc = oodnc::nc::study::study(&run, &[], Default::default(), cpu).unwrap();
+    assert!(nc.rows.iter().any(|r| r.metric == "nc1" && r.value.is_finite()));
+
+    let figs = t.path().join("figures");
+    let written = oodnc::plot::run_figures::write_run_figures(run.dir(), &figs, cpu).unwrap();
+    for stem in ["training_curves", "ood_summary_auroc", "nc_evolution_all", "nc_by_layer"] {
+        assert!(written.iter().any(|p| p.file_stem().unwrap() == stem), "{stem} missing: {written:?}");
+    }
+}
+
+/// A detector written outside the crate: the mean logit (no hyperparameters).
+#[derive(Debug, Clone, Copy, Default)]
+struct MeanLogit;
+
+struct FittedMeanLogit;
+
+impl Registered for MeanLogit {
+    const NAME: &'static str = "mean_logit";
+    const SUMMARY: &'static str = "mean of the logits (a test detector)";
+    type Fitted = FittedMeanLogit;
+    fn read(_: &mut ParamReader) -> oodnc::Result<Self> {
+        Ok(MeanLogit)
+    }
+    fn fit(&self, _: &FitData) -> oodnc::Result<FittedMeanLogit> {
+        Ok(FittedMeanLogit)
+    }
+}
+
+impl Scorer for FittedMeanLogit {
+    fn score(&self, f: &FeatureSet) -> oodnc::Result<Tensor> {
+        Ok(f.logits.to_kind(tch::Kind::Double).mean_dim(&[1i64][..], false, tch::Kind::Double))
+    }
+}
+
+#[test]
+fn a_detector_is_one_registered_type() {
+    let z = Tensor::from_slice(&[1.0f32, 3.0, -1.0, 5.0]).view([2, 2]);
+    let f = FeatureSet::new("x", z.shallow_clone(), z.shallow_clone(), Tensor::from_slice(&[0i64, 1])).unwrap();
+    let (w, b) = (Tensor::eye(2, (tch::Kind::Float, Device::Cpu)), Tensor::zeros([2], (tch::Kind::Float, Device::Cpu)));
+    let fitted = oodnc::ood::Fitted::fit(Box::new(MeanLogit), &FitData { train: &f, val: None, weight: &w, bias: &b }).unwrap();
+    assert_eq!(fitted.score_vec(&f).unwrap(), vec![2.0, 2.0]);
+    assert_eq!(fitted.name, "mean_logit");
+    assert!(fitted.fitted::<FittedMeanLogit>().is_some());
+    // And the fitted state of a registered one is reachable by type.
+    let spec = oodnc::ood::DetectorSpec::new("energy", &[("t", 2.0)]).unwrap();
+    let e = spec.detector().unwrap();
+    let energy = e.as_any().downcast_ref::<oodnc::ood::detectors::logit::Energy>().unwrap();
+    assert_eq!(energy.t, 2.0);
+    assert!(oodnc::ood::DetectorSpec::new("energy", &[("temperature", 2.0)]).unwrap_err().to_string().contains("known: t"));
+}
