@@ -11,7 +11,7 @@
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{ResNet18, TAP_NAMES};
-use crate::ood::linalg::{ClassMoments, GlobalMoments};
+use crate::numerics::{ClassMoments, GlobalMoments};
 use crate::tensor_io;
 use md5::{Digest, Md5};
 use std::collections::BTreeMap;
@@ -120,7 +120,7 @@ fn cached_f64(slot: &std::sync::Mutex<Option<(TensorKey, Tensor)>>, t: &Tensor, 
             return Ok(v.shallow_clone());
         }
     }
-    let v = crate::ood::linalg::finite_f64(t, context)?;
+    let v = crate::numerics::finite_f64(t, context)?;
     *guard = Some((key, v.shallow_clone()));
     Ok(v)
 }
@@ -297,7 +297,7 @@ pub fn extract(model: &ResNet18, data: &Dataset, opts: ExtractOptions, device: D
 
 /// MD5 (hex) of a file.
 pub fn file_md5(path: &Path) -> Result<String> {
-    crate::data::download::md5_file(path)
+    crate::util::md5_file(path)
 }
 
 /// MD5 (hex) of a dataset's pixels and labels.

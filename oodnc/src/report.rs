@@ -2,6 +2,8 @@
 //! plain text for the terminal.
 
 use crate::error::{Error, Result};
+
+pub use crate::names;
 use polars::prelude::*;
 use std::collections::BTreeMap;
 
@@ -66,7 +68,7 @@ pub fn ood_table(rows: &[LongRow], epoch: i64) -> Result<String> {
     let mut datasets: Vec<String> = Vec::new();
     let mut detectors: Vec<String> = Vec::new();
     let mut v: BTreeMap<(String, String, String), f64> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.epoch == epoch && r.key != "classifier") {
+    for r in rows.iter().filter(|r| r.epoch == epoch && r.key != names::CLASSIFIER) {
         if !datasets.contains(&r.dataset) {
             datasets.push(r.dataset.clone());
         }
@@ -167,7 +169,7 @@ pub fn nc_epoch_table(rows: &[LongRow], metrics: &[&str]) -> String {
     for e in epochs_of(rows) {
         t.push_str(&format!("| {e} |"));
         for m in metrics {
-            t.push_str(&cell(find(rows, e, "penultimate", "id-train", m)));
+            t.push_str(&cell(find(rows, e, "penultimate", names::ID_TRAIN, m)));
         }
         t.push('\n');
     }
@@ -184,7 +186,7 @@ pub fn nc5_table(rows: &[LongRow], ood: &[String]) -> String {
     t.push_str(&"---|---|---|".repeat(ood.len()));
     t.push('\n');
     for e in epochs_of(rows) {
-        t.push_str(&format!("| {e} |{}", cell(find(rows, e, "penultimate", "id-train", "nc1"))));
+        t.push_str(&format!("| {e} |{}", cell(find(rows, e, "penultimate", names::ID_TRAIN, "nc1"))));
         for o in ood {
             for m in ["nc5", "nc5_uncentred", "nc1_with_ood_class"] {
                 t.push_str(&cell(find(rows, e, "penultimate", o, m)));
@@ -227,7 +229,7 @@ pub fn selection_lines(selections: &[(i64, crate::ood::Selection)], epoch: i64) 
 /// shallowest/deepest NC1 ratio, and the fitted separation-fuzziness ratio per layer.
 pub fn layer_summary(rows: &[LongRow], epoch: i64) -> String {
     let order = crate::model::TAP_NAMES;
-    let nc1: Vec<f64> = order.iter().filter_map(|l| find(rows, epoch, l, "id-train", "nc1")).collect();
+    let nc1: Vec<f64> = order.iter().filter_map(|l| find(rows, epoch, l, names::ID_TRAIN, "nc1")).collect();
     let mut s = String::new();
     if nc1.len() >= 2 {
         let mono = nc1.windows(2).all(|w| w[1] <= w[0]);
@@ -236,7 +238,7 @@ pub fn layer_summary(rows: &[LongRow], epoch: i64) -> String {
             nc1[0] / nc1[nc1.len() - 1]
         ));
     }
-    if let Some(r) = find(rows, epoch, "all", "id-train", "fuzziness_ratio_per_layer") {
+    if let Some(r) = find(rows, epoch, "all", names::ID_TRAIN, "fuzziness_ratio_per_layer") {
         s.push_str(&format!("separation fuzziness is multiplied by {r:.3} per layer on average (log-linear fit)\n"));
     }
     s

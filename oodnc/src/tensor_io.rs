@@ -117,7 +117,7 @@ impl Loaded {
 /// Reads a safetensors file.
 pub fn load(path: impl AsRef<Path>) -> Result<Loaded> {
     let path = path.as_ref();
-    let bytes = crate::data::read_file(path, "safetensors file", "")?;
+    let bytes = crate::util::read_file(path, "safetensors file", "")?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::format(path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(path, format!("bad safetensors header: {e}")))?;

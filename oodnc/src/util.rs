@@ -136,3 +136,58 @@ mod rng_tests {
         assert_eq!(a, c);
     }
 }
+
+/// MD5 (hex) of a file, read in 1 MiB chunks.
+pub fn md5_file(path: &Path) -> Result<String> {
+    use md5::{Digest, Md5};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).at(path)?;
+    let mut h = Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).at(path)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// HSL (h in degrees, s and l in 0..1) to 8-bit RGB.
+pub fn hsl_to_rgb(h: f64, s: f64, l: f64) -> (u8, u8, u8) {
+    let c = (1.0 - (2.0 * l - 1.0).abs()) * s;
+    let hp = (h.rem_euclid(360.0)) / 60.0;
+    let x = c * (1.0 - (hp % 2.0 - 1.0).abs());
+    let (r, g, b) = match hp as u32 {
+        0 => (c, x, 0.0),
+        1 => (x, c, 0.0),
+        2 => (0.0, c, x),
+        3 => (0.0, x, c),
+        4 => (x, 0.0, c),
+        _ => (c, 0.0, x),
+    };
+    let m = l - c / 2.0;
+    let to = |v: f64| ((v + m) * 255.0).round().clamp(0.0, 255.0) as u8;
+    (to(r), to(g), to(b))
+}
+
+/// Reads a whole file, mapping a missing file to [`Error::Missing`] with a hint.
+pub fn read_file(path: &std::path::Path, what: &str, hint: &str) -> Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            // A folder on the way that is a file: say so (not "Not a directory (os error 20)").
+            if let Some(file) = path.ancestors().skip(1).find(|a| a.is_file()) {
+                return Err(crate::error::Error::data(
+                    what,
+                    format!("{} is a file, not a folder, so {} cannot exist; check the data root", file.display(), path.display()),
+                ));
+            }
+            if e.kind() == std::io::ErrorKind::NotFound {
+                return Err(crate::error::Error::Missing { what: what.to_string(), path: path.to_path_buf(), hint: hint.to_string() });
+            }
+            Err(crate::error::Error::io(path, e))
+        }
+    }
+}

@@ -145,7 +145,7 @@ fn nc_figures() {
         520,
     );
     let names: Vec<String> = (0..4).map(|i| format!("c{i}")).collect();
-    check(&pca_2d(&h, &h, &y, &names, &[("svhn".into(), h.narrow(0, 0, 5) + 5.0)], 100).unwrap(), 900, 760);
+    check(&oodnc::run_figures::pca_2d(&h, &h, &y, &names, &[("svhn".into(), h.narrow(0, 0, 5) + 5.0)], 100).unwrap(), 900, 760);
 }
 
 #[test]

@@ -54,7 +54,7 @@ fn the_ci_study_end_to_end_through_run() {
     assert!(study.scores.iter().all(|s| s.id.len() == sets.id_test.len() && s.ood.len() == sets.ood.len()));
     assert!(run.table(Table::OodMetrics).exists() && run.table(Table::OodSelection).exists());
     // The figures reuse the study's choices.
-    let spec = oodnc::plot::run_figures::chosen_spec(run.dir(), last, "vim").unwrap();
+    let spec = oodnc::run_figures::chosen_spec(run.dir(), last, "vim").unwrap();
     assert_eq!(&spec, &study.selections.iter().find(|(_, s)| s.chosen.name() == "vim").unwrap().1.chosen);
 
     let nc = oodnc::nc::study::study(&run, &[], oodnc::nc::study::NcOptions { layers: true, ..Default::default() }, cpu).unwrap();
@@ -64,7 +64,7 @@ fn the_ci_study_end_to_end_through_run() {
     assert!(nc.rows.iter().any(|r| r.metric == "nc1" && r.value.is_finite()));
 
     let figs = t.path().join("figures");
-    let written = oodnc::plot::run_figures::write_run_figures(run.dir(), &figs, cpu).unwrap();
+    let written = oodnc::run_figures::write_run_figures(run.dir(), &figs, cpu).unwrap();
     for stem in ["training_curves", "ood_summary_auroc", "nc_evolution_all", "nc_by_layer"] {
         assert!(written.iter().any(|p| p.file_stem().unwrap() == stem), "{stem} missing: {written:?}");
     }

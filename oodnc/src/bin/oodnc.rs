@@ -463,7 +463,7 @@ fn run(cli: Cli) -> oodnc::Result<()> {
         Command::Train(a) => train(a)?,
         Command::Figures { run, runs, out } => {
             let r = oodnc::run::Run::open_named(&runs, &run)?;
-            let files = oodnc::plot::run_figures::write_run_figures(r.dir(), &out.join(&run), oodnc::device::best_device())?;
+            let files = oodnc::run_figures::write_run_figures(r.dir(), &out.join(&run), oodnc::device::best_device())?;
             println!("{} figures written to {} (PNG + SVG)", files.len(), out.join(&run).display());
         }
         Command::Nc { run, runs, epochs, layers, pool2x2 } => {
@@ -487,7 +487,10 @@ fn run(cli: Cli) -> oodnc::Result<()> {
                 "nc4_ncc_mismatch",
                 "ncc_accuracy",
             ];
-            println!("epoch {last}, ID train (unaugmented):\n{}", oodnc::report::wide_table(&rows, last, "id-train", &metrics)?);
+            println!(
+                "epoch {last}, ID train (unaugmented):\n{}",
+                oodnc::report::wide_table(&rows, last, oodnc::names::ID_TRAIN, &metrics)?
+            );
             match st.terminal_phase_start {
                 Some(e) => println!("terminal phase of training starts at epoch {e} (first epoch with train accuracy >= 99.9%)"),
                 None => println!("terminal phase not reached (no checkpoint with train accuracy >= 99.9%)"),

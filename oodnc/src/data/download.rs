@@ -11,7 +11,6 @@
 
 use crate::error::{Error, IoContext, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use md5::{Digest, Md5};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -113,17 +112,7 @@ pub const DATASETS: [&str; 4] = ["cifar100", "cifar10", "svhn", "dtd"];
 
 /// MD5 of a file, lowercase hex.
 pub fn md5_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).at(path)?;
-    let mut h = Md5::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).at(path)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    crate::util::md5_file(path)
 }
 
 /// Where a resource's download lands before verification.

@@ -156,25 +156,7 @@ impl Dataset {
     }
 }
 
-/// Reads a whole file, mapping a missing file to [`Error::Missing`] with a hint.
-pub(crate) fn read_file(path: &std::path::Path, what: &str, hint: &str) -> Result<Vec<u8>> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(b),
-        Err(e) => {
-            // A folder on the way that is a file: say so (not "Not a directory (os error 20)").
-            if let Some(file) = path.ancestors().skip(1).find(|a| a.is_file()) {
-                return Err(Error::data(
-                    what,
-                    format!("{} is a file, not a folder, so {} cannot exist; check the data root", file.display(), path.display()),
-                ));
-            }
-            if e.kind() == std::io::ErrorKind::NotFound {
-                return Err(Error::Missing { what: what.to_string(), path: path.to_path_buf(), hint: hint.to_string() });
-            }
-            Err(Error::io(path, e))
-        }
-    }
-}
+pub(crate) use crate::util::read_file;
 
 /// Reads a list of names, one per line (empty lines dropped).
 pub(crate) fn read_names(path: &std::path::Path, what: &str, hint: &str) -> Result<Vec<String>> {

@@ -15,7 +15,7 @@ use super::dtd::{load_dtd, DtdSplit};
 use super::split::SeedSubset;
 use super::{cifar, svhn, Dataset, Part, SIDE};
 use crate::config::RunConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::util::SplitMix64;
 use tch::Tensor;
 
@@ -47,9 +47,42 @@ pub fn jigsaw(data: &Dataset, seed: u64, name: &str) -> Result<Dataset> {
     Ok(Dataset { name: name.into(), images, labels: data.labels.shallow_clone(), class_names: data.class_names.clone() })
 }
 
+/// The in-distribution data of a run: train / val (split of the official train
+/// set) and test.
+pub struct RunData {
+    pub train: Dataset,
+    pub val: Dataset,
+    pub test: Dataset,
+}
+
+impl RunData {
+    /// Loads the ID data of `cfg`. For the synthetic source, the embedded dataset
+    /// is verified against its manifest and (re)generated when absent or
+    /// incomplete (see [`crate::data::synthetic::ensure`]).
+    pub fn load(cfg: &RunConfig) -> Result<Self> {
+        let root = &cfg.data.root;
+        if cfg.data.source == "synthetic" {
+            crate::data::synthetic::ensure(root, &cfg.data.synth)?;
+        }
+        let full = cifar::load_cifar100(root, Part::Train)?;
+        if full.num_classes() as i64 != cfg.model.num_classes {
+            return Err(Error::param(
+                "model.num_classes",
+                format!("{} but the data has {} classes", cfg.model.num_classes, full.num_classes()),
+            ));
+        }
+        let split = cfg.data.split.split(full.len())?;
+        Ok(RunData {
+            train: full.subset(&split.train, crate::names::ID_TRAIN)?,
+            val: full.subset(&split.val, crate::names::ID_VAL)?,
+            test: cifar::load_cifar100(root, Part::Test)?,
+        })
+    }
+}
+
 /// Loads the evaluation sets of a run config.
 pub fn load_eval_sets(cfg: &RunConfig) -> Result<EvalSets> {
-    let run = crate::train::RunData::load(cfg)?;
+    let run = RunData::load(cfg)?;
     let root = &cfg.data.root;
     let proto = cfg.data.split;
     let mut ood = Vec::new();
@@ -65,11 +98,11 @@ pub fn load_eval_sets(cfg: &RunConfig) -> Result<EvalSets> {
     for extra in &cfg.data.extra_ood {
         ood.push(super::image_folder::load_image_folder(&extra.path, &extra.name, cfg.data.dtd_resize)?);
     }
-    let ood_val = jigsaw(&run.val, cfg.seed, "ood-val")?;
+    let ood_val = jigsaw(&run.val, cfg.seed, crate::names::OOD_VAL)?;
     let mut id_train = run.train;
-    id_train.name = "id-train".into();
+    id_train.name = crate::names::ID_TRAIN.into();
     let mut id_test = run.test;
-    id_test.name = "id-test".into();
+    id_test.name = crate::names::ID_TEST.into();
     Ok(EvalSets { id_train, id_val: run.val, id_test, ood, ood_val })
 }
 

@@ -143,7 +143,7 @@ impl Canvas {
 
 /// HSL (h in degrees) to RGB in [0, 1].
 fn hsl(h: f64, s: f64, l: f64) -> [f64; 3] {
-    let c = crate::plot::style::hsl_to_rgb(h, s.clamp(0.0, 1.0), l.clamp(0.0, 1.0));
+    let c = crate::util::hsl_to_rgb(h, s.clamp(0.0, 1.0), l.clamp(0.0, 1.0));
     [c.0 as f64 / 255.0, c.1 as f64 / 255.0, c.2 as f64 / 255.0]
 }
 
@@ -564,7 +564,7 @@ pub fn verify(root: &Path, m: &Manifest) -> Result<()> {
         if !md.is_file() || md.len() != sum.bytes {
             return Err(Error::format(&p, format!("{} bytes, the manifest records {} (truncated or replaced)", md.len(), sum.bytes)));
         }
-        let actual = crate::data::download::md5_file(&p)?;
+        let actual = crate::util::md5_file(&p)?;
         if actual != sum.md5 {
             return Err(Error::Checksum { path: p, expected: sum.md5.clone(), actual });
         }
@@ -688,7 +688,7 @@ pub fn generate(root: impl AsRef<Path>, cfg: &SynthConfig) -> Result<SynthSummar
     for rel in &plan {
         let p = root.join(rel);
         let bytes = std::fs::metadata(&p).at(&p)?.len();
-        files.insert(rel.clone(), FileSum { bytes, md5: crate::data::download::md5_file(&p)? });
+        files.insert(rel.clone(), FileSum { bytes, md5: crate::util::md5_file(&p)? });
     }
     let m = Manifest {
         generator: "oodnc synthetic v1".into(),

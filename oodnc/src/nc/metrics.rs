@@ -25,11 +25,11 @@
 
 use super::stats::ClassStats;
 use crate::error::{Error, Result};
-use crate::ood::linalg::{check_2d, finite_f64, pinv_psd, sq_dists};
+use crate::numerics::{check_2d, finite_f64, pinv_psd, sq_dists};
 use tch::{Kind, Tensor};
 
 /// Relative eigenvalue threshold of the Sigma_B pseudo-inverse.
-pub const NC_PINV_REL_TOL: f64 = 1e-10;
+pub use super::stats::NC_PINV_REL_TOL;
 
 /// NC metrics of one feature set; W-based entries are `None` without a classifier.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -196,7 +196,7 @@ pub fn nc_with_ood_class(st: &ClassStats, id: &Tensor, labels: &Tensor, ood: &Te
     let sb = m_all.tr().matmul(&m_all) / k as f64;
     // Tr(S_W S_B^+) with S_W = (cw^T cw + co^T co) / n_all, as ||cw L||^2 + ||co L||^2
     // (L L^T = S_B^+), without forming S_W (see ClassStats::tr_sw_sb_pinv).
-    let l = crate::ood::linalg::pinv_sqrt(&sb, NC_PINV_REL_TOL)?;
+    let l = crate::numerics::pinv_sqrt(&sb, NC_PINV_REL_TOL)?;
     let tr = (cw.matmul(&l).square().sum(Kind::Double) + co.matmul(&l).square().sum(Kind::Double)).double_value(&[]) / n_all;
     let nc1 = tr / k as f64;
     let (_, maxangle) = angles(&m_all);

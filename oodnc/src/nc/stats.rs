@@ -1,8 +1,11 @@
 //! Class statistics of a feature set, in one pass.
 
 use crate::error::{Error, Result};
-use crate::ood::linalg::{check_2d, finite_f64, pinv_sqrt};
+use crate::numerics::{check_2d, finite_f64, pinv_sqrt};
 use tch::{Kind, Tensor};
+
+/// Relative eigenvalue threshold of the pseudo-inverses in NC (Sigma_B^+).
+pub const NC_PINV_REL_TOL: f64 = 1e-10;
 
 /// Counts, means and scatter matrices of labelled features (f64).
 pub struct ClassStats {
@@ -52,7 +55,7 @@ impl ClassStats {
             return Err(Error::data(ctx, format!("{c} class(es): Neural Collapse needs at least 2")));
         }
         let (n, d) = check_2d(h, None, ctx)?;
-        let (means, counts) = crate::ood::linalg::class_means(h, labels, c, ctx)?;
+        let (means, counts) = crate::numerics::class_means(h, labels, c, ctx)?;
         let y = labels.to_kind(Kind::Int64);
         let centred = h - means.index_select(0, &y);
         let sq = centred.square().sum_dim_intlist(&[1i64][..], false, Kind::Double);
@@ -60,7 +63,7 @@ impl ClassStats {
         let global_mean = means.mean_dim(&[0i64][..], false, Kind::Double);
         let mt = &means - global_mean.unsqueeze(0); // [C, D]
         let sigma_b = mt.tr().matmul(&mt) / c as f64;
-        let l = pinv_sqrt(&sigma_b, super::metrics::NC_PINV_REL_TOL)?;
+        let l = pinv_sqrt(&sigma_b, NC_PINV_REL_TOL)?;
         let tr_sw_sb_pinv = centred.matmul(&l).square().sum(Kind::Double).double_value(&[]) / n as f64;
         Ok(ClassStats {
             num_classes: c,

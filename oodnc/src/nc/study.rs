@@ -96,7 +96,7 @@ pub fn study(run: &crate::run::Run, epochs: &[i64], opts: NcOptions, device: Dev
         let w = w.to_device(device);
         let (m, st) = nc_metrics(&train.penultimate, &train.labels, c, Some(&train.logits), Some(&w))?;
         for (k, v) in m.named() {
-            push(epoch, "penultimate", "id-train", k, v);
+            push(epoch, "penultimate", crate::names::ID_TRAIN, k, v);
         }
         acc.push((epoch, m.accuracy.unwrap_or(0.0)));
         for o in &ood {
@@ -135,10 +135,10 @@ pub fn study(run: &crate::run::Run, epochs: &[i64], opts: NcOptions, device: Dev
                         continue; // already reported above
                     }
                     for (k, v) in r.metrics.named() {
-                        push(epoch, lname, "id-train", k, v);
+                        push(epoch, lname, crate::names::ID_TRAIN, k, v);
                     }
-                    push(epoch, lname, "id-train", "dim", r.dim as f64);
-                    push(epoch, lname, "id-train", "dim_below_classes", if r.dim < c - 1 { 1.0 } else { 0.0 });
+                    push(epoch, lname, crate::names::ID_TRAIN, "dim", r.dim as f64);
+                    push(epoch, lname, crate::names::ID_TRAIN, "dim_below_classes", if r.dim < c - 1 { 1.0 } else { 0.0 });
                     for (oname, a, b) in &r.nc5 {
                         push(epoch, lname, oname, "nc5", *a);
                         push(epoch, lname, oname, "nc5_uncentred", *b);
@@ -147,8 +147,8 @@ pub fn study(run: &crate::run::Run, epochs: &[i64], opts: NcOptions, device: Dev
                 }
                 if !pooled {
                     if let Ok((_, slope)) = separation_fuzziness_slope(&fuzz) {
-                        push(epoch, "all", "id-train", "fuzziness_log_slope", slope);
-                        push(epoch, "all", "id-train", "fuzziness_ratio_per_layer", slope.exp());
+                        push(epoch, "all", crate::names::ID_TRAIN, "fuzziness_log_slope", slope);
+                        push(epoch, "all", crate::names::ID_TRAIN, "fuzziness_ratio_per_layer", slope.exp());
                     }
                 }
             }

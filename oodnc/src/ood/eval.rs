@@ -104,7 +104,7 @@ pub fn evaluate_with_scores(
     }
     let mut rows = vec![Row {
         epoch,
-        detector: "classifier".into(),
+        detector: crate::names::CLASSIFIER.into(),
         dataset: inputs.id_test.name.clone(),
         metric: "id_accuracy".into(),
         value: super::metrics::accuracy(&inputs.id_test.logits, &inputs.id_test.labels)?,

@@ -25,7 +25,8 @@
 pub mod detector;
 pub mod detectors;
 pub mod eval;
-pub mod linalg;
+/// The numerics helpers, at their old path (they live in [`crate::numerics`]).
+pub use crate::numerics as linalg;
 pub mod metrics;
 pub mod odin;
 pub mod pipeline;

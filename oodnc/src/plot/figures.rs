@@ -237,7 +237,7 @@ pub fn ood_summary_bars(rows: &[LongRow], epoch: i64, metric: &str) -> Result<Fi
 fn nc_line(rows: &[LongRow], title: &str, ylabel: &str, items: &[(&str, &str)], log: bool, tpt: Option<(i64, i64)>) -> LinePlot {
     let mut p = LinePlot::new(title, "epoch", ylabel);
     for (i, (metric, label)) in items.iter().enumerate() {
-        let s = Series::new(*label, series_of(rows, "penultimate", "id-train", metric));
+        let s = Series::new(*label, series_of(rows, "penultimate", crate::names::ID_TRAIN, metric));
         p = p.with(if i > 0 { s.dashed() } else { s });
     }
     if log {
@@ -251,9 +251,10 @@ fn nc_line(rows: &[LongRow], title: &str, ylabel: &str, items: &[(&str, &str)], 
 
 /// The NC evolution grid: NC1 (log), NC2 equinorm (M, W), NC2 angles (M, W), NC3, NC4, accuracy.
 pub fn nc_evolution(rows: &[LongRow], tpt: Option<(i64, i64)>) -> Result<Figure> {
-    let acc: Vec<(f64, f64)> = series_of(rows, "penultimate", "id-train", "accuracy").into_iter().map(|(e, v)| (e, 100.0 * v)).collect();
+    let acc: Vec<(f64, f64)> =
+        series_of(rows, "penultimate", crate::names::ID_TRAIN, "accuracy").into_iter().map(|(e, v)| (e, 100.0 * v)).collect();
     let ncc: Vec<(f64, f64)> =
-        series_of(rows, "penultimate", "id-train", "ncc_accuracy").into_iter().map(|(e, v)| (e, 100.0 * v)).collect();
+        series_of(rows, "penultimate", crate::names::ID_TRAIN, "ncc_accuracy").into_iter().map(|(e, v)| (e, 100.0 * v)).collect();
     let mut accp = LinePlot::new("Accuracy (unaugmented train)", "epoch", "%")
         .with(Series::new("network", acc))
         .with(Series::new("nearest class centre", ncc).dashed())
@@ -318,10 +319,10 @@ pub fn nc5_evolution_for(rows: &[LongRow], tpt: Option<(i64, i64)>, only: Option
 pub fn nc_id_vs_ood(rows: &[LongRow]) -> Result<Figure> {
     let sets = distinct(rows.iter().filter(|r| r.metric == "nc1_with_ood_class").map(|r| r.dataset.clone()));
     let mut a = LinePlot::new("NC1: ID vs ID + OOD class", "epoch", "NC1 (log)")
-        .with(Series::new("ID", series_of(rows, "penultimate", "id-train", "nc1")))
+        .with(Series::new("ID", series_of(rows, "penultimate", crate::names::ID_TRAIN, "nc1")))
         .log_y();
     let mut b = LinePlot::new("Equiangularity: ID vs ID + OOD class", "epoch", "mean |cos + 1/(K-1)|")
-        .with(Series::new("ID", series_of(rows, "penultimate", "id-train", "nc2_maxangle_m")));
+        .with(Series::new("ID", series_of(rows, "penultimate", crate::names::ID_TRAIN, "nc2_maxangle_m")));
     for s in &sets {
         a = a.with(Series::new(format!("ID + {s}"), series_of(rows, "penultimate", s, "nc1_with_ood_class")).dashed());
         b = b.with(Series::new(format!("ID + {s}"), series_of(rows, "penultimate", s, "nc2_maxangle_with_ood_class")).dashed());
@@ -329,40 +330,19 @@ pub fn nc_id_vs_ood(rows: &[LongRow]) -> Result<Figure> {
     Figure::new(&Panels::new("", 1, 2, vec![a.into(), b.into()]), 1300, 500)
 }
 
-/// 2-D PCA fitted on the ID **train** features; shows ID test points coloured by
-/// class (distinct colours for up to 100+ classes) and OOD points in grey tones.
-pub fn pca_2d(
-    train: &Tensor,
-    test: &Tensor,
-    test_labels: &Tensor,
-    class_names: &[String],
-    ood: &[(String, Tensor)],
-    max_points: i64,
-) -> Result<Figure> {
-    let x = train.to_kind(Kind::Double);
-    let mean = x.mean_dim(&[0i64][..], true, Kind::Double);
-    let xc = &x - &mean;
-    let cov = xc.tr().matmul(&xc) / x.size()[0] as f64;
-    let (_, vecs) = crate::ood::linalg::eigh_desc(&cov);
-    let p = vecs.narrow(1, 0, 2);
-    let proj = |t: &Tensor| -> Result<Vec<(f64, f64)>> {
-        let n = t.size()[0].min(max_points);
-        let z = (t.narrow(0, 0, n).to_kind(Kind::Double) - &mean).matmul(&p);
-        let v = Vec::<f64>::try_from(z.flatten(0, -1))?;
-        Ok(v.chunks(2).map(|c| (c[0], c[1])).collect())
-    };
-    let pts = proj(test)?;
-    let labels = Vec::<i64>::try_from(test_labels.narrow(0, 0, pts.len() as i64))?;
+/// Scatter of 2-D projections (e.g. the PCA of [`crate::numerics::Pca2`]):
+/// ID test points coloured by class, then each OOD set in grey.
+pub fn pca_scatter(test: &[(f64, f64)], test_labels: &[i64], class_names: &[String], ood: &[(String, Vec<(f64, f64)>)]) -> Result<Figure> {
     let c = class_names.len();
     let mut plot = ScatterPlot::new("PCA of penultimate features (fitted on ID train)", "PC 1", "PC 2");
     let mut colors = super::style::class_colors(c);
     for (k, name) in class_names.iter().enumerate() {
-        let g: Vec<(f64, f64)> = pts.iter().zip(&labels).filter(|(_, &l)| l as usize == k).map(|(p, _)| *p).collect();
+        let g: Vec<(f64, f64)> = test.iter().zip(test_labels).filter(|(_, &l)| l as usize == k).map(|(p, _)| *p).collect();
         plot = plot.with(name.clone(), g, 2, c <= 10);
     }
     let greys = [plotters::style::RGBColor(20, 20, 20), plotters::style::RGBColor(110, 110, 110), plotters::style::RGBColor(185, 185, 185)];
-    for (i, (name, t)) in ood.iter().enumerate() {
-        plot = plot.with(format!("OOD: {name}"), proj(t)?, 2, true);
+    for (i, (name, pts)) in ood.iter().enumerate() {
+        plot = plot.with(format!("OOD: {name}"), pts.clone(), 2, true);
         colors.push(greys[i % greys.len()]);
     }
     plot.colors = Some(colors);
@@ -436,11 +416,12 @@ pub fn layer_bars(rows: &[LongRow], epoch: i64) -> Result<Figure> {
         rows.iter().find(|r| r.epoch == epoch && r.key == l && r.dataset == d && r.metric == m).map(|r| r.value).unwrap_or(f64::NAN)
     };
     let bar = |title: &str, m: &str, log: bool| {
-        let mut b = BarChart::new(title, m, layers.clone()).with(m, layers.iter().map(|l| get(l, "id-train", m)).collect(), None);
+        let mut b =
+            BarChart::new(title, m, layers.clone()).with(m, layers.iter().map(|l| get(l, crate::names::ID_TRAIN, m)).collect(), None);
         b.log_y = log;
         AnyPlot::Bar(b)
     };
-    let sets = distinct(rows.iter().filter(|r| r.metric == "nc5" && r.dataset != "id-train").map(|r| r.dataset.clone()));
+    let sets = distinct(rows.iter().filter(|r| r.metric == "nc5" && r.dataset != crate::names::ID_TRAIN).map(|r| r.dataset.clone()));
     let mut nc5 = BarChart::new("NC5 (centred)", "mean |cos|", layers.clone());
     for s in &sets {
         nc5 = nc5.with(s.clone(), layers.iter().map(|l| get(l, s, "nc5")).collect(), None);
@@ -499,7 +480,7 @@ pub fn fuzziness_vs_depth(rows: &[LongRow], epoch: i64) -> Result<Figure> {
         .iter()
         .map(|l| {
             rows.iter()
-                .find(|r| r.epoch == epoch && &r.key == l && r.dataset == "id-train" && r.metric == "nc1_raw")
+                .find(|r| r.epoch == epoch && &r.key == l && r.dataset == crate::names::ID_TRAIN && r.metric == "nc1_raw")
                 .map(|r| r.value)
                 .unwrap_or(f64::NAN)
         })

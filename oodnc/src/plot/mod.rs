@@ -17,7 +17,6 @@ pub mod heatmap;
 pub mod hist;
 pub mod line;
 pub mod panels;
-pub mod run_figures;
 pub mod scatter;
 pub mod style;
 

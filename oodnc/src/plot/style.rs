@@ -61,20 +61,8 @@ pub fn class_colors(n: usize) -> Vec<RGBColor> {
 
 /// HSL (h in degrees, s and l in 0..1) to RGB.
 pub fn hsl_to_rgb(h: f64, s: f64, l: f64) -> RGBColor {
-    let c = (1.0 - (2.0 * l - 1.0).abs()) * s;
-    let hp = (h.rem_euclid(360.0)) / 60.0;
-    let x = c * (1.0 - (hp % 2.0 - 1.0).abs());
-    let (r, g, b) = match hp as u32 {
-        0 => (c, x, 0.0),
-        1 => (x, c, 0.0),
-        2 => (0.0, c, x),
-        3 => (0.0, x, c),
-        4 => (x, 0.0, c),
-        _ => (c, 0.0, x),
-    };
-    let m = l - c / 2.0;
-    let to = |v: f64| ((v + m) * 255.0).round().clamp(0.0, 255.0) as u8;
-    RGBColor(to(r), to(g), to(b))
+    let (r, g, b) = crate::util::hsl_to_rgb(h, s, l);
+    RGBColor(r, g, b)
 }
 
 #[cfg(test)]

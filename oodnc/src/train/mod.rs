@@ -14,6 +14,7 @@ pub mod sgd;
 pub mod trainer;
 pub mod writer;
 
+pub use crate::data::protocol::RunData;
 pub use history::{EpochRecord, History};
 pub use sgd::{Sgd, SgdConfig};
-pub use trainer::{cosine_lr, train_step, RunData, TrainOutcome, Trainer};
+pub use trainer::{cosine_lr, train_step, TrainOutcome, Trainer};

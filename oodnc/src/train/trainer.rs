@@ -4,7 +4,8 @@ use super::history::{EpochRecord, History};
 use super::sgd::Sgd;
 use super::writer::{BackgroundWriter, FileOp};
 use crate::config::{FastPath, LrStep, RunConfig};
-use crate::data::{cifar, BatchLoader, Dataset, Part};
+use crate::data::protocol::RunData;
+use crate::data::BatchLoader;
 use crate::error::{Error, IoContext, Result};
 use crate::model::{encode_checkpoint, load_checkpoint, CheckpointMeta, ResNet18};
 use crate::progress::Progress;
@@ -39,39 +40,6 @@ pub fn train_step(model: &ResNet18, opt: &mut Sgd, images: &Tensor, labels: &Ten
     loss.f_backward()?;
     opt.step(lr)?;
     Ok((loss, logits))
-}
-
-/// The in-distribution data of a run: train / val (split of the official train
-/// set) and test.
-pub struct RunData {
-    pub train: Dataset,
-    pub val: Dataset,
-    pub test: Dataset,
-}
-
-impl RunData {
-    /// Loads the ID data of `cfg`. For the synthetic source, the embedded dataset
-    /// is verified against its manifest and (re)generated when absent or
-    /// incomplete (see [`crate::data::synthetic::ensure`]).
-    pub fn load(cfg: &RunConfig) -> Result<Self> {
-        let root = &cfg.data.root;
-        if cfg.data.source == "synthetic" {
-            crate::data::synthetic::ensure(root, &cfg.data.synth)?;
-        }
-        let full = cifar::load_cifar100(root, Part::Train)?;
-        if full.num_classes() as i64 != cfg.model.num_classes {
-            return Err(Error::param(
-                "model.num_classes",
-                format!("{} but the data has {} classes", cfg.model.num_classes, full.num_classes()),
-            ));
-        }
-        let split = cfg.data.split.split(full.len())?;
-        Ok(RunData {
-            train: full.subset(&split.train, "id-train")?,
-            val: full.subset(&split.val, "id-val")?,
-            test: cifar::load_cifar100(root, Part::Test)?,
-        })
-    }
 }
 
 /// What a call to [`Trainer::fit`] did.

@@ -3,8 +3,8 @@
 use super::{energy_of, feats, Head};
 use crate::error::Result;
 use crate::features::FeatureSet;
+use crate::numerics::{check_2d, percentile};
 use crate::ood::detector::{FitData, GridContext, ParamReader, ParamValue, Registered, Scorer};
-use crate::ood::linalg::{check_2d, percentile};
 use tch::{Kind, Tensor};
 
 /// **DICE** (Sun & Li, ECCV 2022): energy of the head with W masked to its

@@ -3,8 +3,8 @@
 use super::{feats, Head};
 use crate::error::Result;
 use crate::features::FeatureSet;
+use crate::numerics::check_2d;
 use crate::ood::detector::{FitData, ParamReader, Registered, Scorer};
-use crate::ood::linalg::check_2d;
 use tch::{Kind, Tensor};
 
 /// **fDBD** (Liu & Qin, ICML 2024), feature distance to decision boundaries:

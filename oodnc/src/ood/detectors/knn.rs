@@ -10,8 +10,8 @@
 use super::Head;
 use crate::error::{Error, Result};
 use crate::features::{normalize_rows, FeatureId, FeatureSet};
+use crate::numerics::check_2d;
 use crate::ood::detector::{FitData, GridContext, ParamReader, ParamValue, Registered, Scorer};
-use crate::ood::linalg::check_2d;
 use tch::{Device, Kind, Tensor};
 
 /// **KNN** (Sun et al., ICML 2022): -(distance to the k-th nearest

@@ -3,8 +3,8 @@
 use super::{feats, Head, PINV_REL_TOL};
 use crate::error::Result;
 use crate::features::FeatureSet;
+use crate::numerics::{check_2d, pinv_sqrt, sq_dists};
 use crate::ood::detector::{FitData, ParamReader, Registered, Scorer};
-use crate::ood::linalg::{check_2d, pinv_sqrt, sq_dists};
 use tch::{Kind, Tensor};
 
 /// The fitted Gaussians: `L L^T = Sigma^+` of the tied class covariance, the

@@ -20,9 +20,9 @@ pub mod tempscale;
 pub mod vim;
 
 use super::detector::{entry, Entry, FitData};
-use super::linalg::{check_2d, finite_f64};
 use crate::error::{Error, Result};
 use crate::features::FeatureSet;
+use crate::numerics::{check_2d, finite_f64};
 use tch::{Kind, Tensor};
 
 /// Every feature-based detector, one line each (order = table order).

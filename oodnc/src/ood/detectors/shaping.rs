@@ -8,8 +8,8 @@
 use super::{energy_of, feats, log_msp, max_dim1, Head};
 use crate::error::Result;
 use crate::features::FeatureSet;
+use crate::numerics::{check_2d, percentile};
 use crate::ood::detector::{FitData, GridContext, ParamReader, ParamValue, Registered, Scorer};
-use crate::ood::linalg::{check_2d, percentile};
 use tch::{Kind, Tensor};
 
 /// What is computed from the (shaped) logits.

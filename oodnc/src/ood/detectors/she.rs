@@ -3,8 +3,8 @@
 use super::{feats, logits, Head};
 use crate::error::Result;
 use crate::features::FeatureSet;
+use crate::numerics::{check_labels, class_means};
 use crate::ood::detector::{FitData, ParamReader, Registered, Scorer};
-use crate::ood::linalg::{check_labels, class_means};
 use tch::{Kind, Tensor};
 
 /// **SHE** (Zhang et al., ICLR 2023), simplified Hopfield energy:

@@ -3,8 +3,8 @@
 use super::{energy_of, feats, logits, max_dim1, Head};
 use crate::error::{Error, Result};
 use crate::features::FeatureSet;
+use crate::numerics::{check_2d, eigh_desc};
 use crate::ood::detector::{FitData, GridContext, ParamReader, ParamValue, Registered, Scorer};
-use crate::ood::linalg::{check_2d, eigh_desc};
 use tch::{Kind, Tensor};
 
 /// The principal-space fit shared by ViM and Residual.

@@ -1,11 +1,16 @@
 //! `oodnc figures --run NAME`: every figure of a run, as PNG and SVG.
+//!
+//! The stage after the studies: it reads a run's tables and features through
+//! [`Run`](crate::run::Run), computes what a figure needs (scores with the
+//! study's chosen hyperparameters, class geometry, a PCA) and hands the numbers
+//! to [`crate::plot`], which only draws.
 
-use super::figures::*;
-use super::Figure;
 use crate::config::RunConfig;
 use crate::data::protocol::EvalSets;
 use crate::error::Result;
 use crate::features::{cached, ExtractOptions};
+use crate::plot::figures::*;
+use crate::plot::Figure;
 use crate::report::long_rows;
 use std::path::{Path, PathBuf};
 use tch::Device;
@@ -44,7 +49,7 @@ pub fn write_run_figures(run_dir: &Path, out: &Path, device: Device) -> Result<V
         let rows = long_rows(&crate::ood::pipeline::read_csv(&ood_csv)?, "detector")?;
         let detectors: Vec<String> = {
             let mut v = Vec::new();
-            for r in rows.iter().filter(|r| r.key != "classifier") {
+            for r in rows.iter().filter(|r| r.key != crate::names::CLASSIFIER) {
                 if !v.contains(&r.key) {
                     v.push(r.key.clone());
                 }
@@ -91,7 +96,7 @@ pub fn write_run_figures(run_dir: &Path, out: &Path, device: Device) -> Result<V
         let le = crate::report::last_epoch(&rows)?;
         save(layer_bars(&rows, le)?, "nc_by_layer")?;
         for (m, log) in [("nc1", true), ("nc2_equinorm_m", false), ("nc2_maxangle_m", false), ("nc4_ncc_mismatch", false)] {
-            save(layer_epoch_heatmap(&rows, m, "id-train", log)?, &format!("nc_heatmap_{m}"))?;
+            save(layer_epoch_heatmap(&rows, m, crate::names::ID_TRAIN, log)?, &format!("nc_heatmap_{m}"))?;
         }
         if let Some(first_ood) = sets.ood.first() {
             save(layer_epoch_heatmap(&rows, "nc5", &first_ood.name, false)?, "nc_heatmap_nc5")?;
@@ -172,4 +177,21 @@ pub fn geometry_figures(
         (Some(g), Some(p)) => Ok((g, var_fig, p)),
         _ => Err(crate::Error::data("geometry figures", "no figure for the last epoch")),
     }
+}
+
+/// The 2-D PCA of penultimate features fitted on ID `train`: the first
+/// `max_points` ID test points by class and each OOD set (a [`pca_scatter`]).
+pub fn pca_2d(
+    train: &tch::Tensor,
+    test: &tch::Tensor,
+    test_labels: &tch::Tensor,
+    class_names: &[String],
+    ood: &[(String, tch::Tensor)],
+    max_points: i64,
+) -> Result<Figure> {
+    let pca = crate::numerics::Pca2::fit(train);
+    let pts = pca.project(test, max_points)?;
+    let labels = Vec::<i64>::try_from(test_labels.narrow(0, 0, pts.len() as i64))?;
+    let ood_pts = ood.iter().map(|(n, t)| Ok((n.clone(), pca.project(t, max_points)?))).collect::<Result<Vec<_>>>()?;
+    pca_scatter(&pts, &labels, class_names, &ood_pts)
 }

@@ -1,4 +1,5 @@
-//! Small f64 linear-algebra helpers for the detectors and NC (libtorch underneath).
+//! The numerics room: small f64 linear-algebra helpers, moments and percentiles
+//! shared by the features, the OOD detectors and NC (libtorch underneath).
 
 use crate::error::{Error, Result};
 use tch::{Kind, Tensor};
@@ -173,4 +174,32 @@ pub fn select_pair<T: Copy + Into<f64>>(mut v: Vec<T>, lo: usize, hi: usize, cmp
     // statistic is their minimum.
     let b = if hi > lo { right.iter().copied().min_by(cmp).unwrap_or(a) } else { a };
     (a.into(), b.into())
+}
+
+/// A 2-D PCA: the mean and the two leading principal axes of a fit set.
+#[derive(Debug)]
+pub struct Pca2 {
+    pub mean: Tensor,
+    /// `[D, 2]`.
+    pub axes: Tensor,
+}
+
+impl Pca2 {
+    /// Fits on the rows of `x` (`[N, D]`), in f64.
+    pub fn fit(x: &Tensor) -> Self {
+        let x = x.to_kind(Kind::Double);
+        let mean = x.mean_dim(&[0i64][..], true, Kind::Double);
+        let xc = &x - &mean;
+        let cov = xc.tr().matmul(&xc) / x.size()[0] as f64;
+        let (_, vecs) = eigh_desc(&cov);
+        Pca2 { mean, axes: vecs.narrow(1, 0, 2) }
+    }
+
+    /// The first `max_points` rows of `t` projected.
+    pub fn project(&self, t: &Tensor, max_points: i64) -> Result<Vec<(f64, f64)>> {
+        let n = t.size()[0].min(max_points);
+        let z = (t.narrow(0, 0, n).to_kind(Kind::Double) - &self.mean).matmul(&self.axes);
+        let v = Vec::<f64>::try_from(z.flatten(0, -1))?;
+        Ok(v.chunks(2).map(|c| (c[0], c[1])).collect())
+    }
 }
