@@ -28,6 +28,7 @@ pub mod ood;
 pub mod plot;
 pub mod progress;
 pub mod report;
+pub mod results;
 pub mod run;
 pub mod run_figures;
 pub mod tensor_io;

@@ -7,17 +7,8 @@ pub use crate::names;
 use polars::prelude::*;
 use std::collections::BTreeMap;
 
-/// One row of a long-form table, read back from a DataFrame.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LongRow {
-    pub epoch: i64,
-    pub key: String,
-    pub dataset: String,
-    pub metric: String,
-    pub value: f64,
-    pub ci_low: f64,
-    pub ci_high: f64,
-}
+/// One row of a long-form table (the crate's one results type).
+pub type LongRow = crate::results::Row;
 
 fn str_col(df: &DataFrame, name: &str) -> Result<Vec<String>> {
     let c = df.column(name)?.str()?;

@@ -58,7 +58,7 @@ fn the_ci_study_end_to_end_through_run() {
     assert_eq!(&spec, &study.selections.iter().find(|(_, s)| s.chosen.name() == "vim").unwrap().1.chosen);
 
     let nc = oodnc::nc::study::study(&run, &[], oodnc::nc::study::NcOptions { layers: true, ..Default::default() }, cpu).unwrap();
-    assert!(nc.rows.iter().any(|r| r.layer == "layer4.0" && r.metric == "nc1" && r.value.is_finite()));
+    assert!(nc.rows.iter().any(|r| r.key == "layer4.0" && r.metric == "nc1" && r.value.is_finite()));
     assert!(run.table(Table::NcLayers).exists() && run.table(Table::TerminalPhase).exists());
     let nc = oodnc::nc::study::study(&run, &[], Default::default(), cpu).unwrap();
     assert!(nc.rows.iter().any(|r| r.metric == "nc1" && r.value.is_finite()));

@@ -471,9 +471,8 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             let eps = r.parse_epochs(&epochs)?;
             let opts = oodnc::nc::study::NcOptions { layers, pool2x2, ..Default::default() };
             let st = oodnc::nc::study::study(&r, &eps, opts, oodnc::device::best_device())?;
-            let df = &st.frame;
-            let rows = oodnc::report::long_rows(df, "layer")?;
-            let last = oodnc::report::last_epoch(&rows)?;
+            let rows = &st.rows;
+            let last = oodnc::report::last_epoch(rows)?;
             let metrics = [
                 "accuracy",
                 "nc1",
@@ -487,10 +486,7 @@ fn run(cli: Cli) -> oodnc::Result<()> {
                 "nc4_ncc_mismatch",
                 "ncc_accuracy",
             ];
-            println!(
-                "epoch {last}, ID train (unaugmented):\n{}",
-                oodnc::report::wide_table(&rows, last, oodnc::names::ID_TRAIN, &metrics)?
-            );
+            println!("epoch {last}, ID train (unaugmented):\n{}", oodnc::report::wide_table(rows, last, oodnc::names::ID_TRAIN, &metrics)?);
             match st.terminal_phase_start {
                 Some(e) => println!("terminal phase of training starts at epoch {e} (first epoch with train accuracy >= 99.9%)"),
                 None => println!("terminal phase not reached (no checkpoint with train accuracy >= 99.9%)"),
@@ -523,9 +519,8 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             let mut seen = std::collections::BTreeSet::new();
             names.retain(|d| seen.insert(*d));
             let study = oodnc::ood::pipeline::study(&r, &eps, &names, bootstrap, oodnc::device::best_device())?;
-            let rows = oodnc::report::long_rows(&study.frame, "detector")?;
-            let last = oodnc::report::last_epoch(&rows)?;
-            println!("{}", oodnc::report::ood_table(&rows, last)?);
+            let last = oodnc::report::last_epoch(&study.rows)?;
+            println!("{}", oodnc::report::ood_table(&study.rows, last)?);
             println!("scores: higher = more in-distribution; FPR95 = fraction of OOD accepted at 95% ID recall");
             println!("table: {}", study.csv.display());
         }

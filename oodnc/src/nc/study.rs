@@ -8,15 +8,8 @@ use polars::prelude::*;
 use std::path::{Path, PathBuf};
 use tch::Device;
 
-/// One row: (epoch, layer, dataset, metric, value).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct NcRow {
-    pub epoch: i64,
-    pub layer: String,
-    pub dataset: String,
-    pub metric: String,
-    pub value: f64,
-}
+/// One row: (epoch, layer, dataset, metric, value); the key is the layer.
+pub type NcRow = crate::results::Row;
 
 /// Results of [`run`].
 pub struct NcStudy {
@@ -78,7 +71,7 @@ pub fn study(run: &crate::run::Run, epochs: &[i64], opts: NcOptions, device: Dev
     let x_opts = ExtractOptions { taps: opts.layers, pool2x2: opts.layers && opts.pool2x2 };
     let mut rows = Vec::new();
     let mut push = |epoch: i64, layer: &str, dataset: &str, metric: &str, value: f64| {
-        rows.push(NcRow { epoch, layer: layer.into(), dataset: dataset.into(), metric: metric.into(), value });
+        rows.push(NcRow::point(epoch, layer, dataset, metric, value));
     };
     let mut prog = crate::progress::Progress::new("nc", epochs.len() as u64);
     let mut acc = Vec::new();
@@ -156,13 +149,7 @@ pub fn study(run: &crate::run::Run, epochs: &[i64], opts: NcOptions, device: Dev
         prog.inc(1, || format!("epoch {epoch}"));
     }
     prog.finish();
-    let frame = df!(
-        "epoch" => rows.iter().map(|r| r.epoch).collect::<Vec<_>>(),
-        "layer" => rows.iter().map(|r| r.layer.clone()).collect::<Vec<_>>(),
-        "dataset" => rows.iter().map(|r| r.dataset.clone()).collect::<Vec<_>>(),
-        "metric" => rows.iter().map(|r| r.metric.clone()).collect::<Vec<_>>(),
-        "value" => rows.iter().map(|r| r.value).collect::<Vec<_>>(),
-    )?;
+    let frame = crate::results::to_frame(&rows, crate::results::TableKind::Nc)?;
     let csv = run.table(if opts.layers { crate::run::Table::NcLayers } else { crate::run::Table::NcMetrics });
     crate::run::ensure_dir(csv.parent().unwrap_or(run_dir), "results folder")?;
     crate::report::merge_csv(&csv, &frame, &["epoch", "layer", "dataset"])?;

@@ -60,17 +60,8 @@ pub fn select_hyperparameters(name: &str, inputs: &EvalInputs) -> Result<Selecti
     Ok(Selection { chosen: best.0.clone(), candidates })
 }
 
-/// One row of the long-form results table.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Row {
-    pub epoch: i64,
-    pub detector: String,
-    pub dataset: String,
-    pub metric: String,
-    pub value: f64,
-    pub ci_low: f64,
-    pub ci_high: f64,
-}
+/// One row of the long-form results table (key = the detector).
+pub use crate::results::Row;
 
 /// The scores of one fitted detector at one checkpoint.
 #[derive(Debug, Clone)]
@@ -104,7 +95,7 @@ pub fn evaluate_with_scores(
     }
     let mut rows = vec![Row {
         epoch,
-        detector: crate::names::CLASSIFIER.into(),
+        key: crate::names::CLASSIFIER.into(),
         dataset: inputs.id_test.name.clone(),
         metric: "id_accuracy".into(),
         value: super::metrics::accuracy(&inputs.id_test.logits, &inputs.id_test.labels)?,
@@ -133,7 +124,7 @@ pub fn score_rows(epoch: i64, detector: &str, id: &[f64], ood: &[(String, Vec<f6
             ood_metrics(id, os)?.named().into_iter().map(|(m, v)| (m, v, f64::NAN, f64::NAN)).collect()
         };
         for (m, value, ci_low, ci_high) in named {
-            rows.push(Row { epoch, detector: detector.into(), dataset: name.clone(), metric: m.into(), value, ci_low, ci_high });
+            rows.push(Row { epoch, key: detector.into(), dataset: name.clone(), metric: m.into(), value, ci_low, ci_high });
         }
     }
     Ok(rows)
@@ -141,13 +132,5 @@ pub fn score_rows(epoch: i64, detector: &str, id: &[f64], ood: &[(String, Vec<f6
 
 /// Rows as a polars DataFrame (epoch, detector, dataset, metric, value, ci_low, ci_high).
 pub fn rows_to_frame(rows: &[Row]) -> Result<DataFrame> {
-    Ok(df!(
-        "epoch" => rows.iter().map(|r| r.epoch).collect::<Vec<_>>(),
-        "detector" => rows.iter().map(|r| r.detector.clone()).collect::<Vec<_>>(),
-        "dataset" => rows.iter().map(|r| r.dataset.clone()).collect::<Vec<_>>(),
-        "metric" => rows.iter().map(|r| r.metric.clone()).collect::<Vec<_>>(),
-        "value" => rows.iter().map(|r| r.value).collect::<Vec<_>>(),
-        "ci_low" => rows.iter().map(|r| r.ci_low).collect::<Vec<_>>(),
-        "ci_high" => rows.iter().map(|r| r.ci_high).collect::<Vec<_>>(),
-    )?)
+    crate::results::to_frame(rows, crate::results::TableKind::Ood)
 }

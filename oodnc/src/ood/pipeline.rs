@@ -13,6 +13,8 @@ use tch::Device;
 pub struct OodStudy {
     /// Long form: epoch, detector, dataset, metric, value, ci_low, ci_high.
     pub frame: DataFrame,
+    /// The same rows (key = detector).
+    pub rows: Vec<Row>,
     /// Chosen hyperparameters per (epoch, detector).
     pub selections: Vec<(i64, Selection)>,
     /// The scores behind the table: ID test and every OOD test set, per
@@ -131,7 +133,7 @@ pub fn study(run: &crate::run::Run, epochs: &[i64], detectors: &[&str], reps: us
         .map(|(e, s)| serde_json::json!({"epoch": e, "detector": s.chosen.name(), "chosen": s.chosen.params(), "candidates": s.candidates.iter().map(|(c, a)| serde_json::json!({"params": c.params(), "val_auroc_vs_ood_val": a})).collect::<Vec<_>>()}))
         .collect();
     crate::report::merge_json_array(&run.table(crate::run::Table::OodSelection), sel_json, &["epoch", "detector"])?;
-    Ok(OodStudy { frame, selections, scores, csv })
+    Ok(OodStudy { frame, rows, selections, scores, csv })
 }
 
 /// Name of the model-based detector in `detectors` lists.
