@@ -56,6 +56,13 @@ fn the_ci_study_end_to_end_through_run() {
     // The figures reuse the study's choices.
     let spec = oodnc::run_figures::chosen_spec(run.dir(), last, "vim").unwrap();
     assert_eq!(&spec, &study.selections.iter().find(|(_, s)| s.chosen.name() == "vim").unwrap().1.chosen);
+    // Fitted state is typed and inspectable; estimated values are apart from the hyperparameters.
+    let val = run.features(last, &sets.id_val, ExtractOptions::default(), cpu).unwrap();
+    let fitted = spec.fit(&FitData { train: &train, val: Some(&val), weight: &w, bias: &b }).unwrap();
+    let vim = fitted.fitted::<oodnc::ood::detectors::vim::FittedVim>().unwrap();
+    assert_eq!(fitted.estimated["alpha"], vim.alpha);
+    assert!(!fitted.params.contains_key("alpha") && fitted.params.contains_key("dim"));
+    assert_eq!(vim.residual_basis.size()[1], cfg.model.feature_dim() - spec.get("dim").unwrap() as i64);
 
     let nc = oodnc::nc::study::study(&run, &[], oodnc::nc::study::NcOptions { layers: true, ..Default::default() }, cpu).unwrap();
     assert!(nc.rows.iter().any(|r| r.key == "layer4.0" && r.metric == "nc1" && r.value.is_finite()));

@@ -254,15 +254,18 @@ pub const fn entry<T: Registered>() -> Entry {
 /// A fitted detector: what it was fitted with and its fitted state.
 pub struct Fitted {
     pub name: String,
-    /// The hyperparameters, then the values estimated by `fit` (e.g. `alpha`, `t_fitted`).
+    /// The hyperparameters it was fitted with.
     pub params: BTreeMap<String, f64>,
+    /// The values estimated by `fit` (e.g. ViM's `alpha`, TempScale's `t_fitted`,
+    /// ReAct's `clip`), by name; the typed fitted state is [`fitted`](Self::fitted).
+    pub estimated: BTreeMap<String, f64>,
     detector: Box<dyn Detector>,
     scorer: Box<dyn Scorer>,
 }
 
 impl std::fmt::Debug for Fitted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Fitted({} {:?})", self.name, self.params)
+        write!(f, "Fitted({} {:?}, estimated {:?})", self.name, self.params, self.estimated)
     }
 }
 
@@ -270,11 +273,9 @@ impl Fitted {
     /// Fits `detector` on `data`.
     pub fn fit(detector: Box<dyn Detector>, data: &FitData) -> Result<Self> {
         let scorer = detector.fit(data)?;
-        let mut params: BTreeMap<String, f64> = detector.params().into_iter().map(|(k, v)| (k.to_string(), v.as_f64())).collect();
-        for (k, v) in scorer.fitted_values() {
-            params.insert(k.to_string(), v);
-        }
-        Ok(Fitted { name: detector.name().to_string(), params, detector, scorer })
+        let params = detector.params().into_iter().map(|(k, v)| (k.to_string(), v.as_f64())).collect();
+        let estimated = scorer.fitted_values().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        Ok(Fitted { name: detector.name().to_string(), params, estimated, detector, scorer })
     }
 
     /// The checked hyperparameters it was fitted with.
