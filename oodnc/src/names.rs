@@ -12,3 +12,19 @@ pub const OOD_VAL: &str = "ood-val";
 pub const CLASSIFIER: &str = "classifier";
 /// The `layer` of NC rows of the penultimate features.
 pub const PENULTIMATE: &str = "penultimate";
+
+/// OOD metric names in the tables (see [`crate::ood::metrics`] for their definitions).
+pub mod metric {
+    /// Area under the ROC curve (ID = positive).
+    pub const AUROC: &str = "auroc";
+    /// Fraction of OOD accepted at the threshold keeping 95 % of ID (ODIN/ViM/NECO, OpenOOD v1).
+    pub const FPR95_OOD_ACCEPTED: &str = "fpr95_ood_accepted_at_95_id";
+    /// Fraction of ID rejected at the threshold rejecting 95 % of OOD (the original's, pytorch-ood's).
+    pub const FPR95_ID_REJECTED: &str = "fpr95_id_rejected_at_95_ood";
+    /// Average precision with ID as positive.
+    pub const AUPR_IN: &str = "aupr_in";
+    /// Average precision with OOD as positive.
+    pub const AUPR_OUT: &str = "aupr_out";
+    /// ID test accuracy (row of the classifier).
+    pub const ID_ACCURACY: &str = "id_accuracy";
+}

@@ -82,8 +82,8 @@ pub fn ood_table(rows: &[LongRow], epoch: i64) -> Result<String> {
         s.push_str(&format!("| {det} |"));
         let (mut sa, mut sf) = (0.0, 0.0);
         for d in &datasets {
-            let a = v.get(&(det.clone(), d.clone(), "auroc".into())).copied().unwrap_or(f64::NAN);
-            let f = v.get(&(det.clone(), d.clone(), "fpr95_ood_accepted_at_95_id".into())).copied().unwrap_or(f64::NAN);
+            let a = v.get(&(det.clone(), d.clone(), crate::names::metric::AUROC.into())).copied().unwrap_or(f64::NAN);
+            let f = v.get(&(det.clone(), d.clone(), crate::names::metric::FPR95_OOD_ACCEPTED.into())).copied().unwrap_or(f64::NAN);
             sa += a;
             sf += f;
             s.push_str(&format!(" {a:.4} / {:.1}% |", 100.0 * f));
@@ -196,8 +196,8 @@ pub fn nc5_vs_neco_table(nc_rows: &[LongRow], ood_rows: &[LongRow], ood: &[Strin
             t.push_str(&format!(
                 "| {e} | {o} |{}{}{}\n",
                 cell(find(nc_rows, e, "penultimate", o, "nc5")),
-                cell(find(ood_rows, e, "neco", o, "auroc")),
-                cell(find(ood_rows, e, "neco_seed", o, "auroc"))
+                cell(find(ood_rows, e, "neco", o, crate::names::metric::AUROC)),
+                cell(find(ood_rows, e, "neco_seed", o, crate::names::metric::AUROC))
             ));
         }
     }
@@ -257,7 +257,7 @@ fn row_keys(df: &DataFrame, keys: &[&str]) -> Result<Vec<Vec<String>>> {
 /// is left untouched. Returns the merged table.
 pub fn merge_csv(path: &std::path::Path, new: &DataFrame, keys: &[&str]) -> Result<DataFrame> {
     let mut merged = if path.exists() {
-        let old = crate::ood::pipeline::read_csv(path)?;
+        let old = crate::results::read_csv(path)?;
         let (a, b): (Vec<String>, Vec<String>) = (
             old.get_column_names().iter().map(|s| s.to_string()).collect(),
             new.get_column_names().iter().map(|s| s.to_string()).collect(),
@@ -277,7 +277,7 @@ pub fn merge_csv(path: &std::path::Path, new: &DataFrame, keys: &[&str]) -> Resu
     let mut idx: Vec<IdxSize> = (0..merged.height() as IdxSize).collect();
     idx.sort_by_key(|&i| epochs[i as usize]);
     merged = merged.take(&IdxCa::from_vec("idx".into(), idx))?;
-    crate::ood::pipeline::write_csv(&mut merged, path)?;
+    crate::results::write_csv(&mut merged, path)?;
     Ok(merged)
 }
 

@@ -3,8 +3,9 @@
 //! layer (NC tables). Studies return these rows; CSV (through polars) is the
 //! export, and a DataFrame is there for notebooks that want one.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use polars::prelude::*;
+use std::path::Path;
 
 /// One result: `metric` of `key` (a detector or a layer) on `dataset` at `epoch`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -60,4 +61,29 @@ pub fn to_frame(rows: &[Row], kind: TableKind) -> Result<DataFrame> {
         cols.push(Column::new("ci_high".into(), rows.iter().map(|r| r.ci_high).collect::<Vec<_>>()));
     }
     Ok(DataFrame::new(rows.len(), cols)?)
+}
+
+/// Writes a DataFrame as CSV (atomically).
+pub fn write_csv(df: &mut DataFrame, path: &Path) -> Result<()> {
+    let mut buf = Vec::new();
+    CsvWriter::new(&mut buf).include_header(true).finish(df)?;
+    crate::util::write_atomic(path, &buf)
+}
+
+/// Reads a long-form CSV written by [`write_csv`].
+pub fn read_csv(path: &Path) -> Result<DataFrame> {
+    if !path.exists() {
+        return Err(Error::Missing {
+            what: "results table".into(),
+            path: path.to_path_buf(),
+            hint: "; run the analysis first (`oodnc ood` / `oodnc nc`, or the notebook)".into(),
+        });
+    }
+    let bad = |e: PolarsError| Error::format(path, format!("unreadable results table ({e}); rerun the analysis that writes it"));
+    CsvReadOptions::default()
+        .with_has_header(true)
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))
+        .map_err(bad)?
+        .finish()
+        .map_err(bad)
 }

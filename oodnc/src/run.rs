@@ -259,6 +259,12 @@ impl Run {
         crate::features::cached(&self.dir, epoch, data, opts, device)
     }
 
+    /// Where this run's figures go: `<figures_root>/<name>/` (figures live beside
+    /// the runs, e.g. `figures/demo/`, so they can be committed without the run).
+    pub fn figures_dir(&self, figures_root: &Path) -> PathBuf {
+        figures_root.join(self.name())
+    }
+
     /// The path of a result table.
     pub fn table(&self, t: Table) -> PathBuf {
         layout::table(&self.dir, t)

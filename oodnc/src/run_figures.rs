@@ -46,7 +46,7 @@ pub fn write_run_figures(run_dir: &Path, out: &Path, device: Device) -> Result<V
     // OOD.
     let ood_csv = run.table(crate::run::Table::OodMetrics);
     if ood_csv.exists() {
-        let rows = long_rows(&crate::ood::pipeline::read_csv(&ood_csv)?, "detector")?;
+        let rows = long_rows(&crate::results::read_csv(&ood_csv)?, "detector")?;
         let detectors: Vec<String> = {
             let mut v = Vec::new();
             for r in rows.iter().filter(|r| r.key != crate::names::CLASSIFIER) {
@@ -60,8 +60,8 @@ pub fn write_run_figures(run_dir: &Path, out: &Path, device: Device) -> Result<V
             save(ood_vs_epoch(&rows, d, tpt)?, &format!("ood_{d}_per_dataset"))?;
         }
         let le = crate::report::last_epoch(&rows)?;
-        save(ood_summary_bars(&rows, le, "auroc")?, "ood_summary_auroc")?;
-        save(ood_summary_bars(&rows, le, "fpr95_ood_accepted_at_95_id")?, "ood_summary_fpr95")?;
+        save(ood_summary_bars(&rows, le, crate::names::metric::AUROC)?, "ood_summary_auroc")?;
+        save(ood_summary_bars(&rows, le, crate::names::metric::FPR95_OOD_ACCEPTED)?, "ood_summary_fpr95")?;
         // Histograms and ROC curves of the original six at the last evaluated epoch.
         for d in crate::ood::SEED_SIX {
             if !detectors.iter().any(|x| x == d) {
@@ -75,7 +75,7 @@ pub fn write_run_figures(run_dir: &Path, out: &Path, device: Device) -> Result<V
     // Neural Collapse.
     let nc_csv = run.table(crate::run::Table::NcMetrics);
     if nc_csv.exists() {
-        let rows = long_rows(&crate::ood::pipeline::read_csv(&nc_csv)?, "layer")?;
+        let rows = long_rows(&crate::results::read_csv(&nc_csv)?, "layer")?;
         save(nc_evolution(&rows, tpt)?, "nc_evolution_all")?;
         save(nc5_evolution(&rows, tpt)?, "nc5_combined")?;
         for d in &sets.ood {
@@ -92,7 +92,7 @@ pub fn write_run_figures(run_dir: &Path, out: &Path, device: Device) -> Result<V
     }
     let layers_csv = run.table(crate::run::Table::NcLayers);
     if layers_csv.exists() {
-        let rows = long_rows(&crate::ood::pipeline::read_csv(&layers_csv)?, "layer")?;
+        let rows = long_rows(&crate::results::read_csv(&layers_csv)?, "layer")?;
         let le = crate::report::last_epoch(&rows)?;
         save(layer_bars(&rows, le)?, "nc_by_layer")?;
         for (m, log) in [("nc1", true), ("nc2_equinorm_m", false), ("nc2_maxangle_m", false), ("nc4_ncc_mismatch", false)] {

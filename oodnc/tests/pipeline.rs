@@ -51,6 +51,10 @@ fn the_ci_study_end_to_end_through_run() {
         }
     }
     assert_eq!(study.scores.len(), names.len());
+    // The study returns its fitted detectors: scoring again gives the table's scores.
+    let knn = study.scores.iter().find(|s| s.spec.name() == "knn").unwrap();
+    let test = run.features(last, &sets.id_test, ExtractOptions::default(), cpu).unwrap();
+    assert_eq!(knn.fitted.score_vec(&test).unwrap(), knn.id);
     assert!(study.scores.iter().all(|s| s.id.len() == sets.id_test.len() && s.ood.len() == sets.ood.len()));
     assert!(run.table(Table::OodMetrics).exists() && run.table(Table::OodSelection).exists());
     // The figures reuse the study's choices.
@@ -71,7 +75,8 @@ fn the_ci_study_end_to_end_through_run() {
     assert!(nc.rows.iter().any(|r| r.metric == "nc1" && r.value.is_finite()));
 
     let figs = t.path().join("figures");
-    let written = oodnc::run_figures::write_run_figures(run.dir(), &figs, cpu).unwrap();
+    let written = oodnc::run_figures::write_run_figures(run.dir(), &run.figures_dir(&figs), cpu).unwrap();
+    assert!(written.iter().all(|p| p.starts_with(figs.join("ci"))));
     for stem in ["training_curves", "ood_summary_auroc", "nc_evolution_all", "nc_by_layer"] {
         assert!(written.iter().any(|p| p.file_stem().unwrap() == stem), "{stem} missing: {written:?}");
     }

@@ -463,8 +463,8 @@ fn run(cli: Cli) -> oodnc::Result<()> {
         Command::Train(a) => train(a)?,
         Command::Figures { run, runs, out } => {
             let r = oodnc::run::Run::open_named(&runs, &run)?;
-            let files = oodnc::run_figures::write_run_figures(r.dir(), &out.join(&run), oodnc::device::best_device())?;
-            println!("{} figures written to {} (PNG + SVG)", files.len(), out.join(&run).display());
+            let files = oodnc::run_figures::write_run_figures(r.dir(), &r.figures_dir(&out), oodnc::device::best_device())?;
+            println!("{} figures written to {} (PNG + SVG)", files.len(), r.figures_dir(&out).display());
         }
         Command::Nc { run, runs, epochs, layers, pool2x2 } => {
             let r = oodnc::run::Run::open_named(&runs, &run)?;

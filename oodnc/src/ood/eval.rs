@@ -63,12 +63,14 @@ pub fn select_hyperparameters(name: &str, inputs: &EvalInputs) -> Result<Selecti
 /// One row of the long-form results table (key = the detector).
 pub use crate::results::Row;
 
-/// The scores of one fitted detector at one checkpoint.
-#[derive(Debug, Clone)]
+/// One fitted detector at one checkpoint and its scores.
+#[derive(Debug)]
 pub struct DetectorScores {
     pub epoch: i64,
     /// The chosen detector.
     pub spec: DetectorSpec,
+    /// It, fitted (inspect its state with [`super::Fitted::fitted`]; score other sets with it).
+    pub fitted: super::Fitted,
     /// ID test scores (higher = more ID).
     pub id: Vec<f64>,
     /// Scores per OOD test set.
@@ -97,7 +99,7 @@ pub fn evaluate_with_scores(
         epoch,
         key: crate::names::CLASSIFIER.into(),
         dataset: inputs.id_test.name.clone(),
-        metric: "id_accuracy".into(),
+        metric: crate::names::metric::ID_ACCURACY.into(),
         value: super::metrics::accuracy(&inputs.id_test.logits, &inputs.id_test.labels)?,
         ci_low: f64::NAN,
         ci_high: f64::NAN,
@@ -108,7 +110,7 @@ pub fn evaluate_with_scores(
         let id = fitted.score_vec(inputs.id_test)?;
         let ood = inputs.ood.iter().map(|o| Ok((o.name.clone(), fitted.score_vec(o)?))).collect::<Result<Vec<_>>>()?;
         rows.extend(score_rows(epoch, spec.name(), &id, &ood, reps, seed)?);
-        scores.push(DetectorScores { epoch, spec: spec.clone(), id, ood });
+        scores.push(DetectorScores { epoch, spec: spec.clone(), fitted, id, ood });
     }
     Ok((rows, scores))
 }

@@ -36,11 +36,11 @@ impl OodMetrics {
     /// (name, value) pairs in a fixed order.
     pub fn named(&self) -> [(&'static str, f64); 5] {
         [
-            ("auroc", self.auroc),
-            ("fpr95_ood_accepted_at_95_id", self.fpr95_ood_accepted_at_95_id),
-            ("fpr95_id_rejected_at_95_ood", self.fpr95_id_rejected_at_95_ood),
-            ("aupr_in", self.aupr_in),
-            ("aupr_out", self.aupr_out),
+            (crate::names::metric::AUROC, self.auroc),
+            (crate::names::metric::FPR95_OOD_ACCEPTED, self.fpr95_ood_accepted_at_95_id),
+            (crate::names::metric::FPR95_ID_REJECTED, self.fpr95_id_rejected_at_95_ood),
+            (crate::names::metric::AUPR_IN, self.aupr_in),
+            (crate::names::metric::AUPR_OUT, self.aupr_out),
         ]
     }
 }

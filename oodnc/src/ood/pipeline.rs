@@ -17,8 +17,9 @@ pub struct OodStudy {
     pub rows: Vec<Row>,
     /// Chosen hyperparameters per (epoch, detector).
     pub selections: Vec<(i64, Selection)>,
-    /// The scores behind the table: ID test and every OOD test set, per
-    /// (epoch, feature-based detector).
+    /// The fitted detectors and the scores behind the table (ID test and every
+    /// OOD test set), per (epoch, feature-based detector). A fitted KNN holds its
+    /// bank (the normalised training features of its epoch).
     pub scores: Vec<super::eval::DetectorScores>,
     pub csv: PathBuf,
 }
@@ -161,27 +162,5 @@ pub fn odin_epoch(run_dir: &Path, epoch: i64, sets: &EvalSets, reps: usize, seed
     Ok((selection, rows))
 }
 
-/// Writes a DataFrame as CSV (atomically).
-pub fn write_csv(df: &mut DataFrame, path: &Path) -> Result<()> {
-    let mut buf = Vec::new();
-    CsvWriter::new(&mut buf).include_header(true).finish(df)?;
-    crate::util::write_atomic(path, &buf)
-}
-
-/// Reads a long-form CSV written by [`write_csv`].
-pub fn read_csv(path: &Path) -> Result<DataFrame> {
-    if !path.exists() {
-        return Err(Error::Missing {
-            what: "results table".into(),
-            path: path.to_path_buf(),
-            hint: "; run the analysis first (`oodnc ood` / `oodnc nc`, or the notebook)".into(),
-        });
-    }
-    let bad = |e: PolarsError| Error::format(path, format!("unreadable results table ({e}); rerun the analysis that writes it"));
-    CsvReadOptions::default()
-        .with_has_header(true)
-        .try_into_reader_with_file_path(Some(path.to_path_buf()))
-        .map_err(bad)?
-        .finish()
-        .map_err(bad)
-}
+/// CSV export and import of long-form tables (they live in [`crate::results`]).
+pub use crate::results::{read_csv, write_csv};

@@ -165,17 +165,20 @@ pub fn ood_vs_epoch(rows: &[LongRow], detector: &str, tpt: Option<(i64, i64)>) -
     let mut panels = Vec::new();
     for d in &datasets {
         let mut a = LinePlot::new(format!("{detector}: AUROC, {d}"), "epoch", "AUROC")
-            .with(Series::new("AUROC", series_of(rows, detector, d, "auroc")))
+            .with(Series::new("AUROC", series_of(rows, detector, d, crate::names::metric::AUROC)))
             .hline(0.5, "chance");
         let mut f = LinePlot::new(format!("{detector}: FPR@95, {d}"), "epoch", "FPR@95 (%)")
             .with(Series::new(
                 "OOD accepted at 95% ID",
-                series_of(rows, detector, d, "fpr95_ood_accepted_at_95_id").into_iter().map(|(e, v)| (e, 100.0 * v)).collect(),
+                series_of(rows, detector, d, crate::names::metric::FPR95_OOD_ACCEPTED).into_iter().map(|(e, v)| (e, 100.0 * v)).collect(),
             ))
             .with(
                 Series::new(
                     "ID rejected at 95% OOD",
-                    series_of(rows, detector, d, "fpr95_id_rejected_at_95_ood").into_iter().map(|(e, v)| (e, 100.0 * v)).collect(),
+                    series_of(rows, detector, d, crate::names::metric::FPR95_ID_REJECTED)
+                        .into_iter()
+                        .map(|(e, v)| (e, 100.0 * v))
+                        .collect(),
                 )
                 .dashed(),
             );
@@ -228,7 +231,7 @@ pub fn ood_summary_bars(rows: &[LongRow], epoch: i64, metric: &str) -> Result<Fi
         let cis: Vec<(f64, f64)> = detectors.iter().map(|k| get(k).map(|x| (x.1, x.2)).unwrap_or((f64::NAN, f64::NAN))).collect();
         chart = chart.with(d.clone(), vals, Some(cis));
     }
-    if metric == "auroc" {
+    if metric == crate::names::metric::AUROC {
         chart.y_range = Some((0.0, 1.0));
     }
     Figure::new(&chart, (140 * detectors.len() as u32).clamp(700, 3000), 520)
