@@ -105,7 +105,11 @@ def fit_score(name, p, tr_h, tr_y, tr_z, W, b, val_z, val_y, te_h, te_z, bench=F
         if name == "ash_p":
             x = x * keep
         elif name == "ash_b":
-            x = keep * (s1 / np.maximum(keep.sum(1, keepdims=True), 1))
+            # Exactly the k largest (ties to the lower index) at s1 / k, as the paper's code.
+            top = np.argsort(-x, axis=1, kind="stable")[:, :k]
+            exact = np.zeros_like(x)
+            np.put_along_axis(exact, top, 1.0, axis=1)
+            x = exact * (s1 / k)
         else:
             pr = x * keep
             x = pr * np.exp(s1 / np.maximum(pr.sum(1, keepdims=True), 1e-12))

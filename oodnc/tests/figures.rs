@@ -55,7 +55,7 @@ fn rows() -> Vec<LongRow> {
                 ["stem", "layer1.0", "layer2.0", "layer3.0", "layer4.0", "penultimate"].iter().position(|l| *l == layer).unwrap() as f64;
             for (m, x) in [
                 ("nc1", 10.0 * (1.1 - t) / (1.0 + depth)),
-                ("nc1_raw", 100.0 * (1.1 - t) / (1.0 + depth)),
+                ("separation_fuzziness", 100.0 * (1.1 - t) / (1.0 + depth)),
                 ("cdnv", 1.0 - 0.5 * t),
                 ("nc2_equinorm_m", 0.3 - 0.2 * t),
                 ("nc2_maxangle_m", 0.4 - 0.3 * t),

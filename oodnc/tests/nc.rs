@@ -218,3 +218,64 @@ fn edge_cases() {
     let st = ClassStats::compute(&h1, &y1, 3).unwrap();
     assert_eq!(st.class_var.double_value(&[0]), 0.0);
 }
+
+#[test]
+fn layer_names_keep_the_2x2_form_of_the_last_block() {
+    use oodnc::features::FeatureSet;
+    use tch::{Kind, Tensor};
+    let z = Tensor::zeros([2, 2], (Kind::Float, tch::Device::Cpu));
+    let mut f = FeatureSet::new("x", z.shallow_clone(), z.shallow_clone(), Tensor::from_slice(&[0i64, 1])).unwrap();
+    for n in &oodnc::model::TAP_NAMES[..9] {
+        f.taps.insert(n.to_string(), z.shallow_clone());
+        f.taps.insert(format!("{n}+2x2"), z.shallow_clone());
+    }
+    let gap = oodnc::nc::layers::layer_names(&f, false);
+    assert!(!gap.contains(&"layer4.1".to_string()) && gap.last().unwrap() == "penultimate" && gap.len() == 9);
+    let pooled = oodnc::nc::layers::layer_names(&f, true);
+    assert!(pooled.contains(&"layer4.1+2x2".to_string()), "{pooled:?}");
+    assert_eq!(pooled.len(), 10);
+}
+
+#[test]
+fn separation_fuzziness_weights_classes_by_their_counts() {
+    // Imbalanced classes: He & Su's SS_b = (1/N) sum_c n_c (mu_c - mean)(mu_c - mean)^T,
+    // computed here explicitly with a pseudo-inverse, against ours; nc1_raw (unweighted,
+    // about the mean of means) differs. Balanced classes: the two agree.
+    let (h, y) = samples(&etf(4, 6), 30, 0.4, 11);
+    let keep: Vec<i64> = (0..h.size()[0]).filter(|&i| i % 4 != 0 || i < 30).collect();
+    let idx = Tensor::from_slice(&keep);
+    let (h, y) = (h.index_select(0, &idx), y.index_select(0, &idx));
+    let st = ClassStats::compute(&h, &y, 4).unwrap();
+    let n = h.size()[0] as f64;
+    let mean = h.mean_dim(&[0i64][..], true, Kind::Double);
+    let mut ss_b = Tensor::zeros([6, 6], dd());
+    let mut ss_w = Tensor::zeros([6, 6], dd());
+    for c in 0..4 {
+        let hc = h.index_select(0, &y.eq(c).nonzero().squeeze_dim(1));
+        let mc = hc.mean_dim(&[0i64][..], true, Kind::Double);
+        let dm = &mc - &mean;
+        ss_b += dm.tr().matmul(&dm) * (hc.size()[0] as f64 / n);
+        let dc = &hc - &mc;
+        ss_w += dc.tr().matmul(&dc) / n;
+    }
+    let expected = ss_w.matmul(&ss_b.linalg_pinv(1e-10, true)).trace().double_value(&[]);
+    assert!((st.separation_fuzziness - expected).abs() < 1e-8 * expected, "{} vs {expected}", st.separation_fuzziness);
+    assert!((st.separation_fuzziness - st.tr_sw_sb_pinv).abs() > 1e-6 * expected, "imbalance must matter");
+    let (hb, yb) = samples(&etf(4, 6), 30, 0.4, 11);
+    let sb = ClassStats::compute(&hb, &yb, 4).unwrap();
+    assert_eq!(sb.separation_fuzziness, sb.tr_sw_sb_pinv);
+}
+
+#[test]
+fn nc5_with_either_centre() {
+    // Class means (1, 0) x3 samples and (-1, 0) x1: mean of means (0, 0), sample mean (0.5, 0).
+    // OOD mean (0, 1): about mu_G it is orthogonal to both centred class means (0); about
+    // the sample mean |cos| = 0.5 / sqrt(1.25) for both classes.
+    let h = Tensor::from_slice(&[1.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0]).view([4, 2]);
+    let y = Tensor::from_slice(&[0i64, 0, 0, 1]);
+    let st = ClassStats::compute(&h, &y, 2).unwrap();
+    let ood = Tensor::from_slice(&[0.0, 1.0, 0.0, 1.0]).view([2, 2]);
+    assert!(oodnc::nc::metrics::nc5_classmean_centred(&st, &ood).unwrap().abs() < 1e-12);
+    let (sample_centred, _) = nc5(&st, &ood).unwrap();
+    assert!((sample_centred - 0.5 / 1.25f64.sqrt()).abs() < 1e-12, "{sample_centred}");
+}

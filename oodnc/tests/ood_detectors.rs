@@ -433,3 +433,31 @@ fn she_patterns_by_hand_with_a_class_never_classified_correctly() {
             .unwrap();
     assert!(fit(&DetectorSpec::new("she", &[]).unwrap(), &bad).is_err());
 }
+
+#[test]
+fn ash_b_keeps_exactly_k_units_at_s1_over_k() {
+    // h = [2, 0, 0, 0], p = 50 -> k = 2: the paper's ASH-B sets the top-2 units
+    // (2 and the first zero) to s1 / k = 1, so z = (1, 1) and the energy is
+    // 1 + ln 2. The rule before the fix kept every unit >= the 2nd largest (all
+    // four, the zeros tie) at s1 / 4 = 0.5: z = (0.5, 1.5), energy 1.8133.
+    let h = Tensor::from_slice(&[2.0f64, 0.0, 0.0, 0.0]).view([1, 4]);
+    let w = Tensor::from_slice(&[1.0f64, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]).view([2, 4]);
+    let b = Tensor::zeros([2], (Kind::Double, tch::Device::Cpu));
+    let z = h.matmul(&w.tr());
+    let set = FeatureSet::new("x", z.shallow_clone(), h.shallow_clone(), Tensor::from_slice(&[0i64])).unwrap();
+    let train = FeatureSet::new("t", z.repeat([2, 1]), h.repeat([2, 1]), Tensor::from_slice(&[0i64, 1])).unwrap();
+    let fitted =
+        DetectorSpec::new("ash_b", &[("p", 50.0)]).unwrap().fit(&FitData { train: &train, val: None, weight: &w, bias: &b }).unwrap();
+    let s = fitted.score_vec(&set).unwrap()[0];
+    assert!((s - (1.0 + 2f64.ln())).abs() < 1e-12, "{s}");
+    // Ties are broken towards the lower index: [0, 3, 3, 1] with k = 1 keeps unit 1 only.
+    let h2 = Tensor::from_slice(&[0.0f64, 3.0, 3.0, 1.0]).view([1, 4]);
+    let w2 = Tensor::from_slice(&[0.0f64, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]).view([2, 4]);
+    let set2 = FeatureSet::new("y", h2.matmul(&w2.tr()), h2.shallow_clone(), Tensor::from_slice(&[0i64])).unwrap();
+    let train2 = FeatureSet::new("t", h2.matmul(&w2.tr()).repeat([2, 1]), h2.repeat([2, 1]), Tensor::from_slice(&[0i64, 1])).unwrap();
+    let f2 =
+        DetectorSpec::new("ash_b", &[("p", 75.0)]).unwrap().fit(&FitData { train: &train2, val: None, weight: &w2, bias: &b }).unwrap();
+    // shaped = [0, 7, 0, 0] (s1 = 7, k = 1): z = (7, 0).
+    let s2 = f2.score_vec(&set2).unwrap()[0];
+    assert!((s2 - (7.0 + (1.0 + (-7f64).exp()).ln())).abs() < 1e-12, "{s2}");
+}

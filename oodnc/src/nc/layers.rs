@@ -1,13 +1,14 @@
 //! NC across layers: the stem, the 8 BasicBlocks and the penultimate feature.
 //!
 //! Each tap is global-average pooled (or 2x2 adaptive-average pooled, `+2x2`).
-//! `layer4.1` pooled is exactly the penultimate feature, so it is reported once,
-//! as `penultimate`. W-based metrics (NC2-W, NC3) exist only for the penultimate
+//! `layer4.1` global-average pooled is exactly the penultimate feature, so it is
+//! reported once, as `penultimate`; its 2x2 form (`layer4.1+2x2`) is reported. W-based metrics (NC2-W, NC3) exist only for the penultimate
 //! layer. Layers whose dimension is below C - 1 cannot form a simplex ETF; they
 //! are flagged with `dim_below_classes = 1`.
 //!
 //! Separation fuzziness (He & Su 2023, "A law of data separation"):
-//! D_l = Tr(SS_w SS_b^+) per layer l (= `nc1_raw`); the law says log D_l decays
+//! D_l = Tr(SS_w SS_b^+) per layer l (`separation_fuzziness`; = `nc1_raw` for balanced
+//! classes); the law says log D_l decays
 //! linearly with depth, so we fit log D_l = a + b l by least squares and report
 //! the slope b and the per-layer ratio exp(b).
 
@@ -26,13 +27,13 @@ pub struct LayerResult {
     pub nc5: Vec<(String, f64, f64)>,
 }
 
-/// Ordered layer names present in `f` (taps without `layer4.1`, then `penultimate`).
+/// Ordered layer names present in `f`, then `penultimate`. With global average
+/// pooling `layer4.1` is left out (its GAP is exactly the penultimate feature);
+/// its 2x2 form is not, so `layer4.1+2x2` is kept.
 pub fn layer_names(f: &FeatureSet, pool2x2: bool) -> Vec<String> {
-    let mut v: Vec<String> = TAP_NAMES[..8]
-        .iter()
-        .map(|n| if pool2x2 { format!("{n}+2x2") } else { n.to_string() })
-        .filter(|n| f.taps.contains_key(n))
-        .collect();
+    let taps = if pool2x2 { &TAP_NAMES[..9] } else { &TAP_NAMES[..8] };
+    let mut v: Vec<String> =
+        taps.iter().map(|n| if pool2x2 { format!("{n}+2x2") } else { n.to_string() }).filter(|n| f.taps.contains_key(n)).collect();
     v.push("penultimate".into());
     v
 }

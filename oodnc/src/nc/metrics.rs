@@ -2,13 +2,15 @@
 //!
 //! - **NC1** (variability collapse) = Tr(Sigma_W Sigma_B^+) / C (`nc1`, Papyan et al.'s
 //!   definition and the original project's) and without the 1/C (`nc1_raw`, the
-//!   Han/Papyan notebook code, = He & Su's separation fuzziness). Sigma_B^+ by eigh,
-//!   dropping eigenvalues below 1e-10 x the largest. **CDNV** (Galanti et al. 2022),
+//!   Han/Papyan notebook code). Sigma_B^+ by eigh, dropping eigenvalues below
+//!   1e-10 x the largest. `separation_fuzziness` is He & Su's Tr(SS_w SS_b^+), whose
+//!   between-class term is weighted by class counts about the sample mean: equal to
+//!   `nc1_raw` for balanced classes only. **CDNV** (Galanti et al. 2022),
 //!   a second within-class measure: the mean over class pairs of
 //!   (sigma_c^2 + sigma_c'^2) / (2 ||mu_c - mu_c'||^2).
 //! - **NC2** (simplex ETF): equinorm = CoV (std with ddof 1 / mean) of ||mu_c - mu_G||
 //!   (`nc2_equinorm_m`) and of the classifier rows ||w_c|| (`nc2_equinorm_w`);
-//!   equiangularity = std of the pairwise cosines c != c' (`nc2_equiangular_*`);
+//!   equiangularity = std (ddof 1) of the pairwise cosines c != c' (`nc2_equiangular_*`);
 //!   max-angle = mean |cos + 1/(C-1)| over pairs (`nc2_maxangle_*`, the original's
 //!   "equiangularity"). All are 0 for a simplex ETF.
 //! - **NC3** (self-duality) = || W^T/||W||_F - M~/||M~||_F ||_F^2.
@@ -20,7 +22,9 @@
 //!   The NECO paper writes it with class means and the OOD global mean; with
 //!   post-ReLU features, *uncentred* vectors all lie in the positive orthant, their
 //!   cosines stay far from 0 and orthogonality cannot be reached, so the centred
-//!   version is the meaningful one. `nc5_uncentred` = mean |cos(mu_c, mu_OOD)| is the
+//!   version is the meaningful one. `nc5_classmean_centred` centres both by the mean
+//!   of the class means mu_G instead, the centre NC1-NC3 use (the two differ with
+//!   imbalanced classes). `nc5_uncentred` = mean |cos(mu_c, mu_OOD)| is the
 //!   original project's, kept for comparison.
 
 use super::stats::ClassStats;
@@ -36,6 +40,8 @@ pub use super::stats::NC_PINV_REL_TOL;
 pub struct NcMetrics {
     pub nc1: f64,
     pub nc1_raw: f64,
+    /// He & Su's separation fuzziness (see [`ClassStats::separation_fuzziness`]).
+    pub separation_fuzziness: f64,
     pub cdnv: f64,
     pub nc2_equinorm_m: f64,
     pub nc2_equiangular_m: f64,
@@ -56,6 +62,7 @@ impl NcMetrics {
         let mut v = vec![
             ("nc1", self.nc1),
             ("nc1_raw", self.nc1_raw),
+            ("separation_fuzziness", self.separation_fuzziness),
             ("cdnv", self.cdnv),
             ("nc2_equinorm_m", self.nc2_equinorm_m),
             ("nc2_equiangular_m", self.nc2_equiangular_m),
@@ -140,6 +147,7 @@ pub fn nc_metrics(h: &Tensor, labels: &Tensor, c: i64, logits: Option<&Tensor>, 
     let mut m = NcMetrics {
         nc1: nc1_raw / c as f64,
         nc1_raw,
+        separation_fuzziness: st.separation_fuzziness,
         cdnv,
         nc2_equinorm_m: cov(&mt.norm_scalaropt_dim(2, &[1i64][..], false)),
         nc2_equiangular_m: eq_m,
@@ -177,6 +185,17 @@ pub fn nc5(st: &ClassStats, ood: &Tensor) -> Result<(f64, f64)> {
     let centred = cosabs(&(&st.means - st.sample_mean.unsqueeze(0)), &(&o - &st.sample_mean));
     let uncentred = cosabs(&st.means, &o);
     Ok((centred, uncentred))
+}
+
+/// NC5 centred by the mean of the class means mu_G (the centre of NC1-NC3):
+/// mean_c |cos(mu_c - mu_G, mu_OOD - mu_G)|.
+pub fn nc5_classmean_centred(st: &ClassStats, ood: &Tensor) -> Result<f64> {
+    check_2d(ood, Some(st.dim), "NC5 OOD features")?;
+    let o = finite_f64(ood, "NC5 OOD features")?.mean_dim(&[0i64][..], false, Kind::Double) - &st.global_mean;
+    let v = &o / o.norm().clamp_min(1e-300);
+    let m = st.centred_means();
+    let mn = &m / m.norm_scalaropt_dim(2, &[1i64][..], true).clamp_min(1e-300);
+    Ok(mn.matmul(&v).abs().mean(Kind::Double).double_value(&[]))
 }
 
 /// The original notebook 04's "OOD as class C+1" statistics (documented as ad hoc:

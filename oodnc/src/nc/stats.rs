@@ -31,6 +31,12 @@ pub struct ClassStats {
     pub tr_sw_sb_pinv: f64,
     /// `[C]` per-class within-class variance Tr(Sigma_W,c) = mean_i ||h_i - mu_c||^2 over class c.
     pub class_var: Tensor,
+    /// He & Su's separation fuzziness D = Tr(SS_w SS_b^+) (2023, "A law of data
+    /// separation in deep learning"): SS_w = Sigma_W, SS_b = (1/N) sum_c n_c
+    /// (mu_c - mean)(mu_c - mean)^T, the between-class term weighted by class
+    /// counts about the sample mean. With balanced classes it equals
+    /// [`tr_sw_sb_pinv`](Self::tr_sw_sb_pinv) (NC1 without 1/C), and is then taken from it.
+    pub separation_fuzziness: f64,
 }
 
 impl std::fmt::Debug for ClassStats {
@@ -65,12 +71,22 @@ impl ClassStats {
         let sigma_b = mt.tr().matmul(&mt) / c as f64;
         let l = pinv_sqrt(&sigma_b, NC_PINV_REL_TOL)?;
         let tr_sw_sb_pinv = centred.matmul(&l).square().sum(Kind::Double).double_value(&[]) / n as f64;
+        let sample_mean = h.mean_dim(&[0i64][..], false, Kind::Double);
+        let balanced = bool::try_from(counts.eq_tensor(&counts.select(0, 0)).all()).unwrap_or(false);
+        let separation_fuzziness = if balanced {
+            tr_sw_sb_pinv
+        } else {
+            let weighted = (&means - sample_mean.unsqueeze(0)) * (&counts / n as f64).sqrt().unsqueeze(1);
+            let l = pinv_sqrt(&weighted.tr().matmul(&weighted), NC_PINV_REL_TOL)?;
+            centred.matmul(&l).square().sum(Kind::Double).double_value(&[]) / n as f64
+        };
         Ok(ClassStats {
             num_classes: c,
             dim: d,
             n,
             counts,
-            sample_mean: h.mean_dim(&[0i64][..], false, Kind::Double),
+            separation_fuzziness,
+            sample_mean,
             means,
             global_mean,
             sigma_b,

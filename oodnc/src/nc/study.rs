@@ -97,6 +97,7 @@ pub fn study(run: &crate::run::Run, epochs: &[i64], opts: NcOptions, device: Dev
             let (a, b) = nc5(&st, &op)?;
             push(epoch, "penultimate", &o.name, "nc5", a);
             push(epoch, "penultimate", &o.name, "nc5_uncentred", b);
+            push(epoch, "penultimate", &o.name, "nc5_classmean_centred", super::metrics::nc5_classmean_centred(&st, &op)?);
             let (nc1o, ang) = nc_with_ood_class(&st, &train.penultimate, &train.labels, &op)?;
             push(epoch, "penultimate", &o.name, "nc1_with_ood_class", nc1o);
             push(epoch, "penultimate", &o.name, "nc2_maxangle_with_ood_class", ang);
@@ -136,7 +137,7 @@ pub fn study(run: &crate::run::Run, epochs: &[i64], opts: NcOptions, device: Dev
                         push(epoch, lname, oname, "nc5", *a);
                         push(epoch, lname, oname, "nc5_uncentred", *b);
                     }
-                    fuzz.push(r.metrics.nc1_raw);
+                    fuzz.push(r.metrics.separation_fuzziness);
                 }
                 if !pooled {
                     if let Ok((_, slope)) = separation_fuzziness_slope(&fuzz) {

@@ -483,7 +483,7 @@ pub fn fuzziness_vs_depth(rows: &[LongRow], epoch: i64) -> Result<Figure> {
         .iter()
         .map(|l| {
             rows.iter()
-                .find(|r| r.epoch == epoch && &r.key == l && r.dataset == crate::names::ID_TRAIN && r.metric == "nc1_raw")
+                .find(|r| r.epoch == epoch && &r.key == l && r.dataset == crate::names::ID_TRAIN && r.metric == "separation_fuzziness")
                 .map(|r| r.value)
                 .unwrap_or(f64::NAN)
         })

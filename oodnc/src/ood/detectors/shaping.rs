@@ -48,7 +48,12 @@ pub enum Shaping {
 pub enum AshVariant {
     /// Prune the rest.
     Prune,
-    /// Set the kept ones to s1 / (number kept).
+    /// Exactly the k largest activations (ties broken by the lower index) are set
+    /// to s1 / k, the rest to 0: the paper's code (`scatter` of `topk` indices).
+    /// Until oodnc 0.1's fix (issue #15) every activation >= the k-th largest was
+    /// kept at s1 / (number kept), which differs when ties at the threshold (e.g.
+    /// zeros, for a sample with fewer than k non-zero activations) make more than
+    /// k units.
     Binarize,
     /// Scale the kept ones by exp(s1 / s2).
     Scale,
@@ -71,8 +76,11 @@ impl Shaping {
                 match variant {
                     AshVariant::Prune => pruned,
                     AshVariant::Binarize => {
-                        let kept = keep.sum_dim_intlist(&[1i64][..], true, Kind::Double).clamp_min(1.0);
-                        keep * (s1 / kept)
+                        // The k largest, ties to the lower index (a stable descending sort).
+                        let (_, order) = h32.sort_stable(true, 1, true);
+                        let top_k = order.narrow(1, 0, k);
+                        let exact = h.zeros_like().scatter_value(1, &top_k, 1.0);
+                        exact * (s1 / k as f64)
                     }
                     AshVariant::Scale => {
                         let s2 = pruned.sum_dim_intlist(&[1i64][..], true, Kind::Double).clamp_min(1e-12);
