@@ -82,6 +82,9 @@ pub enum Table {
     OodMetrics,
     /// `ood/selection.json`: the chosen hyperparameters with every candidate's validation AUROC.
     OodSelection,
+    /// `ood/significance.csv`: each detector against the best by AUROC per (epoch, dataset)
+    /// (DeLong, Holm-adjusted, tied flag).
+    OodSignificance,
     /// `nc/metrics.csv`: epoch, layer, dataset, metric, value (penultimate layer).
     NcMetrics,
     /// `nc/layers.csv`: the same for every layer.
@@ -96,6 +99,7 @@ impl Table {
         match self {
             Table::OodMetrics => "ood/metrics.csv",
             Table::OodSelection => "ood/selection.json",
+            Table::OodSignificance => "ood/significance.csv",
             Table::NcMetrics => "nc/metrics.csv",
             Table::NcLayers => "nc/layers.csv",
             Table::TerminalPhase => "nc/terminal_phase.json",

@@ -57,6 +57,12 @@ fn the_ci_study_end_to_end_through_run() {
     assert_eq!(knn.fitted.score_vec(&test).unwrap(), knn.id);
     assert!(study.scores.iter().all(|s| s.id.len() == sets.id_test.len() && s.ood.len() == sets.ood.len()));
     assert!(run.table(Table::OodMetrics).exists() && run.table(Table::OodSelection).exists());
+    // Every detector against the best on every OOD set, the best tied with itself.
+    let sig = oodnc::results::read_csv(&run.table(Table::OodSignificance)).unwrap();
+    assert_eq!(sig.height(), names.len() * sets.ood.len());
+    let tied_col = sig.column("tied").unwrap().i64().unwrap().clone();
+    let tied: i64 = (0..tied_col.len()).filter_map(|i| tied_col.get(i)).sum();
+    assert!(tied >= sets.ood.len() as i64);
     // The figures reuse the study's choices.
     let spec = oodnc::run_figures::chosen_spec(run.dir(), last, "vim").unwrap();
     assert_eq!(&spec, &study.selections.iter().find(|(_, s)| s.chosen.name() == "vim").unwrap().1.chosen);

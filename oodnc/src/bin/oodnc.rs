@@ -522,6 +522,23 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             let last = oodnc::report::last_epoch(&study.rows)?;
             println!("{}", oodnc::report::ood_table(&study.rows, last)?);
             println!("scores: higher = more in-distribution; FPR95 = fraction of OOD accepted at 95% ID recall");
+            let at_last: Vec<_> = study.scores.iter().filter(|s| s.epoch == last).collect();
+            if at_last.len() > 1 {
+                let sets: Vec<&String> = at_last[0].ood.iter().map(|(n, _)| n).collect();
+                for set in sets {
+                    let dets: Vec<(String, Vec<f64>, Vec<f64>)> = at_last
+                        .iter()
+                        .filter_map(|s| {
+                            s.ood.iter().find(|(n, _)| n == set).map(|(_, o)| (s.spec.name().to_string(), s.id.clone(), o.clone()))
+                        })
+                        .collect();
+                    let v = oodnc::ood::significance::versus_best(&dets, oodnc::ood::significance::ALPHA)?;
+                    let tied: Vec<&str> = v.iter().filter(|x| x.tied).map(|x| x.detector.as_str()).collect();
+                    if let Some(b) = v.first() {
+                        println!("{set}: best AUROC {}; tied with it (DeLong, Holm, alpha 0.05): {}", b.best, tied.join(", "));
+                    }
+                }
+            }
             println!("table: {}", study.csv.display());
         }
         Command::Bench { what, quick, precision, channels_last, steps, detectors } => {

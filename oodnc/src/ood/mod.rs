@@ -30,6 +30,7 @@ pub use crate::numerics as linalg;
 pub mod metrics;
 pub mod odin;
 pub mod pipeline;
+pub mod significance;
 
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;

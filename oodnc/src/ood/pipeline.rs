@@ -129,6 +129,12 @@ pub fn study(run: &crate::run::Run, epochs: &[i64], detectors: &[&str], reps: us
     let csv = run.table(crate::run::Table::OodMetrics);
     crate::run::ensure_dir(csv.parent().unwrap_or(run_dir), "results folder")?;
     crate::report::merge_csv(&csv, &frame, &["epoch", "detector", "dataset"])?;
+    // Significance: each (epoch, dataset) group compares the detectors of this call, so a
+    // recomputed group replaces the previous comparison as a whole.
+    let sig = super::significance::table(&scores)?;
+    if sig.height() > 0 {
+        crate::report::merge_csv(&run.table(crate::run::Table::OodSignificance), &sig, &["epoch", "dataset"])?;
+    }
     let sel_json: Vec<serde_json::Value> = selections
         .iter()
         .map(|(e, s)| serde_json::json!({"epoch": e, "detector": s.chosen.name(), "chosen": s.chosen.params(), "candidates": s.candidates.iter().map(|(c, a)| serde_json::json!({"params": c.params(), "val_auroc_vs_ood_val": a})).collect::<Vec<_>>()}))
