@@ -21,10 +21,16 @@ pub mod metric {
     pub const FPR95_OOD_ACCEPTED: &str = "fpr95_ood_accepted_at_95_id";
     /// Fraction of ID rejected at the threshold rejecting 95 % of OOD (the original's, pytorch-ood's).
     pub const FPR95_ID_REJECTED: &str = "fpr95_id_rejected_at_95_ood";
-    /// Average precision with ID as positive.
-    pub const AUPR_IN: &str = "aupr_in";
+    /// Average precision with ID as positive (scikit-learn's `average_precision_score`).
+    pub const AUPR_IN_AP: &str = "aupr_in_ap";
     /// Average precision with OOD as positive.
-    pub const AUPR_OUT: &str = "aupr_out";
+    pub const AUPR_OUT_AP: &str = "aupr_out_ap";
+    /// Trapezoidal area under the PR curve, ID positive (OpenOOD's, pytorch-ood's).
+    pub const AUPR_IN_TRAPZ: &str = "aupr_in_trapz";
+    /// Trapezoidal area under the PR curve, OOD positive.
+    pub const AUPR_OUT_TRAPZ: &str = "aupr_out_trapz";
+    /// min over thresholds of (FPR + FNR) / 2.
+    pub const DETECTION_ERROR: &str = "detection_error";
     /// ID test accuracy (row of the classifier).
     pub const ID_ACCURACY: &str = "id_accuracy";
 }

@@ -17,8 +17,8 @@ fn hand_derived_example() {
     assert!(close(m.auroc, 10.0 / 12.0, 1e-12), "{m:?}");
     assert!(close(m.fpr95_ood_accepted_at_95_id, 1.0 / 3.0, 1e-12));
     assert!(close(m.fpr95_id_rejected_at_95_ood, 0.5, 1e-12));
-    assert!(close(m.aupr_in, 0.25 * (1.0 + 1.0 + 0.75 + 0.8), 1e-12));
-    assert!(close(m.aupr_out, (1.0 + 1.0 + 0.6) / 3.0, 1e-12));
+    assert!(close(m.aupr_in_ap, 0.25 * (1.0 + 1.0 + 0.75 + 0.8), 1e-12));
+    assert!(close(m.aupr_out_ap, (1.0 + 1.0 + 0.6) / 3.0, 1e-12));
 }
 
 #[test]
@@ -113,7 +113,7 @@ fn invariances() {
     let swapped = ood_metrics(&neg(&ood), &neg(&id)).unwrap();
     assert!(close(swapped.auroc, m.auroc, 1e-12));
     assert!(close(swapped.fpr95_ood_accepted_at_95_id, m.fpr95_id_rejected_at_95_ood, 1e-12));
-    assert!(close(swapped.aupr_in, m.aupr_out, 1e-12));
+    assert!(close(swapped.aupr_in_ap, m.aupr_out_ap, 1e-12));
     // Permutation invariance.
     let mut g = SplitMix64::new(1);
     let p = g.permutation(id.len());
@@ -122,7 +122,7 @@ fn invariances() {
     // Monotone transforms do not change anything.
     let exp = |v: &[f64]| v.iter().map(|x| x.exp()).collect::<Vec<_>>();
     let e = ood_metrics(&exp(&id), &exp(&ood)).unwrap();
-    assert!(close(e.auroc, m.auroc, 1e-12) && close(e.aupr_in, m.aupr_in, 1e-12));
+    assert!(close(e.auroc, m.auroc, 1e-12) && close(e.aupr_in_ap, m.aupr_in_ap, 1e-12));
 }
 
 #[test]
@@ -133,16 +133,43 @@ fn aupr_and_auroc_match_scikit_learn() {
     let fmt = |v: &[f64]| v.iter().map(|x| format!("{x}")).collect::<Vec<_>>().join(",");
     let out = common::run_python(
         "import sys, numpy as np\n\
-         from sklearn.metrics import roc_auc_score, average_precision_score\n\
+         from sklearn.metrics import roc_auc_score, average_precision_score, precision_recall_curve, auc\n\
          i = np.array([float(x) for x in sys.argv[1].split(',')]); o = np.array([float(x) for x in sys.argv[2].split(',')])\n\
          y = np.r_[np.ones(len(i)), np.zeros(len(o))]; s = np.r_[i, o]\n\
-         print(roc_auc_score(y, s), average_precision_score(y, s), average_precision_score(1 - y, -s))",
+         pi, ri, _ = precision_recall_curve(y, s); po, ro, _ = precision_recall_curve(1 - y, -s)\n\
+         print(roc_auc_score(y, s), average_precision_score(y, s), average_precision_score(1 - y, -s), auc(ri, pi), auc(ro, po))",
         &[&fmt(&id), &fmt(&ood)],
     );
     let v: Vec<f64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
     assert!(close(m.auroc, v[0], 1e-12), "{} vs {}", m.auroc, v[0]);
-    assert!(close(m.aupr_in, v[1], 1e-12), "{} vs {}", m.aupr_in, v[1]);
-    assert!(close(m.aupr_out, v[2], 1e-12), "{} vs {}", m.aupr_out, v[2]);
+    assert!(close(m.aupr_in_ap, v[1], 1e-12), "{} vs {}", m.aupr_in_ap, v[1]);
+    assert!(close(m.aupr_out_ap, v[2], 1e-12), "{} vs {}", m.aupr_out_ap, v[2]);
+    // The trapezoidal form OpenOOD and pytorch-ood report: auc(recall, precision).
+    assert!(close(m.aupr_in_trapz, v[3], 1e-12), "{} vs {}", m.aupr_in_trapz, v[3]);
+    assert!(close(m.aupr_out_trapz, v[4], 1e-12), "{} vs {}", m.aupr_out_trapz, v[4]);
+    assert!((m.aupr_in_trapz - m.aupr_in_ap).abs() > 1e-6, "the two forms should differ on these scores");
+}
+
+#[test]
+fn detection_error_against_every_threshold() {
+    // Brute force: every distinct score as threshold (accept when >= t) and one above all.
+    let id = random_scores(31, 300, 0.8, true);
+    let ood = random_scores(32, 200, 0.0, true);
+    let m = ood_metrics(&id, &ood).unwrap();
+    let mut ts: Vec<f64> = id.iter().chain(&ood).copied().collect();
+    ts.push(f64::INFINITY);
+    let best = ts
+        .iter()
+        .map(|&t| {
+            let fnr = id.iter().filter(|&&s| s < t).count() as f64 / id.len() as f64;
+            let fpr = ood.iter().filter(|&&s| s >= t).count() as f64 / ood.len() as f64;
+            (fnr + fpr) / 2.0
+        })
+        .fold(f64::INFINITY, f64::min);
+    assert!(close(m.detection_error, best, 1e-12), "{} vs {best}", m.detection_error);
+    // Perfect separation: 0; identical distributions: 0.5 at most.
+    assert_eq!(ood_metrics(&[2.0, 3.0], &[0.0, 1.0]).unwrap().detection_error, 0.0);
+    assert!(ood_metrics(&[1.0, 1.0], &[1.0, 1.0]).unwrap().detection_error <= 0.5);
 }
 
 #[test]

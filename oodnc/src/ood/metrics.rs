@@ -11,9 +11,15 @@
 //! - **fpr95_id_rejected_at_95_ood** (the original project's, pytorch-ood's):
 //!   OOD is the positive class; raise the threshold until at least 95 % of OOD
 //!   samples are flagged (score <= t); the fraction of ID samples flagged.
-//! - **AUPR-In**: average precision with ID positive, ranking by score.
-//!   **AUPR-Out**: OOD positive, ranking by -score. AP = sum_k (R_k - R_{k-1}) P_k
+//! - **aupr_in_ap**: average precision with ID positive, ranking by score;
+//!   **aupr_out_ap**: OOD positive, ranking by -score. AP = sum_k (R_k - R_{k-1}) P_k
 //!   over distinct thresholds (scikit-learn's `average_precision_score`).
+//! - **aupr_in_trapz** / **aupr_out_trapz**: the trapezoidal area under the same
+//!   precision-recall points, starting from (R, P) = (0, 1): scikit-learn's
+//!   `auc(recall, precision)` after `precision_recall_curve`, what OpenOOD and
+//!   pytorch-ood report. The two forms differ by ~1e-3.
+//! - **detection_error**: min over thresholds (accept when score >= t, and the
+//!   threshold above every score) of (FPR + FNR) / 2, with ID positive.
 //!
 //! Confidence intervals: a seeded bootstrap that resamples ID and OOD scores
 //! separately (stratified); every replicate re-weights the pre-sorted scores by
@@ -28,19 +34,26 @@ pub struct OodMetrics {
     pub auroc: f64,
     pub fpr95_ood_accepted_at_95_id: f64,
     pub fpr95_id_rejected_at_95_ood: f64,
-    pub aupr_in: f64,
-    pub aupr_out: f64,
+    pub aupr_in_ap: f64,
+    pub aupr_out_ap: f64,
+    pub aupr_in_trapz: f64,
+    pub aupr_out_trapz: f64,
+    pub detection_error: f64,
 }
 
 impl OodMetrics {
     /// (name, value) pairs in a fixed order.
-    pub fn named(&self) -> [(&'static str, f64); 5] {
+    pub fn named(&self) -> [(&'static str, f64); 8] {
+        use crate::names::metric as m;
         [
-            (crate::names::metric::AUROC, self.auroc),
-            (crate::names::metric::FPR95_OOD_ACCEPTED, self.fpr95_ood_accepted_at_95_id),
-            (crate::names::metric::FPR95_ID_REJECTED, self.fpr95_id_rejected_at_95_ood),
-            (crate::names::metric::AUPR_IN, self.aupr_in),
-            (crate::names::metric::AUPR_OUT, self.aupr_out),
+            (m::AUROC, self.auroc),
+            (m::FPR95_OOD_ACCEPTED, self.fpr95_ood_accepted_at_95_id),
+            (m::FPR95_ID_REJECTED, self.fpr95_id_rejected_at_95_ood),
+            (m::AUPR_IN_AP, self.aupr_in_ap),
+            (m::AUPR_OUT_AP, self.aupr_out_ap),
+            (m::AUPR_IN_TRAPZ, self.aupr_in_trapz),
+            (m::AUPR_OUT_TRAPZ, self.aupr_out_trapz),
+            (m::DETECTION_ERROR, self.detection_error),
         ]
     }
 }
@@ -111,6 +124,9 @@ impl Ranked {
         let mut auc = 0.0;
         let mut fpr_at_95_id = f64::NAN;
         let mut ap_in = 0.0;
+        // Trapezoids from (R, P) = (0, 1); the detection error starts at "accept none".
+        let (mut trapz_in, mut r_prev, mut p_prev) = (0.0, 0.0, 1.0);
+        let mut det_err: f64 = 0.5;
         for &(gid, good) in &g {
             auc += good * (tp + 0.5 * gid);
             tp += gid;
@@ -118,6 +134,13 @@ impl Ranked {
             if gid > 0.0 {
                 ap_in += gid / wi * tp / (tp + fp);
             }
+            if gid + good > 0.0 {
+                // (A group of zero weight, e.g. in a bootstrap replicate, is no threshold.)
+                let (r, p) = (tp / wi, tp / (tp + fp));
+                trapz_in += (r - r_prev) * (p + p_prev) / 2.0;
+                (r_prev, p_prev) = (r, p);
+            }
+            det_err = det_err.min((1.0 - tp / wi + fp / wo) / 2.0);
             if fpr_at_95_id.is_nan() && tp / wi >= 0.95 - 1e-12 {
                 fpr_at_95_id = fp / wo;
             }
@@ -126,11 +149,17 @@ impl Ranked {
         let (mut to, mut fi) = (0.0, 0.0);
         let mut fpr_at_95_ood = f64::NAN;
         let mut ap_out = 0.0;
+        let (mut trapz_out, mut r_prev, mut p_prev) = (0.0, 0.0, 1.0);
         for &(gid, good) in g.iter().rev() {
             to += good;
             fi += gid;
             if good > 0.0 {
                 ap_out += good / wo * to / (to + fi);
+            }
+            if gid + good > 0.0 {
+                let (r, p) = (to / wo, to / (to + fi));
+                trapz_out += (r - r_prev) * (p + p_prev) / 2.0;
+                (r_prev, p_prev) = (r, p);
             }
             if fpr_at_95_ood.is_nan() && to / wo >= 0.95 - 1e-12 {
                 fpr_at_95_ood = fi / wi;
@@ -140,8 +169,11 @@ impl Ranked {
             auroc: auc / (wi * wo),
             fpr95_ood_accepted_at_95_id: fpr_at_95_id,
             fpr95_id_rejected_at_95_ood: fpr_at_95_ood,
-            aupr_in: ap_in,
-            aupr_out: ap_out,
+            aupr_in_ap: ap_in,
+            aupr_out_ap: ap_out,
+            aupr_in_trapz: trapz_in,
+            aupr_out_trapz: trapz_out,
+            detection_error: det_err,
         }
     }
 
