@@ -410,7 +410,7 @@ pub const CACHE_FORMAT: &str = "oodnc-features-v2";
 /// Non-finite features are an error naming the checkpoint (a diverged run).
 pub fn cached(run_dir: &Path, epoch: i64, data: &Dataset, opts: ExtractOptions, device: Device) -> Result<FeatureSet> {
     let opts = ExtractOptions { taps: opts.taps, pool2x2: opts.taps && opts.pool2x2 };
-    let ckpt = crate::train::trainer::checkpoint_path(run_dir, epoch);
+    let ckpt = crate::run::layout::checkpoint(run_dir, epoch);
     if !ckpt.exists() {
         return Err(Error::Missing {
             what: format!("checkpoint of epoch {epoch}"),
@@ -436,7 +436,7 @@ pub fn cached(run_dir: &Path, epoch: i64, data: &Dataset, opts: ExtractOptions, 
             }
         }
     }
-    let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, epoch, device)?;
+    let (_vs, model, _) = crate::run::load_run_model(run_dir, epoch, device)?;
     let fs = extract(&model, data, want, device, 500)?;
     let tensors = feature_tensors(&fs);
     let mut md = BTreeMap::new();

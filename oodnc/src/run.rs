@@ -160,7 +160,7 @@ impl Run {
 
     /// Epochs with a checkpoint, ascending.
     pub fn epochs(&self) -> Result<Vec<i64>> {
-        crate::train::trainer::available_epochs(&self.dir)
+        available_epochs(&self.dir)
     }
 
     /// The last epoch with a checkpoint.
@@ -220,7 +220,7 @@ impl Run {
         epoch: i64,
         device: tch::Device,
     ) -> Result<(tch::nn::VarStore, crate::model::ResNet18, crate::model::CheckpointMeta)> {
-        crate::train::trainer::load_run_model(&self.dir, epoch, device)
+        load_run_model(&self.dir, epoch, device)
     }
 
     /// The classifier weight `[C, D]` and bias `[C]` at `epoch` (f32, CPU), read
@@ -573,10 +573,58 @@ pub fn read_config(run_dir: &Path) -> Result<RunConfig> {
     if state.exists() {
         check_recorded(run_dir, &state, &cfg, allow)?;
     }
-    for e in crate::train::trainer::available_epochs(run_dir).unwrap_or_default() {
+    for e in available_epochs(run_dir).unwrap_or_default() {
         check_recorded(run_dir, &layout::checkpoint(run_dir, e), &cfg, allow)?;
     }
     Ok(cfg)
+}
+
+/// Loads the model of a run at `epoch` (for extraction and analysis).
+pub fn load_run_model(
+    run_dir: &Path,
+    epoch: i64,
+    device: tch::Device,
+) -> Result<(tch::nn::VarStore, crate::model::ResNet18, crate::model::CheckpointMeta)> {
+    let cfg = RunConfig::read(layout::config(run_dir))?;
+    let mut vs = tch::nn::VarStore::new(device);
+    let model = crate::model::ResNet18::new(&vs.root(), cfg.model)?;
+    let meta = crate::model::load_checkpoint(layout::checkpoint(run_dir, epoch), &mut vs)?;
+    check_recorded(run_dir, &layout::checkpoint(run_dir, epoch), &cfg, Allow { more_epochs: true })?;
+    Ok((vs, model, meta))
+}
+
+/// Epochs that have a checkpoint in a run, ascending (real epoch numbers only).
+pub fn available_epochs(run_dir: &Path) -> Result<Vec<i64>> {
+    let dir = layout::checkpoints(run_dir);
+    let rd = std::fs::read_dir(&dir).map_err(|_| Error::Missing {
+        what: "checkpoints folder".into(),
+        path: dir.clone(),
+        hint: "; train first (`oodnc train` or notebook 01)".into(),
+    })?;
+    let mut v = Vec::new();
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = n.strip_prefix("epoch_").and_then(|s| s.strip_suffix(".safetensors")) else { continue };
+        if stem.ends_with(".optim") {
+            continue;
+        }
+        let Ok(epoch) = stem.parse::<i64>() else {
+            return Err(Error::format(
+                dir.join(&n),
+                "not a checkpoint name (epoch_NNN.safetensors); move it out of the checkpoints folder",
+            ));
+        };
+        let canonical = layout::checkpoint(run_dir, epoch);
+        if epoch < 0 || canonical.file_name() != Some(e.file_name().as_os_str()) {
+            return Err(Error::format(
+                dir.join(&n),
+                format!("checkpoint names have three digits or more; rename it to {}", canonical.display()),
+            ));
+        }
+        v.push(epoch);
+    }
+    v.sort_unstable();
+    Ok(v)
 }
 
 #[cfg(test)]

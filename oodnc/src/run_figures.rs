@@ -20,7 +20,7 @@ pub fn terminal_phase_span(run_dir: &Path) -> Option<(i64, i64)> {
     let text = std::fs::read_to_string(crate::run::layout::table(run_dir, crate::run::Table::TerminalPhase)).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let start = v["terminal_phase_start"].as_i64()?;
-    let last = crate::train::trainer::available_epochs(run_dir).ok()?.last().copied()?;
+    let last = crate::run::available_epochs(run_dir).ok()?.last().copied()?;
     Some((start, last))
 }
 

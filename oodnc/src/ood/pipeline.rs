@@ -151,7 +151,7 @@ pub const ODIN: &str = <super::odin::Odin as super::ModelDetector>::NAME;
 /// feature-based ones (a spec named `odin` with `t` and `epsilon`).
 pub fn odin_epoch(run_dir: &Path, epoch: i64, sets: &EvalSets, reps: usize, seed: u64, device: Device) -> Result<(Selection, Vec<Row>)> {
     use super::odin;
-    let (_vs, model, _) = crate::train::trainer::load_run_model(run_dir, epoch, device)?;
+    let (_vs, model, _) = crate::run::load_run_model(run_dir, epoch, device)?;
     let batch = 256;
     let sel = odin::select(&model, &sets.id_val, &sets.ood_val, device, batch)?;
     let spec = |p: &odin::OdinParams| super::DetectorSpec::new(ODIN, &[("t", p.temperature), ("epsilon", p.epsilon)]);

@@ -7,7 +7,7 @@ use crate::config::{FastPath, LrStep, RunConfig};
 use crate::data::protocol::RunData;
 use crate::data::BatchLoader;
 use crate::error::{Error, IoContext, Result};
-use crate::model::{encode_checkpoint, load_checkpoint, CheckpointMeta, ResNet18};
+use crate::model::{encode_checkpoint, CheckpointMeta, ResNet18};
 use crate::progress::Progress;
 use crate::tensor_io;
 use std::collections::BTreeMap;
@@ -392,49 +392,7 @@ impl Trainer {
     }
 }
 
-/// Loads the model of a run at `epoch` (for extraction and analysis).
-pub fn load_run_model(run_dir: &Path, epoch: i64, device: Device) -> Result<(VarStore, ResNet18, CheckpointMeta)> {
-    let cfg = RunConfig::read(crate::run::layout::config(run_dir))?;
-    let mut vs = VarStore::new(device);
-    let model = ResNet18::new(&vs.root(), cfg.model)?;
-    let meta = load_checkpoint(checkpoint_path(run_dir, epoch), &mut vs)?;
-    crate::run::check_recorded(run_dir, &checkpoint_path(run_dir, epoch), &cfg, crate::run::Allow { more_epochs: true })?;
-    Ok((vs, model, meta))
-}
-
-/// Epochs that have a checkpoint in a run, ascending (real epoch numbers only).
-pub fn available_epochs(run_dir: &Path) -> Result<Vec<i64>> {
-    let dir = crate::run::layout::checkpoints(run_dir);
-    let rd = std::fs::read_dir(&dir).map_err(|_| Error::Missing {
-        what: "checkpoints folder".into(),
-        path: dir.clone(),
-        hint: "; train first (`oodnc train` or notebook 01)".into(),
-    })?;
-    let mut v = Vec::new();
-    for e in rd.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        let Some(stem) = n.strip_prefix("epoch_").and_then(|s| s.strip_suffix(".safetensors")) else { continue };
-        if stem.ends_with(".optim") {
-            continue;
-        }
-        let Ok(epoch) = stem.parse::<i64>() else {
-            return Err(Error::format(
-                dir.join(&n),
-                "not a checkpoint name (epoch_NNN.safetensors); move it out of the checkpoints folder",
-            ));
-        };
-        let canonical = checkpoint_path(run_dir, epoch);
-        if epoch < 0 || canonical.file_name() != Some(e.file_name().as_os_str()) {
-            return Err(Error::format(
-                dir.join(&n),
-                format!("checkpoint names have three digits or more; rename it to {}", canonical.display()),
-            ));
-        }
-        v.push(epoch);
-    }
-    v.sort_unstable();
-    Ok(v)
-}
+pub use crate::run::{available_epochs, load_run_model};
 
 #[cfg(test)]
 mod tests {
