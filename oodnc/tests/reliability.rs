@@ -330,6 +330,23 @@ fn results_are_merged_never_shrunk() {
     let sel: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(run.join("ood/selection.json")).unwrap()).unwrap();
     let names: Vec<String> = sel.iter().map(|v| format!("{}:{}", v["epoch"], v["detector"].as_str().unwrap())).collect();
     assert!(names.contains(&"1:msp".to_string()) && names.contains(&"2:maxlogit".to_string()), "{names:?}");
+    // Per-sample scores: one row per (detector, dataset, sample); an existing file is not overwritten.
+    let scores = t.path().join("scores.csv");
+    let with_scores = |d: &str| {
+        oodnc(&["ood", "--run", "r", "--runs", s(&runs), "--detectors", d, "--epochs", "2", "--bootstrap", "0", "--scores", s(&scores)])
+    };
+    let o = with_scores("msp,energy");
+    assert!(o.status.success(), "{}", text(&o));
+    let lines: Vec<String> = std::fs::read_to_string(&scores).unwrap().lines().map(String::from).collect();
+    assert_eq!(lines[0], "run,epoch,detector,protocol,dataset,index,score");
+    let cfg = RunConfig::read(run.join("config.toml")).unwrap();
+    let sets = oodnc::data::protocol::load_eval_sets(&cfg).unwrap();
+    let per_detector = sets.id_test.len() + sets.ood.iter().map(|d| d.len()).sum::<usize>();
+    assert_eq!(lines.len() - 1, 2 * per_detector);
+    assert!(lines[1].starts_with("r,2,msp,jigsaw,id-test,0,"), "{}", lines[1]);
+    let o = with_scores("msp");
+    assert!(!o.status.success() && text(&o).contains("does not overwrite"), "{}", text(&o));
+    let after = std::fs::read_to_string(&csv).unwrap();
     // An empty or unknown selection is refused before the table is touched.
     for bad in ["", "nope"] {
         let o = ood(bad, "2");

@@ -57,6 +57,10 @@ enum Command {
         /// Bootstrap replicates for the confidence intervals (0 = none).
         #[arg(long, default_value_t = 200)]
         bootstrap: usize,
+        /// Also write every per-sample score of this call (run, epoch, detector, protocol,
+        /// dataset, index, score) to this CSV file (it must not exist yet).
+        #[arg(long)]
+        scores: Option<PathBuf>,
     },
     /// Neural Collapse NC1-NC5 across checkpoints (and layers with --layers).
     Nc {
@@ -505,7 +509,15 @@ fn run(cli: Cli) -> oodnc::Result<()> {
                 println!("epoch {e}: features cached in {:.1}s", t.elapsed().as_secs_f64());
             }
         }
-        Command::Ood { run, runs, epochs, detectors, bootstrap } => {
+        Command::Ood { run, runs, epochs, detectors, bootstrap, scores } => {
+            if let Some(p) = &scores {
+                if p.exists() {
+                    return Err(oodnc::Error::param(
+                        "--scores",
+                        format!("{} exists; oodnc does not overwrite it, name a new file", p.display()),
+                    ));
+                }
+            }
             let r = oodnc::run::Run::open_named(&runs, &run)?;
             let eps = r.parse_epochs(&epochs)?;
             let mut names: Vec<&str> = Vec::new();
@@ -540,6 +552,11 @@ fn run(cli: Cli) -> oodnc::Result<()> {
                 }
             }
             println!("table: {}", study.csv.display());
+            if let Some(p) = &scores {
+                let mut df = oodnc::ood::eval::scores_frame(&r.name(), "jigsaw", &study.scores)?;
+                oodnc::results::write_csv(&mut df, p)?;
+                println!("per-sample scores ({} rows): {}", df.height(), p.display());
+            }
         }
         Command::Bench { what, quick, precision, channels_last, steps, detectors } => {
             let device = oodnc::device::best_device();

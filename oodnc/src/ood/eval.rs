@@ -136,3 +136,38 @@ pub fn score_rows(epoch: i64, detector: &str, id: &[f64], ood: &[(String, Vec<f6
 pub fn rows_to_frame(rows: &[Row]) -> Result<DataFrame> {
     crate::results::to_frame(rows, crate::results::TableKind::Ood)
 }
+
+/// Per-sample scores as a table (run, epoch, detector, protocol, dataset, index,
+/// score; higher = more ID): ID test first (dataset `id-test`), then each OOD set,
+/// in the order of their samples. `protocol` names the selection protocol the
+/// hyperparameters were chosen with (`jigsaw` today).
+pub fn scores_frame(run: &str, protocol: &str, scores: &[DetectorScores]) -> Result<DataFrame> {
+    let (mut ru, mut ep, mut det, mut pr, mut ds, mut idx, mut sc) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for s in scores {
+        let sets = std::iter::once((crate::names::ID_TEST, &s.id)).chain(s.ood.iter().map(|(n, v)| (n.as_str(), v)));
+        for (name, v) in sets {
+            for (i, &x) in v.iter().enumerate() {
+                ru.push(run.to_string());
+                ep.push(s.epoch);
+                det.push(s.spec.name().to_string());
+                pr.push(protocol.to_string());
+                ds.push(name.to_string());
+                idx.push(i as i64);
+                sc.push(x);
+            }
+        }
+    }
+    let n = ru.len();
+    Ok(DataFrame::new(
+        n,
+        vec![
+            Column::new("run".into(), ru),
+            Column::new("epoch".into(), ep),
+            Column::new("detector".into(), det),
+            Column::new("protocol".into(), pr),
+            Column::new("dataset".into(), ds),
+            Column::new("index".into(), idx),
+            Column::new("score".into(), sc),
+        ],
+    )?)
+}
