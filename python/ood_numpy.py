@@ -25,13 +25,20 @@ def energy(z, t=1.0):
     return t * logsumexp(z / t, axis=1)
 
 
-def fit_score(name, p, tr_h, tr_y, tr_z, W, b, val_z, val_y, te_h, te_z, bench=False):
+def rnd(x):
+    """numpy's round (half to even), as OpenOOD and pytorch-ood use for SCALE and LTS."""
+    return int(np.round(x))
+
+
+def fit_score(name, p, tr_h, tr_y, tr_z, W, b, val_z, val_y, te_h, te_z, bench=False, val_h=None, taps=None):
     """Scores of detector `name` on the test rows, in f64 like oodnc.
 
     With `bench`, the timed baseline: the KNN similarity product in f32 (the
     precision oodnc uses for it) and KLM's divergences as one matrix product.
     Without, the tests' reference: KNN in f64 and KLM by its definition."""
     C, D = W.shape
+    # The logit score of the shaping detectors (their `score` hyperparameter).
+    score = {0: energy, 1: lambda z: np.log(softmax(z, axis=1).max(1)), 2: lambda z: z.max(1)}[int(p.get("score", 0))]
     if name == "msp":
         return np.log(softmax(te_z, axis=1).max(1))
     if name == "maxlogit":
@@ -44,6 +51,16 @@ def fit_score(name, p, tr_h, tr_y, tr_z, W, b, val_z, val_y, te_h, te_z, bench=F
     if name == "gen":
         q = np.sort(softmax(te_z, axis=1), axis=1)[:, ::-1][:, : int(min(p["m"], C))]
         return -(q ** p["gamma"] * (1 - q) ** p["gamma"]).sum(1)
+    if name == "mahalanobis_layers":
+        # Per stage tap: -min_c Mahalanobis (tied covariance, pseudo-inverse), standardised
+        # by its ID training mean and std (ddof 1), summed over the taps.
+        total = 0.0
+        for tap in ("stem", "layer1.1", "layer2.1", "layer3.1", "layer4.1"):
+            a_tr, a_te = taps[tap]
+            m_tr = fit_score("mahalanobis", {}, a_tr, tr_y, tr_z, W, b, val_z, val_y, a_tr, tr_z)
+            m_te = fit_score("mahalanobis", {}, a_tr, tr_y, tr_z, W, b, val_z, val_y, a_te, te_z)
+            total = total + (m_te - m_tr.mean()) / m_tr.std(ddof=1)
+        return total
     if name in ("mahalanobis", "rmds"):
         # Whitening with the pseudo-inverse square root of the tied covariance:
         # (h - mu)^T P (h - mu) = ||(h - mu) L||^2 with L L^T = P (eigh, like np.linalg.pinv).
@@ -95,7 +112,7 @@ def fit_score(name, p, tr_h, tr_y, tr_z, W, b, val_z, val_y, te_h, te_z, bench=F
         return np.linalg.norm(te_h @ pca.components_.T, axis=1) / (np.linalg.norm(te_h, axis=1) + 1e-8)
     if name == "react":
         clip = np.percentile(tr_h.flatten(), p["p"])
-        return energy(np.minimum(te_h, clip) @ W.T + b)
+        return score(np.minimum(te_h, clip) @ W.T + b)
     if name in ("ash_p", "ash_b", "ash_s"):
         x = te_h.copy()
         k = max(1, int(round(D * (1 - p["p"] / 100))))
@@ -113,7 +130,7 @@ def fit_score(name, p, tr_h, tr_y, tr_z, W, b, val_z, val_y, te_h, te_z, bench=F
         else:
             pr = x * keep
             x = pr * np.exp(s1 / np.maximum(pr.sum(1, keepdims=True), 1e-12))
-        return energy(x @ W.T + b)
+        return score(x @ W.T + b)
     if name == "dice":
         contrib = W * tr_h.mean(0)[None, :]
         mask = contrib > np.percentile(contrib, p["p"])
@@ -153,6 +170,64 @@ def fit_score(name, p, tr_h, tr_y, tr_z, W, b, val_z, val_y, te_h, te_z, bench=F
 
         t = np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20)), method="bounded").x)
         return np.log(softmax(te_z / t, axis=1).max(1))
+    if name == "nci":
+        mu = tr_h.mean(0)
+        pred = (te_h @ W.T + b).argmax(1)
+        c = te_h - mu
+        return (c * W[pred]).sum(1) / np.linalg.norm(c, axis=1) + p["alpha"] * np.abs(te_h).sum(1)
+    if name == "scale":
+        k = D - rnd(D * p["p"] / 100)
+        s2 = -np.sort(-te_h, axis=1)[:, :k].sum(1, keepdims=True)
+        return score((te_h * np.exp(te_h.sum(1, keepdims=True) / s2)) @ W.T + b)
+    if name == "lts":
+        r = np.maximum(te_h, 0)
+        k = max(1, D - rnd(D * (100 - p["p"]) / 100))
+        s = (r.sum(1) / -np.sort(-r, axis=1)[:, :k].sum(1)) ** 2
+        return score((te_h @ W.T + b) * s[:, None])
+    if name == "gradnorm":
+        # By the definition: the gradient of -(1/C) sum_c log softmax(z/T)_c w.r.t. W, per sample.
+        t = p["t"]
+        q = softmax((te_h @ W.T + b) / t, axis=1)
+        if bench:
+            # The same value without the [N, C, D] gradient tensor (14 GB at CIFAR-100 sizes).
+            return np.abs(te_h).sum(1) * np.abs(q - 1.0 / C).sum(1) / t
+        g = (q - 1.0 / C)[:, :, None] * te_h[:, None, :] / t
+        return np.abs(g).sum((1, 2))
+    if name == "vra":
+        if p.get("per_dim", 0) == 1:
+            lo, hi = np.quantile(tr_h, p["lo"] / 100, axis=0), np.quantile(tr_h, p["hi"] / 100, axis=0)
+        else:
+            lo, hi = np.percentile(val_h.flatten(), p["lo"]), np.percentile(val_h.flatten(), p["hi"])
+        return score(np.clip(te_h, lo, hi) @ W.T + b)
+    if name == "nnguide":
+        k = int(p["k"])
+        unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        bank = unit(tr_h) * energy(tr_h @ W.T + b)[:, None]
+        q = unit(te_h)
+        guide = np.concatenate([-np.partition(-(q[i : i + 2048] @ bank.T), k - 1, axis=1)[:, :k].mean(1) for i in range(0, len(q), 2048)])
+        return guide * energy(te_h @ W.T + b)
+    if name in ("caref", "cadref"):
+        pred_tr = (tr_h @ W.T + b).argmax(1)
+        mus = np.stack([tr_h[pred_tr == c].mean(0) if (pred_tr == c).any() else tr_h.mean(0) for c in range(C)])
+        z = te_h @ W.T + b
+        pred = z.argmax(1)
+        rel = te_h - mus[pred]
+        n1 = np.abs(te_h).sum(1)
+        if name == "caref":
+            return -np.abs(rel).sum(1) / n1
+        conf = {0: energy, 1: lambda z: softmax(z, axis=1).max(1), 2: lambda z: z.max(1)}[int(p["conf"])]
+        a = rel * np.sign(W[pred])
+        ep, en = np.maximum(a, 0).sum(1) / n1, np.maximum(-a, 0).sum(1) / n1
+        return -(ep / conf(z) + en / conf(tr_h @ W.T + b).mean())
+    if name == "relation":
+        unit = lambda x: x / np.sqrt((x**2).sum(1, keepdims=True) + 1e-10)
+        ft, pt = unit(tr_h), softmax(tr_h @ W.T + b, axis=1)
+        fq, pq = unit(te_h), softmax(te_h @ W.T + b, axis=1)
+        out = []
+        for i in range(0, len(fq), 1024):
+            rel = np.maximum(fq[i : i + 1024] @ ft.T, 0) * (pq[i : i + 1024] @ pt.T)
+            out.append((np.where(rel > 0.03, rel, 0) ** int(p["pow"])).sum(1))
+        return np.concatenate(out)
     raise SystemExit(f"unknown detector {name}")
 
 
@@ -165,7 +240,8 @@ def cmd_score(inp, out, spec_json):
     for s in specs:
         res[s["label"]] = fit_score(
             s["name"], s["params"], t["train_h"], t["train_y"].astype(int), t["train_z"], t["W"], t["b"],
-            t["val_z"], t["val_y"].astype(int), t["test_h"], t["test_z"],
+            t["val_z"], t["val_y"].astype(int), t["test_h"], t["test_z"], val_h=t.get("val_h"),
+            taps={k[len("train_tap_"):]: (v, t["test_tap_" + k[len("train_tap_"):]]) for k, v in t.items() if k.startswith("train_tap_")},
         ).astype(np.float64)
     save_file(res, out)
 
@@ -185,7 +261,7 @@ def cmd_bench(args):
     out = {}
     for name, p in json.loads(args.specs):
         t0 = time.perf_counter()
-        fit_score(name, p, tr_h, tr_y, tr_z, W, b, tr_z[:5000], val_y, te, te_z, bench=True)
+        fit_score(name, p, tr_h, tr_y, tr_z, W, b, tr_z[:5000], val_y, te, te_z, bench=True, val_h=tr_h[:5000])
         out[name] = time.perf_counter() - t0
     print(json.dumps(out))
 

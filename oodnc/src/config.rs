@@ -36,10 +36,30 @@ pub struct DataConfig {
 /// A user-supplied OOD test set.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ExtraOod {
-    /// Name used in tables and figures.
+    /// Name used in tables and figures (OpenOOD's groups know `tin`, `mnist`, `places365`).
     pub name: String,
-    /// Folder of images (relative paths are relative to the repository root).
+    /// Folder of images, or of MNIST's IDX files (relative paths are relative to
+    /// the working directory).
     pub path: PathBuf,
+    /// How `path` is read.
+    #[serde(default)]
+    pub format: ExtraFormat,
+    /// An image list (OpenOOD's `benchmark_imglist` format, paths relative to
+    /// `path`) choosing the images of an image folder; all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<PathBuf>,
+}
+
+/// The on-disk format of an extra OOD set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtraFormat {
+    /// `<path>/<class>/<images>` or a flat folder of images (JPEG/PNG), resized
+    /// like Textures; TinyImageNet's `val/` layout is recognised.
+    #[default]
+    Folder,
+    /// MNIST's IDX files in `path` (`t10k-images-idx3-ubyte[.gz]`, and labels), test split.
+    Mnist,
 }
 
 /// When the learning rate changes.
@@ -124,6 +144,10 @@ pub struct RunConfig {
     pub data: DataConfig,
     pub model: ResNetConfig,
     pub train: TrainConfig,
+    /// The OOD study's settings: selection protocols, held-out set, groups.
+    /// Evaluation only: editing them never makes the checkpoints refused.
+    #[serde(default)]
+    pub ood: crate::ood::protocol::OodConfig,
 }
 
 /// The largest accepted `train.epochs` (the original trains 300).
@@ -140,7 +164,8 @@ fn unknown_key_message(path: &str) -> String {
     let (key, parent) = parts.split_last().map(|(k, p)| (*k, p.to_vec())).unwrap_or((path, vec![]));
     let mut schema = RunConfig::profile("demo").ok().and_then(|c| toml::Value::try_from(c).ok());
     let valid: Vec<String> = match parent.as_slice() {
-        ["data", "extra_ood"] => vec!["name".into(), "path".into()],
+        ["data", "extra_ood"] => vec!["name".into(), "path".into(), "format".into(), "list".into()],
+        ["ood", "heldout"] => vec!["name".into(), "path".into(), "list".into()],
         _ => {
             let mut v = schema.take();
             for p in &parent {
@@ -198,6 +223,7 @@ impl RunConfig {
                 },
                 model: ResNetConfig { num_classes: 100, width: 1.0 },
                 train: coursework_train,
+                ood: Default::default(),
             }),
             "demo" => Ok(RunConfig {
                 profile: name.into(),
@@ -219,6 +245,7 @@ impl RunConfig {
                     dense_checkpoints: vec![1, 2],
                     ..coursework_train
                 },
+                ood: Default::default(),
             }),
             "ci" => Ok(RunConfig {
                 profile: name.into(),
@@ -235,6 +262,7 @@ impl RunConfig {
                         near_per_class: 20,
                         digits_test: 200,
                         textures_per_class: 15,
+                        heldout_per_class: 10,
                         seed: 0,
                     },
                     extra_ood: vec![],
@@ -248,6 +276,7 @@ impl RunConfig {
                     dense_checkpoints: vec![],
                     ..coursework_train
                 },
+                ood: Default::default(),
             }),
             other => Err(Error::Unknown { kind: "profile".into(), name: other.into(), known: PROFILES.join(", ") }),
         }
@@ -307,7 +336,18 @@ impl RunConfig {
             if e.path.as_os_str().is_empty() {
                 return Err(Error::param(format!("data.extra_ood[{i}].path"), "is empty"));
             }
+            if e.list.is_some() && e.format != ExtraFormat::Folder {
+                return Err(Error::param(format!("data.extra_ood[{i}].list"), "applies to image folders only"));
+            }
         }
+        let mut names: Vec<&str> = vec!["svhn", "cifar10", "textures"];
+        for (i, e) in self.data.extra_ood.iter().enumerate() {
+            if names.contains(&e.name.as_str()) {
+                return Err(Error::param(format!("data.extra_ood[{i}].name"), format!("'{}' is already the name of a test set", e.name)));
+            }
+            names.push(&e.name);
+        }
+        self.ood.validate(&names)?;
         Ok(())
     }
 
@@ -342,9 +382,20 @@ impl RunConfig {
         }
     }
 
-    /// A short stable hash of the resolved config (FNV-1a of its TOML), stored in checkpoints.
+    /// A short stable hash of the resolved config (FNV-1a of its TOML, without
+    /// the `[ood]` evaluation settings, which change no checkpoint), stored in checkpoints.
     pub fn hash(&self) -> String {
-        let text = self.to_toml().unwrap_or_default();
+        // The fields before `ood`, in order: the TOML (and so the hash) of configs written before it existed.
+        #[derive(serde::Serialize)]
+        struct Trained<'a> {
+            profile: &'a str,
+            seed: u64,
+            data: &'a DataConfig,
+            model: &'a ResNetConfig,
+            train: &'a TrainConfig,
+        }
+        let t = Trained { profile: &self.profile, seed: self.seed, data: &self.data, model: &self.model, train: &self.train };
+        let text = toml::to_string_pretty(&t).unwrap_or_default();
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in text.bytes() {
             h ^= b as u64;

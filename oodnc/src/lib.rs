@@ -31,6 +31,7 @@ pub mod report;
 pub mod results;
 pub mod run;
 pub mod run_figures;
+pub mod seeds;
 pub mod tensor_io;
 pub mod train;
 pub mod util;

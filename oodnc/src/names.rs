@@ -31,6 +31,9 @@ pub mod metric {
     pub const AUPR_OUT_TRAPZ: &str = "aupr_out_trapz";
     /// min over thresholds of (FPR + FNR) / 2.
     pub const DETECTION_ERROR: &str = "detection_error";
+    /// CCR@FPR (OpenOOD): the fraction of ID test samples that are both accepted and
+    /// correctly classified, at the threshold where the fraction `fpr` of OOD is accepted.
+    pub const CCR: [(&str, f64); 4] = [("ccr_fpr_1e-4", 1e-4), ("ccr_fpr_1e-3", 1e-3), ("ccr_fpr_1e-2", 1e-2), ("ccr_fpr_1e-1", 1e-1)];
     /// ID test accuracy (row of the classifier).
     pub const ID_ACCURACY: &str = "id_accuracy";
 }

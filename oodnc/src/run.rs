@@ -532,6 +532,8 @@ pub fn check_recorded(run_dir: &Path, file: &Path, current: &RunConfig, allow: A
             let (a, b) = (to_value(&rec)?, to_value(current)?);
             let diff: Vec<String> = config_diff(&a, &b)
                 .into_iter()
+                // The OOD study's settings change no checkpoint.
+                .filter(|f| f != "ood" && !f.starts_with("ood."))
                 .filter(|f| !(allow.more_epochs && f == "train.epochs" && current.train.epochs >= rec.train.epochs))
                 .collect();
             if diff.is_empty() {

@@ -41,3 +41,67 @@ fn info_and_clear_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("train first"));
 }
+
+/// The sweep recipe end to end with two ci-profile seeds: the SLURM array script
+/// run as `sbatch` would run each task (its `#SBATCH` lines are comments to bash),
+/// then `oodnc report` over the two runs; a re-run task resumes and changes nothing.
+#[test]
+fn sweep_recipe_two_ci_seeds_then_report() {
+    let t = TempDir::new("cli-sweep");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let runs = t.path().join("runs");
+    let task = |id: &str| {
+        Command::new("bash")
+            .arg(repo.join("scripts/sweep.slurm"))
+            .current_dir(&repo)
+            .env("SLURM_SUBMIT_DIR", &repo)
+            .env("SLURM_ARRAY_TASK_ID", id)
+            .env("OODNC_PROFILE", "ci")
+            .env("OODNC_BIN", env!("CARGO_BIN_EXE_oodnc"))
+            .env("OODNC_RUNS", &runs)
+            .env("OODNC_DATA_ROOT", t.path().join("data"))
+            .env("OODNC_BOOTSTRAP", "20")
+            .env("OODNC_QUIET", "1")
+            .output()
+            .unwrap()
+    };
+    for id in ["0", "1"] {
+        let out = task(id);
+        assert!(out.status.success(), "task {id}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    // A requeued task resumes, trains nothing, and its tables keep their rows.
+    let csv = runs.join("seed-1/ood/metrics.csv");
+    let before = std::fs::read_to_string(&csv).unwrap().lines().count();
+    let out = task("1");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), before);
+    let summary = t.path().join("seeds.csv");
+    let pattern = format!("{}/seed-*", runs.display());
+    let out =
+        oodnc(&["report", "--runs", &pattern, "--out", summary.to_str().unwrap(), "--figures", t.path().join("fig").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("2 runs (seeds [0, 1])") && text.contains(" ± "), "{text}");
+    let df = oodnc::results::read_csv(&summary).unwrap();
+    assert!(df.column("run:seed-0").is_ok() && df.column("run:seed-1").is_ok());
+    assert!(t.path().join("fig/seed_spread_auroc.png").exists());
+    // The summary is never overwritten; a run of another recipe is refused by name.
+    let out = oodnc(&["report", "--runs", &pattern, "--out", summary.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("exists"));
+    let cfg_path = runs.join("seed-1/config.toml");
+    let other = runs.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("config.toml"), std::fs::read_to_string(&cfg_path).unwrap().replace("lr = 0.05", "lr = 0.07")).unwrap();
+    std::fs::create_dir_all(other.join("ood")).unwrap();
+    std::fs::copy(&csv, other.join("ood/metrics.csv")).unwrap();
+    let out = oodnc(&[
+        "report",
+        "--runs",
+        runs.join("seed-0").to_str().unwrap(),
+        other.to_str().unwrap(),
+        "--out",
+        t.path().join("x.csv").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("train.lr"), "{err}");
+}

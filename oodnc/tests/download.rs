@@ -223,3 +223,62 @@ fn file_placed_by_hand_is_verified_and_installed_offline() {
     std::fs::write(&hand, b"something else").unwrap();
     assert!(matches!(fetch_resource(t2.path(), &res, false), Err(Error::Checksum { .. })));
 }
+
+/// The same two files as [`archive`], as a plain .tar or a .zip.
+fn archive_as(top: &str, kind: &str) -> Vec<u8> {
+    let files = [("hello.txt", b"hello".to_vec()), ("sub/data.bin", (0..50_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>())];
+    if kind == "zip" {
+        let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        for (name, data) in &files {
+            z.start_file(format!("{top}/{name}"), opts).unwrap();
+            std::io::Write::write_all(&mut z, data).unwrap();
+        }
+        return z.finish().unwrap().into_inner();
+    }
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, data) in &files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, format!("{top}/{name}"), &data[..]).unwrap();
+    }
+    tar.into_inner().unwrap()
+}
+
+#[test]
+fn plain_tar_and_zip_archives_are_verified_and_extracted() {
+    // TinyImageNet ships as a .zip, Places365's val_256 as a plain .tar.
+    let server = Server::start();
+    let t = TempDir::new("dl-zip-tar");
+    for (kind, unpack) in [("zip", Unpack::Zip { top: "zipset" }), ("tar", Unpack::Tar { top: "tarset" })] {
+        let top = if kind == "zip" { "zipset" } else { "tarset" };
+        let body = archive_as(top, kind);
+        let file = format!("set.{kind}");
+        server.serve(&format!("/{file}"), body.clone(), Mode::Full);
+        let res = resource(&server, &file, md5_hex(&body), unpack, &format!("nested/{top}"));
+        let dest = fetch_resource(t.path(), &res, false).unwrap();
+        assert_eq!(std::fs::read_to_string(dest.join("hello.txt")).unwrap(), "hello", "{kind}");
+        assert_eq!(std::fs::read(dest.join("sub/data.bin")).unwrap().len(), 50_000, "{kind}");
+    }
+    // A corrupt zip is a typed error naming the file.
+    let body = b"PK\x03\x04 not really a zip".to_vec();
+    server.serve("/broken.zip", body.clone(), Mode::Full);
+    let res = resource(&server, "broken.zip", md5_hex(&body), Unpack::Zip { top: "x" }, "broken");
+    let e = fetch_resource(t.path(), &res, false).unwrap_err().to_string();
+    assert!(e.contains("cannot extract archive") && e.contains("broken.zip"), "{e}");
+}
+
+#[test]
+fn the_openood_sets_have_urls_and_checksums() {
+    for d in ["mnist", "tin", "places365"] {
+        let rs = oodnc::data::download::resources(d).unwrap();
+        assert!(!rs.is_empty());
+        for r in rs {
+            assert_eq!(r.md5.len(), 32, "{d}");
+            assert!(r.url.starts_with("http"), "{d}");
+        }
+    }
+    assert_eq!(oodnc::data::download::resources("openood").unwrap().len(), 4);
+}

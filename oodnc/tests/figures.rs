@@ -39,7 +39,16 @@ fn history() -> History {
 fn rows() -> Vec<LongRow> {
     let mut v = Vec::new();
     let mut push = |e: i64, k: &str, d: &str, m: &str, x: f64| {
-        v.push(LongRow { epoch: e, key: k.into(), dataset: d.into(), metric: m.into(), value: x, ci_low: x - 0.02, ci_high: x + 0.02 });
+        v.push(LongRow {
+            epoch: e,
+            protocol: "heldout".into(),
+            key: k.into(),
+            dataset: d.into(),
+            metric: m.into(),
+            value: x,
+            ci_low: x - 0.02,
+            ci_high: x + 0.02,
+        });
     };
     for e in [0, 1, 2, 5, 10] {
         let t = e as f64 / 10.0;

@@ -198,3 +198,83 @@ fn bad_inputs_are_errors() {
     assert!(ood_metrics(&[1.0], &[f64::INFINITY]).is_err());
     assert!(ood_metrics_ci(&[1.0], &[0.0], 10, 1.5, 0).is_err());
 }
+
+#[test]
+fn ccr_at_fpr_by_hand_and_against_openoods_formula() {
+    use oodnc::ood::metrics::ccr_at_fpr;
+    // OOD sorted: 0.9, 0.5, 0.3, 0.1. fpr 0.25 -> ceil(1) -> t = 0.9; fpr 0.5 -> t = 0.5.
+    let id = [0.95, 0.8, 0.6, 0.5, 0.2];
+    let ood = [0.1, 0.9, 0.3, 0.5];
+    let correct = [true, false, true, true, true];
+    // t = 0.9: only 0.95 is above (correct) -> 1/5.
+    assert!(close(ccr_at_fpr(&id, &ood, &correct, 0.25).unwrap(), 0.2, 1e-15));
+    // t = 0.5: 0.95 (correct), 0.8 (wrong), 0.6 (correct); 0.5 is not strictly above -> 2/5.
+    assert!(close(ccr_at_fpr(&id, &ood, &correct, 0.5).unwrap(), 0.4, 1e-15));
+    // A tiny fpr still takes the largest OOD score (ceil >= 1).
+    assert!(close(ccr_at_fpr(&id, &ood, &correct, 1e-4).unwrap(), 0.2, 1e-15));
+    assert!(ccr_at_fpr(&id, &ood, &correct[..3], 0.1).is_err());
+    // OpenOOD's ccr_fpr (evaluators/metrics.py) written in numpy, on scores with ties.
+    let id = random_scores(41, 300, 0.8, true);
+    let ood = random_scores(42, 250, 0.0, true);
+    let correct: Vec<bool> = (0..300).map(|i| i % 3 != 0).collect();
+    let fmt = |v: &[f64]| v.iter().map(|x| format!("{x}")).collect::<Vec<_>>().join(",");
+    let out = common::run_python(
+        "import sys, numpy as np\n\
+         i = np.array([float(x) for x in sys.argv[1].split(',')]); o = np.array([float(x) for x in sys.argv[2].split(',')])\n\
+         c = np.array([x == '1' for x in sys.argv[3].split(',')])\n\
+         conf = np.r_[i, o]; label = np.r_[np.zeros(len(i)), -np.ones(len(o))]; pred = np.r_[np.where(c, 0, 1), np.zeros(len(o))]\n\
+         def ccr_fpr(conf, fpr, pred, label):\n\
+         \x20   ind_conf = conf[label != -1]; ind_pred = pred[label != -1]; ind_label = label[label != -1]\n\
+         \x20   ood_conf = conf[label == -1]; num_ind = len(ind_conf); num_ood = len(ood_conf)\n\
+         \x20   fp_num = int(np.ceil(fpr * num_ood)); thresh = np.sort(ood_conf)[-fp_num]\n\
+         \x20   return np.sum((ind_conf > thresh) * (ind_pred == ind_label)) / num_ind\n\
+         print(*[ccr_fpr(conf, f, pred, label) for f in (1e-4, 1e-3, 1e-2, 1e-1)])",
+        &[&fmt(&id), &fmt(&ood), &correct.iter().map(|&b| if b { "1" } else { "0" }).collect::<Vec<_>>().join(",")],
+    );
+    let v: Vec<f64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    for (k, (_, fpr)) in oodnc::names::metric::CCR.iter().enumerate() {
+        assert!(close(ccr_at_fpr(&id, &ood, &correct, *fpr).unwrap(), v[k], 1e-15), "fpr {fpr}: {v:?}");
+    }
+}
+
+#[test]
+fn paired_bootstrap_differences_against_explicit_resampling() {
+    use oodnc::ood::metrics::paired_differences;
+    let n_id = 120;
+    let n_ood = 90;
+    let id_a = random_scores(51, n_id, 1.0, true);
+    let ood_a = random_scores(52, n_ood, 0.0, true);
+    // Detector b: a noisy version of a on the same samples.
+    let noise = random_scores(53, n_id + n_ood, 0.0, false);
+    let id_b: Vec<f64> = id_a.iter().zip(&noise).map(|(x, e)| x + 0.7 * e).collect();
+    let ood_b: Vec<f64> = ood_a.iter().zip(&noise[n_id..]).map(|(x, e)| x + 0.7 * e).collect();
+    let reps = 300;
+    let d = paired_differences((&id_a, &ood_a), (&id_b, &ood_b), reps, 0.9, 7).unwrap();
+    // The same draws as `Ranked::bootstrap` (SplitMix64::derive(seed, [0xb007]); n_id, then
+    // n_ood uniform indices per replicate), applied as explicit index resamples to both.
+    let mut rng = SplitMix64::derive(7, &[0xb007]);
+    let mut diffs = Vec::new();
+    for _ in 0..reps {
+        let ii: Vec<usize> = (0..n_id).map(|_| rng.below(n_id as u64) as usize).collect();
+        let oi: Vec<usize> = (0..n_ood).map(|_| rng.below(n_ood as u64) as usize).collect();
+        let pick = |v: &[f64], ix: &[usize]| ix.iter().map(|&i| v[i]).collect::<Vec<f64>>();
+        let ma = ood_metrics(&pick(&id_a, &ii), &pick(&ood_a, &oi)).unwrap().auroc;
+        let mb = ood_metrics(&pick(&id_b, &ii), &pick(&ood_b, &oi)).unwrap().auroc;
+        diffs.push(ma - mb);
+    }
+    diffs.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| {
+        let pos = p * (reps - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        diffs[lo] + (diffs[hi] - diffs[lo]) * (pos - lo as f64)
+    };
+    let au = d.iter().find(|(n, _)| *n == "auroc").unwrap().1;
+    let point = ood_metrics(&id_a, &ood_a).unwrap().auroc - ood_metrics(&id_b, &ood_b).unwrap().auroc;
+    assert!(close(au.value, point, 1e-15));
+    assert!(close(au.ci_low, q(0.05), 1e-12) && close(au.ci_high, q(0.95), 1e-12), "{au:?} vs {} {}", q(0.05), q(0.95));
+    // Pairing: a detector against itself differs by exactly 0 in every replicate.
+    for (_, c) in paired_differences((&id_a, &ood_a), (&id_a, &ood_a), 50, 0.95, 1).unwrap() {
+        assert!(c.value == 0.0 && c.ci_low == 0.0 && c.ci_high == 0.0, "{c:?}");
+    }
+    assert!(paired_differences((&id_a, &ood_a), (&id_b[..10], &ood_b), 10, 0.95, 1).is_err());
+}

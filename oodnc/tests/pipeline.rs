@@ -44,28 +44,68 @@ fn the_ci_study_end_to_end_through_run() {
     let names = oodnc::ood::detector_names();
     let study = oodnc::ood::pipeline::study(&run, &[last], &names, 0, cpu).unwrap();
     let rows = oodnc::report::long_rows(&study.frame, "detector").unwrap();
-    for d in &names {
-        for o in &sets.ood {
-            let auroc = rows.iter().find(|r| r.key == *d && r.dataset == o.name && r.metric == "auroc").unwrap().value;
-            assert!((0.0..=1.0).contains(&auroc), "{d} on {}: {auroc}", o.name);
+    let protocols = oodnc::ood::Protocol::ALL;
+    assert_eq!(study.headline, oodnc::ood::Protocol::Heldout);
+    for p in protocols {
+        for d in &names {
+            for o in &sets.ood {
+                let auroc = rows
+                    .iter()
+                    .find(|r| r.protocol == p.name() && r.key == *d && r.dataset == o.name && r.metric == "auroc")
+                    .unwrap()
+                    .value;
+                assert!((0.0..=1.0).contains(&auroc), "{p} {d} on {}: {auroc}", o.name);
+            }
+            // The oracle is an upper bound of every other protocol on each test set.
+            for o in &sets.ood {
+                let get = |p: oodnc::ood::Protocol| {
+                    rows.iter().find(|r| r.protocol == p.name() && r.key == *d && r.dataset == o.name && r.metric == "auroc").unwrap().value
+                };
+                assert!(get(oodnc::ood::Protocol::Oracle) >= get(p) - 1e-12, "{d} {p} on {}", o.name);
+            }
         }
     }
-    assert_eq!(study.scores.len(), names.len());
+    // Group means: the demo's sets fall in OpenOOD's near (cifar10) and far (svhn, textures) groups.
+    let far = |p: &str, m: &str| {
+        rows.iter().find(|r| r.protocol == p && r.key == "msp" && r.dataset == m && r.metric == "auroc").map(|r| r.value)
+    };
+    let mean = (far("heldout", "svhn").unwrap() + far("heldout", "textures").unwrap()) / 2.0;
+    assert!((far("heldout", "mean:far").unwrap() - mean).abs() < 1e-12);
+    assert_eq!(far("heldout", "mean:near"), far("heldout", "cifar10"));
+    // CCR@FPR rows, between 0 and the accuracy.
+    let acc = rows.iter().find(|r| r.protocol == "heldout" && r.key == "classifier").unwrap().value;
+    let ccr: Vec<f64> = rows.iter().filter(|r| r.protocol == "heldout" && r.metric.starts_with("ccr_fpr")).map(|r| r.value).collect();
+    assert!(!ccr.is_empty() && ccr.iter().all(|c| (0.0..=acc + 1e-12).contains(c)));
+    // One scores entry per (protocol, detector); the oracle's per OOD set where its choice differs between sets.
+    assert_eq!(study.scores.iter().filter(|s| s.protocol != oodnc::ood::Protocol::Oracle).count(), names.len() * 3);
+    let oracle = study.scores_of(oodnc::ood::Protocol::Oracle);
+    assert!((names.len()..=names.len() * sets.ood.len()).contains(&oracle.len()));
+    assert_eq!(oracle.iter().map(|s| s.ood.len()).sum::<usize>(), names.len() * sets.ood.len());
     // The study returns its fitted detectors: scoring again gives the table's scores.
-    let knn = study.scores.iter().find(|s| s.spec.name() == "knn").unwrap();
+    let knn = study.scores.iter().find(|s| s.spec.name() == "knn" && s.protocol == study.headline).unwrap();
     let test = run.features(last, &sets.id_test, ExtractOptions::default(), cpu).unwrap();
-    assert_eq!(knn.fitted.score_vec(&test).unwrap(), knn.id);
-    assert!(study.scores.iter().all(|s| s.id.len() == sets.id_test.len() && s.ood.len() == sets.ood.len()));
+    assert_eq!(knn.fitted.as_ref().unwrap().score_vec(&test).unwrap(), knn.id);
+    assert!(study.scores.iter().all(|s| s.id.len() == sets.id_test.len()));
     assert!(run.table(Table::OodMetrics).exists() && run.table(Table::OodSelection).exists());
-    // Every detector against the best on every OOD set, the best tied with itself.
+    // Every detector against the best on every OOD set per protocol, the best tied with itself.
     let sig = oodnc::results::read_csv(&run.table(Table::OodSignificance)).unwrap();
-    assert_eq!(sig.height(), names.len() * sets.ood.len());
+    assert_eq!(sig.height(), protocols.len() * names.len() * sets.ood.len());
     let tied_col = sig.column("tied").unwrap().i64().unwrap().clone();
     let tied: i64 = (0..tied_col.len()).filter_map(|i| tied_col.get(i)).sum();
-    assert!(tied >= sets.ood.len() as i64);
-    // The figures reuse the study's choices.
-    let spec = oodnc::run_figures::chosen_spec(run.dir(), last, "vim").unwrap();
-    assert_eq!(&spec, &study.selections.iter().find(|(_, s)| s.chosen.name() == "vim").unwrap().1.chosen);
+    assert!(tied >= (protocols.len() * sets.ood.len()) as i64);
+    // The figures reuse the study's choices (the headline protocol's), read back typed.
+    let spec = oodnc::run_figures::chosen_spec(run.dir(), last, "vim", study.headline).unwrap();
+    let sel = study.selections.iter().find(|s| s.detector == "vim" && s.protocol == study.headline).unwrap();
+    assert_eq!(&spec, sel.single().unwrap());
+    let back = oodnc::run_figures::read_selections(run.dir()).unwrap();
+    assert_eq!(back.len(), study.selections.len());
+    let back_vim = back.iter().find(|s| s.detector == "vim" && s.protocol == study.headline).unwrap();
+    assert_eq!(back_vim.candidates.len(), sel.candidates.len());
+    assert_eq!(back_vim.informative, sel.informative);
+    // A second call with one detector merges: the other detectors' rows stay.
+    let before = oodnc::results::read_csv(&run.table(Table::OodMetrics)).unwrap().height();
+    oodnc::ood::pipeline::study(&run, &[last], &["msp"], 0, cpu).unwrap();
+    assert_eq!(oodnc::results::read_csv(&run.table(Table::OodMetrics)).unwrap().height(), before);
     // Fitted state is typed and inspectable; estimated values are apart from the hyperparameters.
     let val = run.features(last, &sets.id_val, ExtractOptions::default(), cpu).unwrap();
     let fitted = spec.fit(&FitData { train: &train, val: Some(&val), weight: &w, bias: &b }).unwrap();
@@ -83,7 +123,7 @@ fn the_ci_study_end_to_end_through_run() {
     let figs = t.path().join("figures");
     let written = oodnc::run_figures::write_run_figures(run.dir(), &run.figures_dir(&figs), cpu).unwrap();
     assert!(written.iter().all(|p| p.starts_with(figs.join("ci"))));
-    for stem in ["training_curves", "ood_summary_auroc", "nc_evolution_all", "nc_by_layer"] {
+    for stem in ["training_curves", "ood_summary_auroc", "ood_hyperparameter_sensitivity", "nc_evolution_all", "nc_by_layer"] {
         assert!(written.iter().any(|p| p.file_stem().unwrap() == stem), "{stem} missing: {written:?}");
     }
 }

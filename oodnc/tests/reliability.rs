@@ -35,7 +35,16 @@ fn text(o: &Output) -> String {
 }
 
 fn tiny_synth() -> SynthConfig {
-    SynthConfig { classes: 10, train_per_class: 12, test_per_class: 4, near_per_class: 4, digits_test: 40, textures_per_class: 3, seed: 0 }
+    SynthConfig {
+        classes: 10,
+        train_per_class: 12,
+        test_per_class: 4,
+        near_per_class: 4,
+        digits_test: 40,
+        textures_per_class: 3,
+        heldout_per_class: 2,
+        seed: 0,
+    }
 }
 
 fn tiny_config(root: &Path) -> RunConfig {
@@ -320,7 +329,9 @@ fn results_are_merged_never_shrunk() {
     assert!(o.status.success(), "{}", text(&o));
     let after = std::fs::read_to_string(&csv).unwrap();
     for (d, e) in [("msp", 1), ("msp", 2), ("energy", 1), ("energy", 2), ("maxlogit", 2)] {
-        assert!(after.lines().any(|l| l.starts_with(&format!("{e},{d},"))), "{d} at {e} lost:\n{after}");
+        for p in ["jigsaw", "heldout", "defaults", "oracle"] {
+            assert!(after.lines().any(|l| l.starts_with(&format!("{e},{p},{d},"))), "{p} {d} at {e} lost:\n{after}");
+        }
     }
     assert!(after.lines().count() > before.lines().count());
     // Recomputing replaces the same rows instead of duplicating them.
@@ -342,7 +353,11 @@ fn results_are_merged_never_shrunk() {
     let cfg = RunConfig::read(run.join("config.toml")).unwrap();
     let sets = oodnc::data::protocol::load_eval_sets(&cfg).unwrap();
     let per_detector = sets.id_test.len() + sets.ood.iter().map(|d| d.len()).sum::<usize>();
-    assert_eq!(lines.len() - 1, 2 * per_detector);
+    // Every protocol's scores; one row per (detector, dataset, sample) under each.
+    for p in ["jigsaw", "heldout", "defaults"] {
+        assert_eq!(lines.iter().filter(|l| l.contains(&format!(",{p},"))).count(), 2 * per_detector, "{p}");
+    }
+    assert!(lines.iter().filter(|l| l.contains(",oracle,")).count() >= 2 * per_detector);
     assert!(lines[1].starts_with("r,2,msp,jigsaw,id-test,0,"), "{}", lines[1]);
     let o = with_scores("msp");
     assert!(!o.status.success() && text(&o).contains("does not overwrite"), "{}", text(&o));

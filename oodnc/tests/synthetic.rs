@@ -9,7 +9,16 @@ use oodnc::data::synthetic::{generate, SynthConfig};
 use oodnc::data::{cifar, svhn, Part};
 
 fn small() -> SynthConfig {
-    SynthConfig { classes: 12, train_per_class: 10, test_per_class: 4, near_per_class: 3, digits_test: 20, textures_per_class: 6, seed: 5 }
+    SynthConfig {
+        classes: 12,
+        train_per_class: 10,
+        test_per_class: 4,
+        near_per_class: 3,
+        digits_test: 20,
+        textures_per_class: 6,
+        heldout_per_class: 3,
+        seed: 5,
+    }
 }
 
 #[test]
@@ -55,4 +64,40 @@ fn synthetic_config_is_validated() {
     assert!(generate(t.path(), &SynthConfig { classes: 5, ..small() }).is_err());
     assert!(generate(t.path(), &SynthConfig { classes: 101, ..small() }).is_err());
     assert!(generate(t.path(), &SynthConfig { train_per_class: 0, ..small() }).is_err());
+}
+
+#[test]
+fn the_ood_validation_family_is_tinyimagenet_val_shaped_and_independent_of_the_others() {
+    use oodnc::data::synthetic::{ensure, Manifest, MANIFEST, TIN_VAL};
+    let (a, b) = (TempDir::new("synth-tin-a"), TempDir::new("synth-tin-b"));
+    let s = generate(a.path(), &small()).unwrap();
+    assert_eq!(s.heldout, 24);
+    generate(b.path(), &SynthConfig { heldout_per_class: 1, ..small() }).unwrap();
+    // Its own seed stream: every file of the other families is the same whatever its size.
+    let m: Manifest = serde_json::from_str(&std::fs::read_to_string(a.path().join(MANIFEST)).unwrap()).unwrap();
+    let mb: Manifest = serde_json::from_str(&std::fs::read_to_string(b.path().join(MANIFEST)).unwrap()).unwrap();
+    let others: Vec<&String> = m.files.keys().filter(|f| !f.starts_with("tiny-imagenet-200/")).collect();
+    assert!(others.len() > 20);
+    for f in &others {
+        assert_eq!(m.files[*f], mb.files[*f], "{f}");
+    }
+    // TinyImageNet's val layout: 64x64 JPEGs and the annotations file, read by the image-folder reader.
+    let img = image::open(a.path().join(TIN_VAL).join("images/val_0.JPEG")).unwrap();
+    assert_eq!((img.width(), img.height()), (64, 64));
+    let ann = std::fs::read_to_string(a.path().join(TIN_VAL).join("val_annotations.txt")).unwrap();
+    assert_eq!(ann.lines().count(), 24);
+    assert!(ann.starts_with("val_0.JPEG\t"));
+    let ds = oodnc::data::image_folder::load_image_folder(a.path().join(TIN_VAL), "tin-val", Resize::default()).unwrap();
+    assert_eq!(ds.images.size(), vec![24, 3, 32, 32]);
+    // A dataset written before the family existed (no such files in its manifest) gets it
+    // added, every other file byte-identical.
+    let c = TempDir::new("synth-tin-old");
+    generate(c.path(), &small()).unwrap();
+    let mut old: Manifest = serde_json::from_str(&std::fs::read_to_string(c.path().join(MANIFEST)).unwrap()).unwrap();
+    old.files.retain(|f, _| !f.starts_with("tiny-imagenet-200/"));
+    std::fs::remove_dir_all(c.path().join("tiny-imagenet-200")).unwrap();
+    std::fs::write(c.path().join(MANIFEST), serde_json::to_string(&old).unwrap()).unwrap();
+    ensure(c.path(), &small()).unwrap();
+    let mc: Manifest = serde_json::from_str(&std::fs::read_to_string(c.path().join(MANIFEST)).unwrap()).unwrap();
+    assert_eq!(mc.files, m.files);
 }

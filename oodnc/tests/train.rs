@@ -142,7 +142,12 @@ fn evaluation_sets_follow_the_protocol_and_take_extra_ood_folders() {
     for i in 0..3 {
         image::GrayImage::from_pixel(28, 28, image::Luma([40 * i as u8])).save(folder.join(format!("{i}.png"))).unwrap();
     }
-    cfg.data.extra_ood = vec![oodnc::config::ExtraOod { name: "mnist-like".into(), path: t.path().join("mnist-like") }];
+    cfg.data.extra_ood = vec![oodnc::config::ExtraOod {
+        name: "mnist-like".into(),
+        path: t.path().join("mnist-like"),
+        format: Default::default(),
+        list: None,
+    }];
     let sets = oodnc::data::protocol::load_eval_sets(&cfg).unwrap();
     let names: Vec<&str> = sets.ood.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, vec!["svhn", "cifar10", "textures", "mnist-like"]);

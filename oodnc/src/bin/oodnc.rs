@@ -58,7 +58,8 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         bootstrap: usize,
         /// Also write every per-sample score of this call (run, epoch, detector, protocol,
-        /// dataset, index, score) to this CSV file (it must not exist yet).
+        /// dataset, index, score) to this file: Parquet when it ends in `.parquet`, CSV
+        /// otherwise (it must not exist yet).
         #[arg(long)]
         scores: Option<PathBuf>,
     },
@@ -86,6 +87,26 @@ enum Command {
         runs: PathBuf,
         #[arg(long, default_value = "figures")]
         out: PathBuf,
+    },
+    /// Mean ± std across runs that differ only in their seed (e.g. --runs 'runs/seed-*'),
+    /// next to each run's own bootstrap intervals; reads the runs' tables, writes a CSV
+    /// (or Parquet) summary and a figure with the seed spread.
+    Report {
+        /// Run folders; the last component may hold `*` (quote it so the shell does not expand it, or let it).
+        #[arg(long, num_args = 1.., required = true)]
+        runs: Vec<String>,
+        /// Selection protocol of the OOD rows (default: the runs' headline).
+        #[arg(long, value_enum)]
+        protocol: Option<oodnc::ood::Protocol>,
+        /// Epoch (default: the last one every run has evaluated).
+        #[arg(long)]
+        epoch: Option<i64>,
+        /// Summary table (CSV, or Parquet when it ends in .parquet); must not exist yet.
+        #[arg(long, default_value = "seed-summary.csv")]
+        out: PathBuf,
+        /// Folder for the seed-spread figure (PNG + SVG).
+        #[arg(long, default_value = "figures/seeds")]
+        figures: PathBuf,
     },
     /// Benchmarks; each prints a ratio against a baseline measured in the same run.
     Bench {
@@ -532,9 +553,11 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             names.retain(|d| seen.insert(*d));
             let study = oodnc::ood::pipeline::study(&r, &eps, &names, bootstrap, oodnc::device::best_device())?;
             let last = oodnc::report::last_epoch(&study.rows)?;
-            println!("{}", oodnc::report::ood_table(&study.rows, last)?);
+            let head = study.headline;
+            println!("headline protocol: {head} ({})", head.describe());
+            println!("{}", oodnc::report::ood_table(&study.headline_rows(), last)?);
             println!("scores: higher = more in-distribution; FPR95 = fraction of OOD accepted at 95% ID recall");
-            let at_last: Vec<_> = study.scores.iter().filter(|s| s.epoch == last).collect();
+            let at_last: Vec<&oodnc::ood::eval::DetectorScores> = study.scores_of(head).into_iter().filter(|s| s.epoch == last).collect();
             if at_last.len() > 1 {
                 let sets: Vec<&String> = at_last[0].ood.iter().map(|(n, _)| n).collect();
                 for set in sets {
@@ -551,12 +574,45 @@ fn run(cli: Cli) -> oodnc::Result<()> {
                     }
                 }
             }
+            println!(
+                "\nselection protocols side by side (epoch {last}):\n{}",
+                oodnc::report::protocol_table(&study.rows, &study.selections, last)?
+            );
+            let flagged: Vec<String> = study
+                .selections
+                .iter()
+                .filter(|s| s.epoch == last && s.informative == Some(false))
+                .map(|s| format!("{}/{} ({:.3})", s.protocol, s.detector, s.best_val_auroc.unwrap_or(f64::NAN)))
+                .collect();
+            if !flagged.is_empty() {
+                println!(
+                    "uninformative selections (best validation AUROC below {}; defaults used): {}",
+                    r.config().ood.uninformative_below,
+                    flagged.join(", ")
+                );
+            }
             println!("table: {}", study.csv.display());
             if let Some(p) = &scores {
-                let mut df = oodnc::ood::eval::scores_frame(&r.name(), "jigsaw", &study.scores)?;
-                oodnc::results::write_csv(&mut df, p)?;
+                let mut df = oodnc::ood::eval::scores_frame(&r.name(), &study.scores)?;
+                oodnc::results::write_table(&mut df, p)?;
                 println!("per-sample scores ({} rows): {}", df.height(), p.display());
             }
+        }
+        Command::Report { runs, protocol, epoch, out, figures } => {
+            if out.exists() {
+                return Err(oodnc::Error::param(
+                    "--out",
+                    format!("{} exists; oodnc does not overwrite it, name a new file", out.display()),
+                ));
+            }
+            let dirs = oodnc::seeds::expand_runs(&runs)?;
+            let summary = oodnc::seeds::aggregate(&dirs, protocol, epoch)?;
+            println!("{}", summary.markdown());
+            let mut df = summary.frame()?;
+            oodnc::results::write_table(&mut df, &out)?;
+            std::fs::create_dir_all(&figures).map_err(|e| oodnc::Error::io(&figures, e))?;
+            summary.figure()?.save_both(&figures, "seed_spread_auroc")?;
+            println!("summary ({} rows): {}; figure: {}", df.height(), out.display(), figures.join("seed_spread_auroc.png").display());
         }
         Command::Bench { what, quick, precision, channels_last, steps, detectors } => {
             let device = oodnc::device::best_device();

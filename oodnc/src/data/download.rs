@@ -19,6 +19,10 @@ use std::path::{Path, PathBuf};
 pub enum Unpack {
     /// A `.tar.gz` whose top folder `top` is moved to `<root>/<dest>`.
     TarGz { top: &'static str },
+    /// A plain `.tar` whose top folder `top` is moved to `<root>/<dest>`.
+    Tar { top: &'static str },
+    /// A `.zip` whose top folder `top` is moved to `<root>/<dest>`.
+    Zip { top: &'static str },
     /// A plain file moved to `<root>/<dest>`.
     File,
 }
@@ -41,12 +45,12 @@ pub struct Resource {
 
 /// The official files of each dataset.
 pub fn resources(dataset: &str) -> Result<Vec<Resource>> {
-    let r = |dataset, url: &str, md5: &str, size, unpack, dest: &str| Resource {
+    let r = |dataset, url: &str, md5: &str, size: u64, unpack, dest: &str| Resource {
         dataset,
         url: url.to_string(),
         file_name: url.rsplit('/').next().unwrap_or(url).to_string(),
         md5: md5.to_string(),
-        size: Some(size),
+        size: (size > 0).then_some(size),
         unpack,
         dest: PathBuf::from(dest),
     };
@@ -93,22 +97,55 @@ pub fn resources(dataset: &str) -> Result<Vec<Resource>> {
             Unpack::TarGz { top: "dtd" },
             "dtd",
         )],
-        "all" => {
+        // OpenOOD v1.5's other CIFAR-100 sets: MNIST (far), TinyImageNet (its val
+        // folder is the held-out OOD validation set), Places365 (far; val_256).
+        "mnist" => ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+            .iter()
+            .zip([("9fb629c4189551a2d022fa330f9573f3", 1_648_877), ("ec29112dd5afa0611ce80d1b7f02629c", 4_542)])
+            .map(|(f, (md5, size))| {
+                r("mnist", &format!("https://ossci-datasets.s3.amazonaws.com/mnist/{f}"), md5, size, Unpack::File, &format!("mnist/{f}"))
+            })
+            .collect(),
+        "tin" => vec![r(
+            "tin",
+            "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
+            "90528d7ca1a48142e341f4ef8d21d0de",
+            248_100_043,
+            Unpack::Zip { top: "tiny-imagenet-200" },
+            "tiny-imagenet-200",
+        )],
+        "places365" => vec![r(
+            "places365",
+            "http://data.csail.mit.edu/places/places365/val_256.tar",
+            "e27b17d8d44f4af9a78502beb927f808",
+            0,
+            Unpack::Tar { top: "val_256" },
+            "places365/val_256",
+        )],
+        "all" | "openood" => {
             let mut v = Vec::new();
-            for d in DATASETS {
+            for d in if dataset == "all" { &DATASETS[..] } else { &OPENOOD_EXTRA[..] } {
                 v.extend(resources(d)?);
             }
             v
         }
         other => {
-            return Err(Error::Unknown { kind: "dataset".into(), name: other.into(), known: "cifar100, cifar10, svhn, dtd, all".into() })
+            return Err(Error::Unknown {
+                kind: "dataset".into(),
+                name: other.into(),
+                known: "cifar100, cifar10, svhn, dtd, all (these four), mnist, tin, places365, openood (these three)".into(),
+            })
         }
     };
     Ok(all)
 }
 
-/// The datasets `fetch --dataset all` covers.
+/// The datasets `fetch --dataset all` covers (the coursework's).
 pub const DATASETS: [&str; 4] = ["cifar100", "cifar10", "svhn", "dtd"];
+/// The datasets `fetch --dataset openood` covers: OpenOOD v1.5's other CIFAR-100
+/// sets. Configure them as `data.extra_ood` (`mnist` with `format = "mnist"`,
+/// `places365` as a folder) and TinyImageNet's `val/` as `ood.heldout`.
+pub const OPENOOD_EXTRA: [&str; 3] = ["mnist", "tin", "places365"];
 
 /// MD5 of a file, lowercase hex.
 pub fn md5_file(path: &Path) -> Result<String> {
@@ -214,13 +251,17 @@ pub fn install(root: &Path, res: &Resource, file: &Path) -> Result<PathBuf> {
             std::fs::copy(file, dest.with_extension("tmp-install")).at(&dest)?;
             std::fs::rename(dest.with_extension("tmp-install"), &dest).at(&dest)?;
         }
-        Unpack::TarGz { top } => {
+        Unpack::TarGz { top } | Unpack::Tar { top } | Unpack::Zip { top } => {
             let tmp = root.join(format!(".extract-{}-{}", res.dataset, std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir_all(&tmp).at(&tmp)?;
             let f = std::fs::File::open(file).at(file)?;
-            let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
-            ar.unpack(&tmp).map_err(|e| Error::format(file, format!("cannot extract archive: {e}")))?;
+            let bad = |e: String| Error::format(file, format!("cannot extract archive: {e}"));
+            match res.unpack {
+                Unpack::TarGz { .. } => tar::Archive::new(flate2::read::GzDecoder::new(f)).unpack(&tmp).map_err(|e| bad(e.to_string()))?,
+                Unpack::Tar { .. } => tar::Archive::new(f).unpack(&tmp).map_err(|e| bad(e.to_string()))?,
+                _ => zip::ZipArchive::new(f).and_then(|mut z| z.extract(&tmp)).map_err(|e| bad(e.to_string()))?,
+            }
             let extracted = tmp.join(top);
             if !extracted.is_dir() {
                 let _ = std::fs::remove_dir_all(&tmp);

@@ -100,6 +100,57 @@ pub fn decode_many(paths: &[PathBuf], resize: Resize) -> Result<Vec<u8>> {
     Ok(all)
 }
 
+/// Reads the images an image list names (OpenOOD's `benchmark_imglist` format:
+/// one `relative/path [label]` per line, blank lines and `#` comments skipped),
+/// relative to `root`. Labels (when given) are kept; a path that is missing or
+/// leaves `root` is an error naming the list and its line.
+pub fn load_image_list(root: impl AsRef<Path>, list: impl AsRef<Path>, name: &str, resize: Resize) -> Result<Dataset> {
+    let (root, list) = (root.as_ref(), list.as_ref());
+    let text = std::fs::read_to_string(list).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Missing {
+            what: format!("image list for '{name}'"),
+            path: list.to_path_buf(),
+            hint: "; one `relative/path [label]` per line (OpenOOD's benchmark_imglist format)".into(),
+        },
+        _ => Error::io(list, e),
+    })?;
+    let (mut paths, mut labels) = (Vec::new(), Vec::new());
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let rel = Path::new(parts.next().unwrap_or_default());
+        if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(Error::format(
+                list,
+                format!("line {}: '{}' must be relative to {} without '..'", i + 1, rel.display(), root.display()),
+            ));
+        }
+        let label = match parts.next() {
+            None => 0,
+            Some(l) => l.parse::<i64>().map_err(|_| Error::format(list, format!("line {}: label '{l}' is not an integer", i + 1)))?.max(0),
+        };
+        let p = root.join(rel);
+        if !p.is_file() {
+            return Err(Error::Missing {
+                what: format!("image listed on line {} of {}", i + 1, list.display()),
+                path: p,
+                hint: format!("; the list's paths are relative to {}", root.display()),
+            });
+        }
+        paths.push(p);
+        labels.push(label);
+    }
+    if paths.is_empty() {
+        return Err(Error::format(list, "lists no images"));
+    }
+    let classes = (0..=labels.iter().copied().max().unwrap_or(0)).map(|c| c.to_string()).collect();
+    let pixels = decode_many(&paths, resize)?;
+    Dataset::from_raw(name, pixels, labels, classes)
+}
+
 fn is_image(p: &Path) -> bool {
     p.extension().and_then(|e| e.to_str()).map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())).unwrap_or(false)
 }

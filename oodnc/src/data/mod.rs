@@ -20,6 +20,7 @@ pub mod dtd;
 pub mod image_folder;
 pub mod loader;
 pub mod mat;
+pub mod mnist;
 pub mod protocol;
 pub mod split;
 pub mod svhn;

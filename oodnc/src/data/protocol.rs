@@ -5,11 +5,16 @@
 //! - OOD test sets: `svhn` (far), `cifar10` (near), `textures` (far; DTD test
 //!   partition 1, resized by `data.dtd_resize`). The seeded protocol uses the full
 //!   sets; `seed_compatible` the original's 10 % subsets.
-//! - OOD validation: `ood-val`, **not** any test set: ID validation images cut into
-//!   a 4x4 grid of 8x8 tiles and shuffled ("jigsaw" outliers, seeded). Local
-//!   statistics stay ID-like while the global structure is gone. Hyperparameters
-//!   are chosen on ID-val vs this set only.
-//! - Extra OOD test sets from `data.extra_ood` (image folders), when configured.
+//! - OOD validation, **never** a test set (see [`crate::ood::protocol`] for the
+//!   selection protocols that use them):
+//!   - `ood-val`: ID validation images cut into a 4x4 grid of 8x8 tiles and
+//!     shuffled ("jigsaw" outliers, seeded). Local statistics stay ID-like while
+//!     the global structure is gone (protocol `jigsaw`).
+//!   - the held-out set of `ood.heldout` (default `tin-val`: TinyImageNet val
+//!     under the data root; the embedded dataset has its own family there),
+//!     loaded when the `heldout` protocol is configured.
+//! - Extra OOD test sets from `data.extra_ood` (image folders, image lists, or
+//!   MNIST's IDX files), when configured.
 
 use super::dtd::{load_dtd, DtdSplit};
 use super::split::SeedSubset;
@@ -26,7 +31,10 @@ pub struct EvalSets {
     pub id_test: Dataset,
     /// OOD test sets, named `svhn`, `cifar10`, `textures`.
     pub ood: Vec<Dataset>,
+    /// Jigsaw outliers of ID val (protocol `jigsaw`).
     pub ood_val: Dataset,
+    /// The held-out OOD validation set (protocol `heldout`), when configured.
+    pub heldout: Option<Dataset>,
 }
 
 /// Jigsaw outliers: each image's 4x4 grid of tiles randomly permuted (seeded).
@@ -96,14 +104,50 @@ pub fn load_eval_sets(cfg: &RunConfig) -> Result<EvalSets> {
     let idx = proto.ood_subset(SeedSubset::DtdTest1, tex.len())?;
     ood.push(tex.subset(&idx, "textures")?);
     for extra in &cfg.data.extra_ood {
-        ood.push(super::image_folder::load_image_folder(&extra.path, &extra.name, cfg.data.dtd_resize)?);
+        ood.push(load_extra(extra, cfg.data.dtd_resize)?);
     }
     let ood_val = jigsaw(&run.val, cfg.seed, crate::names::OOD_VAL)?;
+    let heldout = if cfg.ood.protocols.contains(&crate::ood::Protocol::Heldout) { Some(load_heldout(cfg)?) } else { None };
     let mut id_train = run.train;
     id_train.name = crate::names::ID_TRAIN.into();
     let mut id_test = run.test;
     id_test.name = crate::names::ID_TEST.into();
-    Ok(EvalSets { id_train, id_val: run.val, id_test, ood, ood_val })
+    Ok(EvalSets { id_train, id_val: run.val, id_test, ood, ood_val, heldout })
+}
+
+/// Loads an extra OOD test set in its configured format.
+pub fn load_extra(extra: &crate::config::ExtraOod, resize: super::image_folder::Resize) -> Result<Dataset> {
+    use crate::config::ExtraFormat;
+    match (extra.format, &extra.list) {
+        (ExtraFormat::Mnist, _) => super::mnist::load_mnist(&extra.path, Part::Test, &extra.name),
+        (ExtraFormat::Folder, Some(list)) => super::image_folder::load_image_list(&extra.path, list, &extra.name, resize),
+        (ExtraFormat::Folder, None) => super::image_folder::load_image_folder(&extra.path, &extra.name, resize),
+    }
+}
+
+/// Loads the held-out OOD validation set of `cfg.ood.heldout` (its path is
+/// relative to the data root unless absolute). Missing data is an error saying
+/// where to put it and how to do without.
+pub fn load_heldout(cfg: &RunConfig) -> Result<Dataset> {
+    let h = &cfg.ood.heldout;
+    let dir = if h.path.is_absolute() { h.path.clone() } else { cfg.data.root.join(&h.path) };
+    if !dir.is_dir() {
+        return Err(Error::Missing {
+            what: format!("held-out OOD validation set '{}' (selection protocol `heldout`)", h.name),
+            path: dir,
+            hint:
+                "; for TinyImageNet val: `oodnc data fetch --dataset tin --root <data root>`, or point ood.heldout.path at any image \
+                   folder disjoint from the test sets; or drop `heldout` from ood.protocols (and set ood.headline) in the run's config.toml"
+                    .into(),
+        });
+    }
+    match &h.list {
+        Some(list) => {
+            let list = if list.is_absolute() { list.clone() } else { cfg.data.root.join(list) };
+            super::image_folder::load_image_list(&dir, &list, &h.name, cfg.data.dtd_resize)
+        }
+        None => super::image_folder::load_image_folder(&dir, &h.name, cfg.data.dtd_resize),
+    }
 }
 
 #[cfg(test)]

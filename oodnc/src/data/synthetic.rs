@@ -14,6 +14,12 @@
 //!   three digits, on coloured backgrounds.
 //! - **Far OOD**, playing Textures (`dtd/`, JPEGs of various sizes with 10 official-style
 //!   partitions): gratings, checkerboards, dots, grids, zigzags, marble, cracks, waves.
+//! - **OOD validation**, playing TinyImageNet val (`tiny-imagenet-200/val/`, its layout:
+//!   64x64 JPEGs in `images/` and `val_annotations.txt`): eight shapes that are in
+//!   no other family (heart, arrow, hexagon, L, T, hourglass, half-disk, pentagon ring),
+//!   any hue, on the ID backgrounds. Disjoint from the three test families, so the
+//!   `heldout` selection protocol never sees a test set. It is drawn from its own
+//!   seed stream: adding it left every file of the other families byte-identical.
 //!
 //! Everything is a function of `seed`, so the files are byte-identical across runs.
 
@@ -38,7 +44,14 @@ pub struct SynthConfig {
     pub digits_test: usize,
     /// Texture images per texture class (8 classes); partitions list a third each.
     pub textures_per_class: usize,
+    /// Held-out OOD-validation ("TinyImageNet val") images per novel shape (8 shapes).
+    #[serde(default = "default_heldout_per_class")]
+    pub heldout_per_class: usize,
     pub seed: u64,
+}
+
+fn default_heldout_per_class() -> usize {
+    40
 }
 
 impl Default for SynthConfig {
@@ -51,6 +64,7 @@ impl Default for SynthConfig {
             near_per_class: 100,
             digits_test: 1000,
             textures_per_class: 60,
+            heldout_per_class: default_heldout_per_class(),
             seed: 0,
         }
     }
@@ -67,6 +81,7 @@ impl SynthConfig {
             ("test_per_class", self.test_per_class),
             ("near_per_class", self.near_per_class),
             ("digits_test", self.digits_test),
+            ("heldout_per_class", self.heldout_per_class),
         ] {
             if v == 0 {
                 return Err(Error::param(name, "must be at least 1"));
@@ -78,6 +93,7 @@ impl SynthConfig {
             ("near_per_class", 10 * self.near_per_class, 1_000_000),
             ("digits_test", self.digits_test, 1_000_000),
             ("textures_per_class", TEXTURES.len() * self.textures_per_class, 100_000),
+            ("heldout_per_class", NOVEL_SHAPES.len() * self.heldout_per_class, 100_000),
         ];
         for (name, total, max) in limits {
             if total > max {
@@ -416,6 +432,8 @@ pub struct SynthSummary {
     pub near_ood: usize,
     pub digits_ood: usize,
     pub textures: usize,
+    /// The OOD-validation family ("TinyImageNet val").
+    pub heldout: usize,
 }
 
 /// File name of the manifest, written last: the generator's config, the counts
@@ -483,8 +501,96 @@ pub fn planned_files(cfg: &SynthConfig) -> Vec<String> {
     for part in 1..=10 {
         v.extend(["train", "val", "test"].iter().map(|k| format!("dtd/labels/{k}{part}.txt")));
     }
+    v.push(format!("{TIN_VAL}/val_annotations.txt"));
+    v.push("tiny-imagenet-200/wnids.txt".into());
+    v.extend((0..NOVEL_SHAPES.len() * cfg.heldout_per_class).map(|i| format!("{TIN_VAL}/images/val_{i}.JPEG")));
     v.sort();
     v
+}
+
+/// Where the OOD-validation family lives (TinyImageNet's val layout).
+pub const TIN_VAL: &str = "tiny-imagenet-200/val";
+
+/// The OOD-validation family's shapes (in no other family).
+pub const NOVEL_SHAPES: [&str; 8] = ["heart", "arrow", "hexagon", "l-shape", "t-shape", "hourglass", "half-disk", "pentagon-ring"];
+
+/// Signed inside-ness of novel shape `kind` at (x, y): > 0 inside.
+fn novel_field(kind: usize, x: f64, y: f64) -> f64 {
+    let (ax, ay) = (x.abs(), y.abs());
+    let r = (x * x + y * y).sqrt();
+    let poly = |n: f64, x: f64, y: f64| {
+        // Regular n-gon of circumradius 0.9, flat side at the bottom.
+        let a = y.atan2(x) + PI / 2.0;
+        let sector = 2.0 * PI / n;
+        let t = (a.rem_euclid(sector)) - sector / 2.0;
+        0.9 * (sector / 2.0).cos() - (x * x + y * y).sqrt() * t.cos()
+    };
+    match kind % NOVEL_SHAPES.len() {
+        0 => {
+            // heart: two lobes above a point.
+            let l = 0.42 - ((x - 0.38).powi(2) + (y + 0.25).powi(2)).sqrt();
+            let rr = 0.42 - ((x + 0.38).powi(2) + (y + 0.25).powi(2)).sqrt();
+            let tri = (0.9 - y - 1.1 * ax).min(y + 0.3);
+            l.max(rr).max(tri)
+        }
+        1 => (0.22 - ay).min(0.5 - x).min(x + 0.9).max((0.45 - (x - 0.35)).min(0.8 - ay - (x - 0.35)).min(x - 0.05)), // arrow
+        2 => poly(6.0, x, y),                                                                                         // hexagon
+        3 => (0.25 - (x + 0.5).abs()).min(0.9 - ay).max((0.25 - (y - 0.65).abs()).min(0.75 - x.max(-x - 0.75))),      // L
+        4 => (0.25 - (y + 0.6).abs()).min(0.9 - ax).max((0.25 - ax).min(0.9 - ay)),                                   // T
+        5 => (0.9 - ay).min(ay * 0.9 + 0.12 - ax),                                                                    // hourglass
+        6 => (0.9 - r).min(y),                                                                                        // half-disk
+        _ => 0.12 - (poly(5.0, x, y) - 0.15).abs(),                                                                   // pentagon ring
+    }
+}
+
+/// A 64x64 image of novel shape `kind` (any hue) on an ID-like background.
+fn render_novel(rng: &mut SplitMix64, kind: usize) -> Canvas {
+    let mut cv = Canvas::new(64, 64);
+    let bg_h = rng.uniform() * 360.0;
+    let bg_a = hsl(bg_h, 0.25 + 0.2 * rng.uniform(), 0.25 + 0.5 * rng.uniform());
+    let bg_b = hsl(bg_h + 40.0 * rng.normal(), 0.2, 0.2 + 0.6 * rng.uniform());
+    let ga = rng.uniform() * 2.0 * PI;
+    let fg = hsl(rng.uniform() * 360.0, 0.65 + 0.3 * rng.uniform(), 0.4 + 0.25 * rng.uniform());
+    let scale = 0.45 + 0.3 * rng.uniform();
+    let rot = rng.uniform() * 2.0 * PI;
+    let (cx, cy) = (0.25 * rng.normal().clamp(-1.5, 1.5), 0.25 * rng.normal().clamp(-1.5, 1.5));
+    let (s, c) = rot.sin_cos();
+    cv.paint(|u, v, p| {
+        let t = 0.5 + 0.5 * (u * ga.cos() + v * ga.sin());
+        *p = mix(bg_a, bg_b, t);
+        let (x, y) = ((u - cx) / scale, (v - cy) / scale);
+        let (x, y) = (c * x + s * y, -s * x + c * y);
+        let f = novel_field(kind, x, y);
+        *p = mix(*p, fg, (f * scale * 32.0 + 0.5).clamp(0.0, 1.0));
+    });
+    cv.add_noise(rng, 0.05);
+    cv
+}
+
+/// Writes the OOD-validation family in TinyImageNet's val layout (its own
+/// seed stream 50, so no other family's bytes depend on it).
+fn write_tin_val(root: &Path, cfg: &SynthConfig) -> Result<usize> {
+    let dir = root.join(TIN_VAL);
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).at(&images)?;
+    let wnids: Vec<String> = (0..NOVEL_SHAPES.len()).map(|k| format!("n9000{k:04}")).collect();
+    let mut ann = String::new();
+    let n = NOVEL_SHAPES.len() * cfg.heldout_per_class;
+    for i in 0..n {
+        let kind = i % NOVEL_SHAPES.len();
+        let mut rng = SplitMix64::derive(cfg.seed, &[50, i as u64]);
+        let cv = render_novel(&mut rng, kind);
+        let path = images.join(format!("val_{i}.JPEG"));
+        let mut bytes = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 92)
+            .encode_image(&cv.rgb_image())
+            .map_err(|e| Error::format(&path, format!("JPEG encoding: {e}")))?;
+        write_atomic(&path, &bytes)?;
+        ann.push_str(&format!("val_{i}.JPEG\t{}\t0\t0\t63\t63\n", wnids[kind]));
+    }
+    write_atomic(dir.join("val_annotations.txt"), ann.as_bytes())?;
+    write_atomic(root.join("tiny-imagenet-200/wnids.txt"), (wnids.join("\n") + "\n").as_bytes())?;
+    Ok(n)
 }
 
 /// Every file under `root` (relative, with `/`), symbolic links included as
@@ -587,6 +693,11 @@ pub enum Ensured {
 /// another config (a run would silently read other data).
 pub fn ensure(root: &Path, cfg: &SynthConfig) -> Result<Ensured> {
     match inspect(root)? {
+        RootState::Complete(m) if m.config == *cfg && planned_files(cfg).iter().any(|f| !m.files.contains_key(f)) => {
+            // Written by an oodnc without a later family (the OOD-validation one): the
+            // generator adds it; every other file comes out byte-identical.
+            println!("adding the families this oodnc generates to the embedded dataset in {} ...", root.display())
+        }
         RootState::Complete(m) if m.config == *cfg => match verify(root, &m) {
             Ok(()) => return Ok(Ensured::Verified),
             Err(e) => eprintln!("the embedded dataset in {} is not as generated ({e}); regenerating it", root.display()),
@@ -666,7 +777,7 @@ pub fn generate(root: impl AsRef<Path>, cfg: &SynthConfig) -> Result<SynthSummar
     }
     // Another process may have generated it while we waited.
     if let RootState::Complete(m) = inspect(root)? {
-        if m.config == *cfg && verify(root, &m).is_ok() {
+        if m.config == *cfg && plan.iter().all(|f| m.files.contains_key(f)) && verify(root, &m).is_ok() {
             return Ok(summary_of(root, cfg));
         }
     }
@@ -699,6 +810,7 @@ pub fn generate(root: impl AsRef<Path>, cfg: &SynthConfig) -> Result<SynthSummar
             ("near_ood", summary.near_ood),
             ("digits_ood", summary.digits_ood),
             ("textures", summary.textures),
+            ("heldout_ood_val", summary.heldout),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -719,6 +831,7 @@ fn summary_of(root: &Path, cfg: &SynthConfig) -> SynthSummary {
         near_ood: 10 * cfg.near_per_class,
         digits_ood: cfg.digits_test,
         textures: TEXTURES.len() * cfg.textures_per_class,
+        heldout: NOVEL_SHAPES.len() * cfg.heldout_per_class,
     }
 }
 
@@ -803,6 +916,7 @@ fn generate_files(root: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
             write_atomic(labels_dir.join(format!("{kind}{part}.txt")), lists[k].as_bytes())?;
         }
     }
+    let heldout = write_tin_val(root, cfg)?;
     let summary = SynthSummary {
         root: root.to_path_buf(),
         id_train: c * cfg.train_per_class,
@@ -810,6 +924,7 @@ fn generate_files(root: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
         near_ood: 10 * cfg.near_per_class,
         digits_ood: cfg.digits_test,
         textures: n_tex,
+        heldout,
     };
     Ok(summary)
 }

@@ -175,6 +175,8 @@ pub trait Registered: std::fmt::Debug + Default + Send + Sync + Sized + 'static 
     const NAME: &'static str;
     /// One line: what it computes, and the paper.
     const SUMMARY: &'static str;
+    /// Whether it reads the layer taps of the features (the OOD study then extracts them).
+    const NEEDS_TAPS: bool = false;
     /// The fitted state.
     type Fitted: Scorer;
     /// Reads the parameters (defaults for the missing ones). Checking is separate.
@@ -192,6 +194,12 @@ pub trait Registered: std::fmt::Debug + Default + Send + Sync + Sized + 'static 
     /// Candidates for the hyperparameter search (the default alone when nothing is tuned).
     fn grid(_ctx: &GridContext) -> Vec<Self> {
         vec![Self::default()]
+    }
+    /// The paper's defaults, fitted to the data's sizes (what the `defaults`
+    /// selection protocol uses): [`Default`] unless a default does not fit the
+    /// data (ViM's dim >= D, a k above N), then the nearest valid value.
+    fn defaults(_ctx: &GridContext) -> Self {
+        Self::default()
     }
     /// Work shared by the whole grid before it is scored on `sets` (KNN keeps
     /// each set's largest similarities once for every k).
@@ -217,6 +225,10 @@ pub struct Entry {
     pub grid: fn(&GridContext) -> Result<Vec<BoxedDetector>>,
     /// See [`Registered::prepare_grid`].
     pub prepare_grid: fn(&[BoxedDetector], &FeatureSet, &[&FeatureSet]) -> Result<()>,
+    /// See [`Registered::NEEDS_TAPS`].
+    pub needs_taps: bool,
+    /// See [`Registered::defaults`].
+    pub defaults: fn(&GridContext) -> Result<BoxedDetector>,
 }
 
 fn build<T: Registered>(given: &BTreeMap<String, f64>) -> Result<Box<dyn Detector>> {
@@ -242,13 +254,28 @@ fn prepare<T: Registered>(g: &[Box<dyn Detector>], train: &FeatureSet, sets: &[&
     T::prepare_grid(&typed, train, sets)
 }
 
+fn defaults<T: Registered>(ctx: &GridContext) -> Result<Box<dyn Detector>> {
+    let d = T::defaults(ctx);
+    d.check()?;
+    Ok(Box::new(d))
+}
+
 fn names<T: Registered>() -> Vec<&'static str> {
     Registered::params(&T::default()).into_iter().map(|(k, _)| k).collect()
 }
 
 /// The registry line of `T`.
 pub const fn entry<T: Registered>() -> Entry {
-    Entry { name: T::NAME, summary: T::SUMMARY, param_names: names::<T>, build: build::<T>, grid: grid::<T>, prepare_grid: prepare::<T> }
+    Entry {
+        name: T::NAME,
+        summary: T::SUMMARY,
+        param_names: names::<T>,
+        build: build::<T>,
+        grid: grid::<T>,
+        prepare_grid: prepare::<T>,
+        needs_taps: T::NEEDS_TAPS,
+        defaults: defaults::<T>,
+    }
 }
 
 /// A fitted detector: what it was fitted with and its fitted state.
@@ -316,4 +343,6 @@ pub trait ModelDetector {
     const PARAMS: &'static [&'static str];
     /// One line: what it computes, and the paper.
     const SUMMARY: &'static str;
+    /// Whether it reads the layer taps of the features (the OOD study then extracts them).
+    const NEEDS_TAPS: bool = false;
 }

@@ -21,6 +21,14 @@
 //! - **detection_error**: min over thresholds (accept when score >= t, and the
 //!   threshold above every score) of (FPR + FNR) / 2, with ID positive.
 //!
+//! - **ccr_fpr_1e-k** (OpenOOD's CCR@FPR, Dhamija et al. 2018): the fraction of ID
+//!   samples that are correctly classified *and* scored above the threshold
+//!   t = the ceil(fpr * n_OOD)-th largest OOD score (strictly above, as OpenOOD's
+//!   `ccr_fpr`), for fpr in 1e-4, 1e-3, 1e-2, 1e-1. "Correct" is the network's own
+//!   prediction (argmax of its logits); OpenOOD takes each postprocessor's
+//!   prediction, which differs only for detectors that change the logits' argmax
+//!   (feature shaping: ReAct, ASH, DICE, SCALE). No bootstrap interval.
+//!
 //! Confidence intervals: a seeded bootstrap that resamples ID and OOD scores
 //! separately (stratified); every replicate re-weights the pre-sorted scores by
 //! multinomial counts, so a replicate is one O(n) pass.
@@ -216,6 +224,18 @@ pub struct WithCi {
     pub ci_high: f64,
 }
 
+/// The `p`-quantile of `v` (sorted in place; linear interpolation between order
+/// statistics, numpy's default), NaN when empty.
+fn quantile(v: &mut Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let pos = p * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
 /// Every metric with a `level` (e.g. 0.95) percentile bootstrap interval.
 pub fn ood_metrics_ci(id: &[f64], ood: &[f64], reps: usize, level: f64, seed: u64) -> Result<Vec<(&'static str, WithCi)>> {
     if !(0.0 < level && level < 1.0) {
@@ -224,15 +244,7 @@ pub fn ood_metrics_ci(id: &[f64], ood: &[f64], reps: usize, level: f64, seed: u6
     let r = Ranked::new(id, ood)?;
     let point = r.metrics_weighted(None, None);
     let boots = r.bootstrap(reps, seed);
-    let q = |v: &mut Vec<f64>, p: f64| -> f64 {
-        v.sort_by(|a, b| a.total_cmp(b));
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        let pos = p * (v.len() - 1) as f64;
-        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-        v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
-    };
+    let q = quantile;
     Ok(point
         .named()
         .iter()
@@ -241,6 +253,59 @@ pub fn ood_metrics_ci(id: &[f64], ood: &[f64], reps: usize, level: f64, seed: u6
             let mut vals: Vec<f64> = boots.iter().map(|m| m.named()[k].1).collect();
             let a = (1.0 - level) / 2.0;
             (name, WithCi { value, ci_low: q(&mut vals, a), ci_high: q(&mut vals, 1.0 - a) })
+        })
+        .collect())
+}
+
+/// CCR@FPR (see the module docs): ID samples both correct and scored strictly
+/// above the `ceil(fpr * n_ood)`-th largest OOD score, over all ID samples.
+pub fn ccr_at_fpr(id: &[f64], ood: &[f64], correct: &[bool], fpr: f64) -> Result<f64> {
+    check(id, "ID")?;
+    check(ood, "OOD")?;
+    if correct.len() != id.len() {
+        return Err(Error::shape("CCR@FPR", format!("{} correctness flags for {} ID scores", correct.len(), id.len())));
+    }
+    if !(fpr > 0.0 && fpr <= 1.0) {
+        return Err(Error::param("fpr", format!("{fpr} is outside (0, 1]")));
+    }
+    let mut o = ood.to_vec();
+    o.sort_by(|a, b| b.total_cmp(a));
+    let k = ((fpr * o.len() as f64).ceil() as usize).clamp(1, o.len());
+    let t = o[k - 1];
+    Ok(id.iter().zip(correct).filter(|(s, c)| **c && **s > t).count() as f64 / id.len() as f64)
+}
+
+/// Paired bootstrap of the difference of every metric between detector `a` and
+/// detector `b` scored on the same samples (`a - b`): each replicate resamples
+/// the ID and the OOD indices once (stratified, seeded as [`ood_metrics_ci`])
+/// and applies the same resample to both detectors. Returns, per metric, the
+/// point difference and its percentile interval at `level`.
+pub fn paired_differences(
+    a: (&[f64], &[f64]),
+    b: (&[f64], &[f64]),
+    reps: usize,
+    level: f64,
+    seed: u64,
+) -> Result<Vec<(&'static str, WithCi)>> {
+    if a.0.len() != b.0.len() || a.1.len() != b.1.len() {
+        return Err(Error::shape(
+            "paired bootstrap",
+            format!("detectors scored different samples: {} / {} ID, {} / {} OOD", a.0.len(), b.0.len(), a.1.len(), b.1.len()),
+        ));
+    }
+    if !(0.0 < level && level < 1.0) {
+        return Err(Error::param("level", format!("{level} is outside (0, 1)")));
+    }
+    let (ra, rb) = (Ranked::new(a.0, a.1)?, Ranked::new(b.0, b.1)?);
+    let (pa, pb) = (ra.metrics_weighted(None, None).named(), rb.metrics_weighted(None, None).named());
+    // Same seed and sizes: the same resamples for both (see `Ranked::bootstrap`).
+    let (ba, bb) = (ra.bootstrap(reps, seed), rb.bootstrap(reps, seed));
+    let q = quantile;
+    let al = (1.0 - level) / 2.0;
+    Ok((0..pa.len())
+        .map(|k| {
+            let mut d: Vec<f64> = ba.iter().zip(&bb).map(|(x, y)| x.named()[k].1 - y.named()[k].1).collect();
+            (pa[k].0, WithCi { value: pa[k].1 - pb[k].1, ci_low: q(&mut d, al), ci_high: q(&mut d, 1.0 - al) })
         })
         .collect())
 }

@@ -30,6 +30,7 @@ pub use crate::numerics as linalg;
 pub mod metrics;
 pub mod odin;
 pub mod pipeline;
+pub mod protocol;
 pub mod significance;
 
 use crate::error::{Error, Result};
@@ -39,6 +40,7 @@ pub use detector::{Detector, FitData, Fitted, GridContext, ModelDetector, ParamV
 pub use detectors::knn;
 pub use eval::{evaluate, select_hyperparameters, EvalInputs, Selection};
 pub use metrics::{ood_metrics, OodMetrics};
+pub use protocol::{OodConfig, Protocol};
 
 /// A detector by name with its hyperparameters, checked: what the CLI,
 /// notebooks and result tables use (`selection.json` holds these). Built only

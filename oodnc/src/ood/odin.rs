@@ -145,6 +145,43 @@ pub fn select(model: &ResNet18, id_val: &Dataset, ood_val: &Dataset, device: Dev
     Ok(OdinSelection { chosen: best.0, candidates })
 }
 
+/// Every candidate of ODIN's grid ([`TEMPERATURES`] x [`EPSILONS`]), then the
+/// paper's defaults (T = 1000, eps = 0.0014; out of the grid), each scored on
+/// ID-val, the validation OOD set of each of `val` (protocol, set), ID test and
+/// every OOD test set: what [`super::protocol::choose`] needs. One gradient pass
+/// per (temperature, set) serves every eps.
+pub fn candidates(
+    model: &ResNet18,
+    id_val: &Dataset,
+    val: &[(super::Protocol, &Dataset)],
+    id_test: &Dataset,
+    ood: &[Dataset],
+    device: Device,
+    batch: usize,
+) -> Result<Vec<super::protocol::Candidate>> {
+    let spec = |t: f64, e: f64| super::DetectorSpec::new(<Odin as super::ModelDetector>::NAME, &[("t", t), ("epsilon", e)]);
+    let mut out = Vec::new();
+    let d = OdinParams::new(1000.0, 0.0014)?;
+    let runs: Vec<(f64, Vec<f64>, bool)> = TEMPERATURES
+        .iter()
+        .map(|&t| (t, EPSILONS.to_vec(), true))
+        .chain(std::iter::once((d.temperature, vec![d.epsilon], false)))
+        .collect();
+    for (t, eps, in_grid) in runs {
+        let all = |data: &Dataset| -> Result<Vec<Vec<f64>>> { scores(model, data, t, &eps, device, batch)?.iter().map(to_vec).collect() };
+        let v = all(id_val)?;
+        let vs: Vec<(super::Protocol, Vec<Vec<f64>>)> = val.iter().map(|(p, s)| Ok((*p, all(s)?))).collect::<Result<_>>()?;
+        let id = all(id_test)?;
+        let oo: Vec<(String, Vec<Vec<f64>>)> = ood.iter().map(|o| Ok((o.name.clone(), all(o)?))).collect::<Result<_>>()?;
+        for (k, &e) in eps.iter().enumerate() {
+            let vrefs: Vec<(super::Protocol, &[f64], &[f64])> = vs.iter().map(|(p, s)| (*p, &v[k][..], &s[k][..])).collect();
+            let ood_k = oo.iter().map(|(n, s)| (n.clone(), s[k].clone())).collect();
+            out.push(super::protocol::Candidate::new(spec(t, e)?, in_grid, &vrefs, id[k].clone(), ood_k)?);
+        }
+    }
+    Ok(out)
+}
+
 /// A score tensor as a `Vec<f64>`.
 pub fn to_vec(t: &Tensor) -> Result<Vec<f64>> {
     Ok(Vec::<f64>::try_from(t.to_kind(Kind::Double))?)

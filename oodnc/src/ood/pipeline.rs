@@ -1,7 +1,8 @@
 //! The OOD study of a run: features from the cache, hyperparameters chosen on
 //! held-out data, every detector on every OOD set at every requested checkpoint.
 
-use super::eval::{rows_to_frame, select_hyperparameters, EvalInputs, Row, Selection};
+use super::eval::{rows_to_frame, EvalInputs, Row};
+use super::protocol::{Protocol, ProtocolSelection};
 use crate::data::protocol::EvalSets;
 use crate::error::{Error, Result};
 use crate::features::{cached, ExtractOptions, FeatureSet};
@@ -11,17 +12,48 @@ use tch::Device;
 
 /// Results of [`run`].
 pub struct OodStudy {
-    /// Long form: epoch, detector, dataset, metric, value, ci_low, ci_high.
+    /// Long form: epoch, protocol, detector, dataset, metric, value, ci_low,
+    /// ci_high; every configured protocol, and the group means (`mean:<group>`).
     pub frame: DataFrame,
     /// The same rows (key = detector).
     pub rows: Vec<Row>,
-    /// Chosen hyperparameters per (epoch, detector).
-    pub selections: Vec<(i64, Selection)>,
+    /// The run's headline protocol (`ood.headline`).
+    pub headline: Protocol,
+    /// What each protocol chose per (epoch, detector), with the evidence.
+    pub selections: Vec<ProtocolSelection>,
     /// The fitted detectors and the scores behind the table (ID test and every
-    /// OOD test set), per (epoch, feature-based detector). A fitted KNN holds its
+    /// OOD test set), per (epoch, protocol, detector). A fitted KNN holds its
     /// bank (the normalised training features of its epoch).
     pub scores: Vec<super::eval::DetectorScores>,
     pub csv: PathBuf,
+}
+
+impl OodStudy {
+    /// The rows of `protocol` only.
+    pub fn rows_of(&self, protocol: Protocol) -> Vec<Row> {
+        super::eval::protocol_rows(&self.rows, protocol)
+    }
+
+    /// The rows of the headline protocol.
+    pub fn headline_rows(&self) -> Vec<Row> {
+        self.rows_of(self.headline)
+    }
+
+    /// The best / tied marks of `protocol` at `epoch` (DeLong, Holm, alpha 0.05),
+    /// for [`crate::report::ood_table_with_intervals`].
+    pub fn marks(&self, epoch: i64, protocol: Protocol) -> Result<crate::report::Marks> {
+        let sig = super::significance::table(
+            &self.scores.iter().filter(|s| s.epoch == epoch && s.protocol == protocol).collect::<Vec<_>>(),
+            0,
+            0,
+        )?;
+        crate::report::Marks::from_frame(&sig, epoch, protocol)
+    }
+
+    /// The scores of `protocol` only.
+    pub fn scores_of(&self, protocol: Protocol) -> Vec<&super::eval::DetectorScores> {
+        self.scores.iter().filter(|s| s.protocol == protocol).collect()
+    }
 }
 
 /// Features of every evaluation set at `epoch`.
@@ -29,6 +61,7 @@ pub struct EpochFeatures {
     pub train: FeatureSet,
     pub val: FeatureSet,
     pub ood_val: FeatureSet,
+    pub heldout: Option<FeatureSet>,
     pub test: FeatureSet,
     pub ood: Vec<FeatureSet>,
 }
@@ -40,6 +73,7 @@ impl EpochFeatures {
             train: &self.train,
             val: &self.val,
             ood_val: &self.ood_val,
+            heldout: self.heldout.as_ref(),
             id_test: &self.test,
             ood: self.ood.iter().collect(),
             weight: w,
@@ -55,21 +89,25 @@ pub fn epoch_features(run_dir: &Path, epoch: i64, sets: &EvalSets, opts: Extract
         train: f(&sets.id_train)?,
         val: f(&sets.id_val)?,
         ood_val: f(&sets.ood_val)?,
+        heldout: sets.heldout.as_ref().map(f).transpose()?,
         test: f(&sets.id_test)?,
         ood: sets.ood.iter().map(f).collect::<Result<_>>()?,
     })
 }
 
 /// Runs the OOD study of `run_dir` for `epochs` (all checkpoints when empty) and
-/// `detectors`, with `reps` bootstrap replicates; writes `ood/metrics.csv` and
-/// `ood/selection.json` in the run folder. `detectors` are names of the
-/// feature-based registry and, optionally, `odin` (model-based: it runs the
-/// network with input gradients on the images, see [`super::odin`]).
+/// `detectors`, with `reps` bootstrap replicates, under every selection
+/// protocol of the run's `ood.protocols` (see [`super::protocol`]); writes
+/// `ood/metrics.csv`, `ood/selection.json` and `ood/significance.csv` in the
+/// run folder. `detectors` are names of the feature-based registry and,
+/// optionally, `odin` (model-based: it runs the network with input gradients
+/// on the images, see [`super::odin`]).
 ///
-/// The tables are merged, never shrunk: rows (epoch, detector, dataset) and
-/// selections (epoch, detector) this call computed replace the old ones, every
-/// other row is kept. The detector list is checked before anything is read or
-/// written; the run's tables lock is held while the study runs.
+/// The tables are merged, never shrunk: rows (epoch, protocol, detector,
+/// dataset) and selections (epoch, protocol, detector) this call computed
+/// replace the old ones, every other row is kept. The detector list is checked
+/// before anything is read or written; the run's tables lock is held while the
+/// study runs.
 pub fn run(run_dir: &Path, epochs: &[i64], detectors: &[&str], reps: usize, device: Device) -> Result<OodStudy> {
     check_detectors(detectors)?;
     study(&crate::run::Run::open(run_dir)?, epochs, detectors, reps, device)
@@ -94,6 +132,7 @@ pub fn study(run: &crate::run::Run, epochs: &[i64], detectors: &[&str], reps: us
     check_detectors(detectors)?;
     let run_dir = run.dir();
     let cfg = run.config();
+    let protocols = cfg.ood.protocols.clone();
     let _lock = run.lock_tables()?;
     let epochs = run.select_epochs(epochs)?;
     let with_odin = detectors.contains(&ODIN);
@@ -103,69 +142,92 @@ pub fn study(run: &crate::run::Run, epochs: &[i64], detectors: &[&str], reps: us
     let mut selections = Vec::new();
     let mut scores = Vec::new();
     let mut prog = crate::progress::Progress::new("ood", (epochs.len() * detectors.len()) as u64);
+    // Layer taps only when a detector reads them (the multi-layer Mahalanobis ensemble).
+    let taps = feature_detectors.iter().any(|d| super::detectors::lookup(d).map(|e| e.needs_taps).unwrap_or(false));
     for &epoch in &epochs {
-        let feats = epoch_features(run_dir, epoch, &sets, ExtractOptions::default(), device)?;
+        let feats = epoch_features(run_dir, epoch, &sets, ExtractOptions { taps, pool2x2: false }, device)?;
         let (w, b) = run.head(epoch)?;
         let inputs = feats.inputs(&w, &b);
-        let mut chosen = Vec::new();
+        let correct = inputs.correct()?;
+        for &p in &protocols {
+            rows.push(super::eval::accuracy_row_of(epoch, p, &inputs)?);
+        }
         for d in &feature_detectors {
-            let sel = select_hyperparameters(d, &inputs)?;
-            chosen.push(sel.chosen.clone());
-            selections.push((epoch, sel));
+            let st = super::eval::study_detector(d, &inputs, &protocols, cfg.ood.uninformative_below)?;
+            let (mut r, mut sc) = st.evaluate(epoch, &correct, reps, cfg.seed)?;
+            rows.append(&mut r);
+            scores.append(&mut sc);
+            selections.extend(st.selections(epoch));
             prog.inc(1, || format!("epoch {epoch} {d}"));
         }
-        let (mut r, mut sc) = super::eval::evaluate_with_scores(epoch, &chosen, &inputs, reps, cfg.seed)?;
-        rows.append(&mut r);
-        scores.append(&mut sc);
         if with_odin {
-            let (sel, mut r) = odin_epoch(run_dir, epoch, &sets, reps, cfg.seed, device)?;
-            selections.push((epoch, sel));
+            let st = odin_study(run_dir, epoch, &sets, &protocols, cfg.ood.uninformative_below, device)?;
+            let (mut r, mut sc) = st.evaluate(epoch, &correct, reps, cfg.seed)?;
             rows.append(&mut r);
+            scores.append(&mut sc);
+            selections.extend(st.selections(epoch));
             prog.inc(1, || format!("epoch {epoch} odin"));
         }
     }
     prog.finish();
+    rows.extend(super::eval::group_rows(&rows, &cfg.ood.groups));
     let frame = rows_to_frame(&rows)?;
     let csv = run.table(crate::run::Table::OodMetrics);
     crate::run::ensure_dir(csv.parent().unwrap_or(run_dir), "results folder")?;
-    crate::report::merge_csv(&csv, &frame, &["epoch", "detector", "dataset"])?;
-    // Significance: each (epoch, dataset) group compares the detectors of this call, so a
-    // recomputed group replaces the previous comparison as a whole.
-    let sig = super::significance::table(&scores)?;
+    let legacy = [("protocol", Protocol::Jigsaw.name())];
+    crate::report::merge_csv_upgrading(&csv, &frame, &["epoch", "protocol", "detector", "dataset"], &legacy)?;
+    // Significance: each (epoch, protocol, dataset) group compares the detectors of this
+    // call, so a recomputed group replaces the previous comparison as a whole.
+    let sig = super::significance::table(&scores.iter().collect::<Vec<_>>(), reps, cfg.seed)?;
     if sig.height() > 0 {
-        crate::report::merge_csv(&run.table(crate::run::Table::OodSignificance), &sig, &["epoch", "dataset"])?;
+        crate::report::merge_csv_upgrading(
+            &run.table(crate::run::Table::OodSignificance),
+            &sig,
+            &["epoch", "protocol", "dataset"],
+            &legacy,
+        )?;
     }
-    let sel_json: Vec<serde_json::Value> = selections
-        .iter()
-        .map(|(e, s)| serde_json::json!({"epoch": e, "detector": s.chosen.name(), "chosen": s.chosen.params(), "candidates": s.candidates.iter().map(|(c, a)| serde_json::json!({"params": c.params(), "val_auroc_vs_ood_val": a})).collect::<Vec<_>>()}))
-        .collect();
-    crate::report::merge_json_array(&run.table(crate::run::Table::OodSelection), sel_json, &["epoch", "detector"])?;
-    Ok(OodStudy { frame, rows, selections, scores, csv })
+    let sel_json: Vec<serde_json::Value> = selections.iter().map(ProtocolSelection::to_json).collect();
+    crate::report::merge_json_array_upgrading(
+        &run.table(crate::run::Table::OodSelection),
+        sel_json,
+        &["epoch", "protocol", "detector"],
+        &legacy,
+    )?;
+    Ok(OodStudy { frame, rows, headline: cfg.ood.headline, selections, scores, csv })
 }
 
 /// Name of the model-based detector in `detectors` lists.
 pub const ODIN: &str = <super::odin::Odin as super::ModelDetector>::NAME;
 
-/// ODIN at one checkpoint: (T, eps) chosen on ID-val vs OOD-val, then scored on
-/// ID test and every OOD test set. The selection is reported like the
-/// feature-based ones (a spec named `odin` with `t` and `epsilon`).
-pub fn odin_epoch(run_dir: &Path, epoch: i64, sets: &EvalSets, reps: usize, seed: u64, device: Device) -> Result<(Selection, Vec<Row>)> {
-    use super::odin;
+/// ODIN at one checkpoint under every protocol: its grid of (T, eps) and its
+/// defaults scored on every set (see [`super::odin::candidates`]), then chosen
+/// like the feature-based detectors (a spec named `odin` with `t` and `epsilon`).
+pub fn odin_study(
+    run_dir: &Path,
+    epoch: i64,
+    sets: &EvalSets,
+    protocols: &[Protocol],
+    uninformative_below: f64,
+    device: Device,
+) -> Result<super::eval::DetectorStudy> {
     let (_vs, model, _) = crate::run::load_run_model(run_dir, epoch, device)?;
-    let batch = 256;
-    let sel = odin::select(&model, &sets.id_val, &sets.ood_val, device, batch)?;
-    let spec = |p: &odin::OdinParams| super::DetectorSpec::new(ODIN, &[("t", p.temperature), ("epsilon", p.epsilon)]);
-    let p = sel.chosen;
-    let id = odin::to_vec(&odin::score(&model, &sets.id_test, p, device, batch)?)?;
-    let ood = sets
-        .ood
-        .iter()
-        .map(|o| Ok((o.name.clone(), odin::to_vec(&odin::score(&model, o, p, device, batch)?)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let rows = super::eval::score_rows(epoch, ODIN, &id, &ood, reps, seed)?;
-    let selection =
-        Selection { chosen: spec(&p)?, candidates: sel.candidates.iter().map(|(c, a)| Ok((spec(c)?, *a))).collect::<Result<_>>()? };
-    Ok((selection, rows))
+    let mut val = Vec::new();
+    for &p in protocols {
+        match p {
+            Protocol::Jigsaw => val.push((p, &sets.ood_val)),
+            Protocol::Heldout => {
+                val.push((p, sets.heldout.as_ref().ok_or_else(|| Error::data("protocol heldout", "no held-out set loaded"))?))
+            }
+            _ => {}
+        }
+    }
+    let candidates = super::odin::candidates(&model, &sets.id_val, &val, &sets.id_test, &sets.ood, device, 256)?;
+    let defaults = candidates.iter().position(|c| !c.in_grid).unwrap_or(0);
+    let choices =
+        protocols.iter().map(|&p| super::protocol::choose(p, &candidates, defaults, uninformative_below)).collect::<Result<_>>()?;
+    let fitted = candidates.iter().map(|_| None).collect();
+    Ok(super::eval::DetectorStudy { name: ODIN.into(), candidates, defaults, fitted, choices })
 }
 
 /// CSV export and import of long-form tables (they live in [`crate::results`]).

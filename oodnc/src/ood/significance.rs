@@ -175,59 +175,105 @@ pub fn versus_best(detectors: &[(String, Vec<f64>, Vec<f64>)], alpha: f64) -> Re
 /// Significance level below which a detector is not tied with the best.
 pub const ALPHA: f64 = 0.05;
 
-/// The comparisons of every (epoch, dataset) of `scores` (each detector
-/// against the best there, at [`ALPHA`]) as a table: epoch, detector, dataset,
-/// best, auroc, diff_vs_best, se, z, p_value, p_holm, tied (1/0).
-pub fn table(scores: &[super::eval::DetectorScores]) -> Result<polars::prelude::DataFrame> {
+/// The comparisons of every (epoch, protocol, dataset) of `scores` (each
+/// detector against the best there, at [`ALPHA`]) as a table: epoch, protocol,
+/// detector, dataset, best, auroc, diff_vs_best, se, z, p_value, p_holm, tied
+/// (1/0), then the paired bootstrap (`reps` replicates, seeded; NaN when 0) of
+/// the differences from the best: AUROC (`auroc_diff_ci_low/high`, 95 %) and
+/// both FPR@95 conventions (`fpr95_ood_accepted_diff` with its interval,
+/// `fpr95_id_rejected_diff` with its interval; negative = fewer errors than the best).
+pub fn table(scores: &[&super::eval::DetectorScores], reps: usize, seed: u64) -> Result<polars::prelude::DataFrame> {
+    use crate::names::metric as m;
     use polars::prelude::*;
-    let mut groups: Vec<(i64, String)> = Vec::new();
+    let mut groups: Vec<(i64, super::Protocol, String)> = Vec::new();
     for s in scores {
         for (d, _) in &s.ood {
-            if !groups.contains(&(s.epoch, d.clone())) {
-                groups.push((s.epoch, d.clone()));
+            let g = (s.epoch, s.protocol, d.clone());
+            if !groups.contains(&g) {
+                groups.push(g);
             }
         }
     }
-    let (mut ep, mut det, mut ds, mut best, mut auc, mut diff, mut se, mut z, mut p, mut ph, mut tied) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    for (e, d) in groups {
+    let mut cols: Vec<(&str, Vec<f64>)> = [
+        "auroc",
+        "diff_vs_best",
+        "se",
+        "z",
+        "p_value",
+        "p_holm",
+        "auroc_diff_ci_low",
+        "auroc_diff_ci_high",
+        "fpr95_ood_accepted_diff",
+        "fpr95_ood_accepted_diff_ci_low",
+        "fpr95_ood_accepted_diff_ci_high",
+        "fpr95_id_rejected_diff",
+        "fpr95_id_rejected_diff_ci_low",
+        "fpr95_id_rejected_diff_ci_high",
+    ]
+    .into_iter()
+    .map(|c| (c, Vec::new()))
+    .collect();
+    let (mut ep, mut pr, mut det, mut ds, mut best, mut tied) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for (e, p, d) in groups {
         let dets: Vec<(String, Vec<f64>, Vec<f64>)> = scores
             .iter()
-            .filter(|s| s.epoch == e)
+            .filter(|s| s.epoch == e && s.protocol == p)
             .filter_map(|s| s.ood.iter().find(|(n, _)| *n == d).map(|(_, o)| (s.spec.name().to_string(), s.id.clone(), o.clone())))
             .collect();
         if dets.len() < 2 {
             continue;
         }
-        for v in versus_best(&dets, ALPHA)? {
+        let vb = versus_best(&dets, ALPHA)?;
+        let bi = dets.iter().position(|(n, _, _)| *n == vb[0].best).unwrap_or(0);
+        for (k, v) in vb.into_iter().enumerate() {
+            let diffs = if reps > 0 {
+                super::metrics::paired_differences((&dets[k].1, &dets[k].2), (&dets[bi].1, &dets[bi].2), reps, 0.95, seed)?
+            } else {
+                Vec::new()
+            };
+            let get = |name: &str| diffs.iter().find(|(n, _)| *n == name).map(|(_, c)| *c);
+            let nan3 = |c: Option<super::metrics::WithCi>| c.map(|c| [c.value, c.ci_low, c.ci_high]).unwrap_or([f64::NAN; 3]);
+            let (a, f1, f2) = (nan3(get(m::AUROC)), nan3(get(m::FPR95_OOD_ACCEPTED)), nan3(get(m::FPR95_ID_REJECTED)));
+            let vals = [
+                v.test.auroc_a,
+                v.test.diff,
+                v.test.se,
+                v.test.z,
+                v.test.p_value,
+                v.p_holm,
+                a[1],
+                a[2],
+                f1[0],
+                f1[1],
+                f1[2],
+                f2[0],
+                f2[1],
+                f2[2],
+            ];
+            for (c, x) in cols.iter_mut().zip(vals) {
+                c.1.push(x);
+            }
             ep.push(e);
+            pr.push(p.name().to_string());
             det.push(v.detector);
             ds.push(d.clone());
             best.push(v.best);
-            auc.push(v.test.auroc_a);
-            diff.push(v.test.diff);
-            se.push(v.test.se);
-            z.push(v.test.z);
-            p.push(v.test.p_value);
-            ph.push(v.p_holm);
             tied.push(v.tied as i64);
         }
     }
     let n = ep.len();
-    let cols = vec![
+    let mut out = vec![
         Column::new("epoch".into(), ep),
+        Column::new("protocol".into(), pr),
         Column::new("detector".into(), det),
         Column::new("dataset".into(), ds),
         Column::new("best".into(), best),
-        Column::new("auroc".into(), auc),
-        Column::new("diff_vs_best".into(), diff),
-        Column::new("se".into(), se),
-        Column::new("z".into(), z),
-        Column::new("p_value".into(), p),
-        Column::new("p_holm".into(), ph),
-        Column::new("tied".into(), tied),
     ];
-    Ok(DataFrame::new(n, cols)?)
+    let (head, tail) = cols.split_at(6);
+    out.extend(head.iter().map(|(c, v)| Column::new((*c).into(), v.clone())));
+    out.push(Column::new("tied".into(), tied));
+    out.extend(tail.iter().map(|(c, v)| Column::new((*c).into(), v.clone())));
+    Ok(DataFrame::new(n, out)?)
 }
 
 #[cfg(test)]

@@ -221,10 +221,20 @@ pub fn roc_curves(detector: &str, id: &[f64], ood: &[(String, Vec<f64>)]) -> Res
 
 /// Bars per detector, one per OOD set, with bootstrap intervals, at `epoch`.
 pub fn ood_summary_bars(rows: &[LongRow], epoch: i64, metric: &str) -> Result<Figure> {
-    let rs: Vec<&LongRow> = rows.iter().filter(|r| r.epoch == epoch && r.metric == metric).collect();
+    summary_bars(rows, epoch, metric, format!("{metric} at epoch {epoch} (95% bootstrap CI)"))
+}
+
+/// [`ood_summary_bars`] of the mean over `n_runs` seeds, the error bars ± one
+/// standard deviation across them (rows hold mean, mean - std, mean + std).
+pub fn seed_spread_bars(rows: &[LongRow], epoch: i64, metric: &str, n_runs: usize) -> Result<Figure> {
+    summary_bars(rows, epoch, metric, format!("{metric} at epoch {epoch}: mean ± std over {n_runs} seeds"))
+}
+
+fn summary_bars(rows: &[LongRow], epoch: i64, metric: &str, title: String) -> Result<Figure> {
+    let rs: Vec<&LongRow> = rows.iter().filter(|r| r.epoch == epoch && r.metric == metric && !r.dataset.starts_with("mean:")).collect();
     let detectors = distinct(rs.iter().map(|r| r.key.clone()));
     let datasets = distinct(rs.iter().map(|r| r.dataset.clone()));
-    let mut chart = BarChart::new(format!("{metric} at epoch {epoch} (95% bootstrap CI)"), metric, detectors.clone());
+    let mut chart = BarChart::new(title, metric, detectors.clone());
     for d in &datasets {
         let get = |det: &String| rs.iter().find(|r| &r.key == det && &r.dataset == d).map(|r| (r.value, r.ci_low, r.ci_high));
         let vals: Vec<f64> = detectors.iter().map(|k| get(k).map(|x| x.0).unwrap_or(f64::NAN)).collect();
@@ -235,6 +245,35 @@ pub fn ood_summary_bars(rows: &[LongRow], epoch: i64, metric: &str) -> Result<Fi
         chart.y_range = Some((0.0, 1.0));
     }
     Figure::new(&chart, (140 * detectors.len() as u32).clamp(700, 3000), 520)
+}
+
+/// One detector's curves over its candidate grid (x = candidate index, values
+/// listed in the title): validation AUROC per protocol (solid) and test AUROC
+/// per OOD set (dashed), the chosen candidates marked in the title.
+pub fn sensitivity_panel(detector: &str, candidates: &[String], curves: &[(String, Vec<f64>, bool)], chosen: &str) -> LinePlot {
+    let x: Vec<f64> = (0..candidates.len()).map(|i| i as f64).collect();
+    let mut p =
+        LinePlot::new(format!("{detector}: {} (chosen: {chosen})", candidates.join(" | ")), "candidate", "AUROC").hline(0.5, "chance");
+    for (label, ys, dashed) in curves {
+        let s = Series::new(label.clone(), x.iter().copied().zip(ys.iter().copied()).filter(|(_, y)| y.is_finite()).collect());
+        p = p.with(if *dashed { s.dashed() } else { s });
+    }
+    p
+}
+
+/// A grid of [`sensitivity_panel`]s, two per row.
+pub fn sensitivity_grid(title: &str, panels: Vec<LinePlot>) -> Result<Figure> {
+    if panels.is_empty() {
+        return Err(Error::data("sensitivity figure", "no detector with more than one candidate"));
+    }
+    let n = panels.len();
+    let rows = n.div_ceil(2);
+    let cols = n.min(2);
+    Figure::new(
+        &Panels::new(title.to_string(), rows, cols, panels.into_iter().map(Into::into).collect()),
+        650 * cols as u32,
+        380 * rows as u32 + 40,
+    )
 }
 
 fn nc_line(rows: &[LongRow], title: &str, ylabel: &str, items: &[(&str, &str)], log: bool, tpt: Option<(i64, i64)>) -> LinePlot {

@@ -59,6 +59,9 @@ impl Registered for Knn {
     fn grid(ctx: &GridContext) -> Vec<Self> {
         [1, 5, 10, 50, 100, 200].iter().filter(|&&k| k <= ctx.n).map(|&k| Knn { k }).collect()
     }
+    fn defaults(ctx: &GridContext) -> Self {
+        Knn { k: Self::default().k.min(ctx.n.max(1)) }
+    }
     /// One pass over the bank per set serves the whole grid of k.
     fn prepare_grid(grid: &[&Self], train: &FeatureSet, sets: &[&FeatureSet]) -> Result<()> {
         let k_max = grid.iter().map(|d| d.k).max().unwrap_or(1);

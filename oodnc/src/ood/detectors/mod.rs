@@ -7,13 +7,18 @@
 //! doc comment gives its formula, paper, defaults and search grid; every
 //! deliberate difference from the paper and the peers is in `docs/detectors.md`.
 
+pub mod caref;
 pub mod dice;
 pub mod fdbd;
+pub mod gradnorm;
 pub mod klm;
 pub mod knn;
 pub mod logit;
 pub mod mahalanobis;
+pub mod mahalanobis_layers;
+pub mod nci;
 pub mod neco;
+pub mod nnguide;
 pub mod shaping;
 pub mod she;
 pub mod tempscale;
@@ -48,6 +53,16 @@ pub static REGISTRY: &[Entry] = &[
     entry::<dice::Dice>(),
     entry::<she::She>(),
     entry::<fdbd::Fdbd>(),
+    entry::<nci::Nci>(),
+    entry::<shaping::Scale>(),
+    entry::<gradnorm::GradNorm>(),
+    entry::<shaping::Vra>(),
+    entry::<nnguide::NnGuide>(),
+    entry::<caref::Caref>(),
+    entry::<caref::Cadref>(),
+    entry::<nnguide::Relation>(),
+    entry::<shaping::Lts>(),
+    entry::<mahalanobis_layers::MahalanobisLayers>(),
 ];
 
 /// The registry line of `name`, or an error listing the known names.

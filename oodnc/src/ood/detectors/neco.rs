@@ -57,6 +57,9 @@ impl Registered for Neco {
         }
         Ok(())
     }
+    fn defaults(ctx: &GridContext) -> Self {
+        Neco { d: if 50 < ctx.d { 50 } else { (ctx.d / 2).max(1) }, maxlogit: false }
+    }
     fn grid(ctx: &GridContext) -> Vec<Self> {
         let mut v: Vec<Neco> =
             [10, 20, 50, 100, 200, 300, 400, 500].iter().filter(|&&k| k < ctx.d).map(|&d| Neco { d, maxlogit: false }).collect();

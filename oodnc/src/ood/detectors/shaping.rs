@@ -1,9 +1,12 @@
-//! Feature shaping composed with a logit score: ReAct and ASH.
+//! Feature shaping composed with a logit score: ReAct, ASH, SCALE, VRA, LTS.
 //!
-//! Each detector here reshapes the penultimate features ([`Shaping`]), runs
-//! them through the classifier head and scores the new logits with a
-//! [`LogitScore`] (energy with T = 1, as in the papers). The two parts compose:
-//! set [`FittedShaped::score`] to score the shaped logits another way.
+//! Each detector here reshapes the penultimate features ([`Shaping`]) (or, LTS,
+//! rescales the logits), runs them through the classifier head and scores the
+//! new logits with a [`LogitScore`]: energy with T = 1 by default, as in the
+//! papers. The two parts compose, as in oodeel: every detector of this file has
+//! the hyperparameter `score` (0 = energy, 1 = log MSP, 2 = max-logit), e.g.
+//! `DetectorSpec::new("react", &[("score", 2.0)])` is ReAct with max-logit.
+//! The search grids keep the paper's score (energy).
 
 use super::{energy_of, feats, log_msp, max_dim1, Head};
 use crate::error::Result;
@@ -23,7 +26,20 @@ pub enum LogitScore {
     MaxLogit,
 }
 
+/// The `score` hyperparameter's codes.
+pub const SCORE_CODES: &str = "0 = energy, 1 = log MSP, 2 = max-logit";
+
 impl LogitScore {
+    /// From the `score` hyperparameter (0 energy with T = 1, 1 log MSP, 2 max-logit).
+    pub fn from_code(detector: &str, code: i64) -> Result<Self> {
+        match code {
+            0 => Ok(LogitScore::Energy { t: 1.0 }),
+            1 => Ok(LogitScore::Msp),
+            2 => Ok(LogitScore::MaxLogit),
+            _ => Err(super::bad_param(detector, "score", code, &format!("is not a logit score ({SCORE_CODES})"))),
+        }
+    }
+
     /// The score of each row of `z`.
     pub fn apply(&self, z: &Tensor) -> Tensor {
         match *self {
@@ -41,6 +57,11 @@ pub enum Shaping {
     Clip { clip: f64 },
     /// ASH: per sample, keep the activations >= the k-th largest (k = round(D (1 - p/100)), >= 1).
     Ash { p: f64, variant: AshVariant },
+    /// SCALE: per sample, h exp(s1 / s2), s2 the sum of the k = D - round(D p / 100)
+    /// largest activations (numpy's round, half to even, as OpenOOD and pytorch-ood); nothing pruned.
+    Scale { p: f64 },
+    /// VRA (OpenOOD's variant): clip every activation to [lo, hi].
+    ClipRange { lo: f64, hi: f64 },
 }
 
 /// What ASH does with the kept activations (s1 / s2: the sums before / after pruning).
@@ -88,8 +109,23 @@ impl Shaping {
                     }
                 }
             }
+            Shaping::Scale { p } => {
+                let d = h.size()[1];
+                let k = scale_k(d, p);
+                let (top, _) = h.topk(k, 1, true, false);
+                let s1 = h.sum_dim_intlist(&[1i64][..], true, Kind::Double);
+                let s2 = top.sum_dim_intlist(&[1i64][..], true, Kind::Double);
+                h * (s1 / s2).exp()
+            }
+            Shaping::ClipRange { lo, hi } => h.clamp(lo, hi),
         }
     }
+}
+
+/// SCALE's and LTS's number of top activations: D - round(D p / 100), at least 1
+/// (numpy's round, half to even).
+pub fn scale_k(d: i64, p: f64) -> i64 {
+    (d - (d as f64 * p / 100.0).round_ties_even() as i64).max(1)
 }
 
 /// A shaping, the head, and the score of the shaped logits.
@@ -112,9 +148,14 @@ impl Scorer for FittedShaped {
     fn fitted_values(&self) -> Vec<(&'static str, f64)> {
         match self.shaping {
             Shaping::Clip { clip } => vec![("clip", clip)],
-            Shaping::Ash { .. } => vec![],
+            Shaping::ClipRange { lo, hi } => vec![("clip_low", lo), ("clip_high", hi)],
+            Shaping::Ash { .. } | Shaping::Scale { .. } => vec![],
         }
     }
+}
+
+fn check_score(name: &str, score: i64) -> Result<()> {
+    LogitScore::from_code(name, score).map(|_| ())
 }
 
 fn check_p(name: &str, p: f64) -> Result<()> {
@@ -131,11 +172,13 @@ fn check_p(name: &str, p: f64) -> Result<()> {
 pub struct React {
     /// Percentile in [0, 100).
     pub p: f64,
+    /// The logit score of the clipped logits ([`SCORE_CODES`]; 0 = energy, the paper's).
+    pub score: i64,
 }
 
 impl Default for React {
     fn default() -> Self {
-        React { p: 90.0 }
+        React { p: 90.0, score: 0 }
     }
 }
 
@@ -144,23 +187,30 @@ impl Registered for React {
     const SUMMARY: &'static str = "energy after clipping features at the p-th percentile (Sun et al. 2021)";
     type Fitted = FittedShaped;
     fn read(r: &mut ParamReader) -> Result<Self> {
-        Ok(React { p: r.f64("p", Self::default().p)? })
+        Ok(React { p: r.f64("p", Self::default().p)?, score: r.int("score", 0)? })
     }
     fn params(&self) -> Vec<(&'static str, ParamValue)> {
-        vec![("p", ParamValue::Float(self.p))]
+        vec![("p", ParamValue::Float(self.p)), ("score", ParamValue::Int(self.score))]
     }
     fn check(&self) -> Result<()> {
-        check_p(Self::NAME, self.p)
+        check_p(Self::NAME, self.p)?;
+        check_score(Self::NAME, self.score)
     }
     fn grid(_: &GridContext) -> Vec<Self> {
-        [80.0, 85.0, 90.0, 95.0, 99.0].iter().map(|&p| React { p }).collect()
+        [80.0, 85.0, 90.0, 95.0, 99.0].iter().map(|&p| React { p, score: 0 }).collect()
     }
     fn fit(&self, data: &FitData) -> Result<FittedShaped> {
         let h = Head::of(data, Self::NAME)?;
         check_2d(&data.train.penultimate, Some(h.d), &h.ctx)?;
         let _ = data.train.penultimate_f64(&h.ctx)?; // the finiteness check
         let clip = percentile(&data.train.penultimate, self.p);
-        Ok(FittedShaped { shaping: Shaping::Clip { clip }, score: LogitScore::Energy { t: 1.0 }, weight: h.w, bias: h.b, name: Self::NAME })
+        Ok(FittedShaped {
+            shaping: Shaping::Clip { clip },
+            score: LogitScore::from_code(Self::NAME, self.score)?,
+            weight: h.w,
+            bias: h.b,
+            name: Self::NAME,
+        })
     }
 }
 
@@ -175,11 +225,13 @@ macro_rules! ash {
         pub struct $t {
             /// Percentile in [0, 100).
             pub p: f64,
+            /// The logit score of the shaped logits ([`SCORE_CODES`]; 0 = energy, the paper's).
+            pub score: i64,
         }
 
         impl Default for $t {
             fn default() -> Self {
-                $t { p: 90.0 }
+                $t { p: 90.0, score: 0 }
             }
         }
 
@@ -188,22 +240,23 @@ macro_rules! ash {
             const SUMMARY: &'static str = $summary;
             type Fitted = FittedShaped;
             fn read(r: &mut ParamReader) -> Result<Self> {
-                Ok($t { p: r.f64("p", Self::default().p)? })
+                Ok($t { p: r.f64("p", Self::default().p)?, score: r.int("score", 0)? })
             }
             fn params(&self) -> Vec<(&'static str, ParamValue)> {
-                vec![("p", ParamValue::Float(self.p))]
+                vec![("p", ParamValue::Float(self.p)), ("score", ParamValue::Int(self.score))]
             }
             fn check(&self) -> Result<()> {
-                check_p(Self::NAME, self.p)
+                check_p(Self::NAME, self.p)?;
+                check_score(Self::NAME, self.score)
             }
             fn grid(_: &GridContext) -> Vec<Self> {
-                [60.0, 70.0, 80.0, 85.0, 90.0, 95.0].iter().map(|&p| $t { p }).collect()
+                [60.0, 70.0, 80.0, 85.0, 90.0, 95.0].iter().map(|&p| $t { p, score: 0 }).collect()
             }
             fn fit(&self, data: &FitData) -> Result<FittedShaped> {
                 let h = Head::of(data, Self::NAME)?;
                 Ok(FittedShaped {
                     shaping: Shaping::Ash { p: self.p, variant: $variant },
-                    score: LogitScore::Energy { t: 1.0 },
+                    score: LogitScore::from_code(Self::NAME, self.score)?,
                     weight: h.w,
                     bias: h.b,
                     name: Self::NAME,
@@ -234,3 +287,220 @@ ash!(
     "activation shaping, scale (Djurisic et al. 2023)",
     "**ASH-S**: scale the kept activations by exp(s1 / s2)."
 );
+
+/// **SCALE** (Xu et al., ICLR 2024, "Scaling for training time and post-hoc
+/// out-of-distribution detection enhancement"): per sample, the *whole* feature
+/// is scaled by exp(s1 / s2), s1 = sum of all activations, s2 = sum of the k
+/// largest (k = D - round(D p / 100)); nothing is pruned (ASH-S prunes). Then
+/// energy of the head. Default p = 85 (OpenOOD's CIFAR setting); grid p in
+/// {65, 70, 75, 80, 85, 90, 95} (the paper's sweep).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scale {
+    /// Percentile in [0, 100).
+    pub p: f64,
+    /// The logit score ([`SCORE_CODES`]; 0 = energy, the paper's).
+    pub score: i64,
+}
+
+impl Default for Scale {
+    fn default() -> Self {
+        Scale { p: 85.0, score: 0 }
+    }
+}
+
+impl Registered for Scale {
+    const NAME: &'static str = "scale";
+    const SUMMARY: &'static str = "energy after scaling features by exp(s1/s2), no pruning (Xu et al. 2024)";
+    type Fitted = FittedShaped;
+    fn read(r: &mut ParamReader) -> Result<Self> {
+        Ok(Scale { p: r.f64("p", Self::default().p)?, score: r.int("score", 0)? })
+    }
+    fn params(&self) -> Vec<(&'static str, ParamValue)> {
+        vec![("p", ParamValue::Float(self.p)), ("score", ParamValue::Int(self.score))]
+    }
+    fn check(&self) -> Result<()> {
+        check_p(Self::NAME, self.p)?;
+        check_score(Self::NAME, self.score)
+    }
+    fn grid(_: &GridContext) -> Vec<Self> {
+        [65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0].iter().map(|&p| Scale { p, score: 0 }).collect()
+    }
+    fn fit(&self, data: &FitData) -> Result<FittedShaped> {
+        let h = Head::of(data, Self::NAME)?;
+        Ok(FittedShaped {
+            shaping: Shaping::Scale { p: self.p },
+            score: LogitScore::from_code(Self::NAME, self.score)?,
+            weight: h.w,
+            bias: h.b,
+            name: Self::NAME,
+        })
+    }
+}
+
+/// **VRA**, OpenOOD's variant (`vra_postprocessor.py`; Xu et al., NeurIPS 2023,
+/// "VRA: variational rectified activation for OOD detection"): every activation
+/// clipped to [q_lo, q_hi], the `lo`-th and `hi`-th percentiles of all ID
+/// *validation* activations (the training ones when no validation split is
+/// given), then energy. Not the paper's VRA-P (which also shifts the middle
+/// band). With `per_dim = 1` it is pytorch-ood's variant: per-dimension
+/// quantiles of the ID *training* features. Defaults lo = 10, hi = 90; grid lo
+/// in {1, 5, 10, 15} x hi in {85, 90, 95, 99} (pytorch-ood's space).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Vra {
+    /// Lower percentile in [0, 100).
+    pub lo: f64,
+    /// Upper percentile in (lo, 100].
+    pub hi: f64,
+    /// Per-dimension thresholds from the training split (pytorch-ood) instead of global ones from ID val (OpenOOD).
+    pub per_dim: bool,
+    /// The logit score ([`SCORE_CODES`]; 0 = energy).
+    pub score: i64,
+}
+
+impl Default for Vra {
+    fn default() -> Self {
+        Vra { lo: 10.0, hi: 90.0, per_dim: false, score: 0 }
+    }
+}
+
+/// VRA's fitted thresholds (scalars, or `[D]` per dimension) and the head.
+#[derive(Debug)]
+pub struct FittedVra {
+    /// `[1]` (OpenOOD) or `[D]` (per dimension).
+    pub low: Tensor,
+    pub high: Tensor,
+    pub score: LogitScore,
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Registered for Vra {
+    const NAME: &'static str = "vra";
+    const SUMMARY: &'static str = "energy after clipping features to ID percentiles from both sides (OpenOOD's VRA)";
+    type Fitted = FittedVra;
+    fn read(r: &mut ParamReader) -> Result<Self> {
+        let d = Self::default();
+        Ok(Vra { lo: r.f64("lo", d.lo)?, hi: r.f64("hi", d.hi)?, per_dim: r.bool("per_dim", d.per_dim)?, score: r.int("score", 0)? })
+    }
+    fn params(&self) -> Vec<(&'static str, ParamValue)> {
+        vec![
+            ("lo", ParamValue::Float(self.lo)),
+            ("hi", ParamValue::Float(self.hi)),
+            ("per_dim", ParamValue::Bool(self.per_dim)),
+            ("score", ParamValue::Int(self.score)),
+        ]
+    }
+    fn check(&self) -> Result<()> {
+        check_p(Self::NAME, self.lo)?;
+        if !(self.hi > self.lo && self.hi <= 100.0) {
+            return Err(super::bad_param(Self::NAME, "hi", self.hi, &format!("must be in ({}, 100]", self.lo)));
+        }
+        check_score(Self::NAME, self.score)
+    }
+    fn grid(_: &GridContext) -> Vec<Self> {
+        let mut g = Vec::new();
+        for lo in [1.0, 5.0, 10.0, 15.0] {
+            for hi in [85.0, 90.0, 95.0, 99.0] {
+                g.push(Vra { lo, hi, ..Self::default() });
+            }
+        }
+        g
+    }
+    fn fit(&self, data: &FitData) -> Result<FittedVra> {
+        let h = Head::of(data, Self::NAME)?;
+        let score = LogitScore::from_code(Self::NAME, self.score)?;
+        let (low, high) = if self.per_dim {
+            let x = data.train.penultimate_f64(&h.ctx)?;
+            let q = |p: f64| x.quantile_scalar(p / 100.0, Some(0), false, "linear");
+            (q(self.lo), q(self.hi))
+        } else {
+            let src = data.val.unwrap_or(data.train);
+            check_2d(&src.penultimate, Some(h.d), &h.ctx)?;
+            let _ = src.penultimate_f64(&h.ctx)?; // the finiteness check
+            let f = |p: f64| Tensor::from_slice(&[percentile(&src.penultimate, p)]);
+            (f(self.lo), f(self.hi))
+        };
+        Ok(FittedVra { low, high, score, weight: h.w, bias: h.b })
+    }
+}
+
+impl Scorer for FittedVra {
+    fn score(&self, f: &FeatureSet) -> Result<Tensor> {
+        let x = feats(f, self.weight.size()[1], "vra score")?;
+        let clipped = x.maximum(&self.low).minimum(&self.high);
+        Ok(self.score.apply(&(clipped.matmul(&self.weight.tr()) + &self.bias)))
+    }
+    fn fitted_values(&self) -> Vec<(&'static str, f64)> {
+        if self.low.numel() == 1 {
+            vec![("clip_low", self.low.double_value(&[0])), ("clip_high", self.high.double_value(&[0]))]
+        } else {
+            vec![]
+        }
+    }
+}
+
+/// **LTS**, logit scaling (Djurisic et al., "Logit scaling for out-of-distribution
+/// detection", arXiv 2409.01175): the logits multiplied by S = (s1 / s2)^2, s1
+/// the sum of relu(h), s2 the sum of its k largest values (k = D - round(D (100 -
+/// p) / 100), at least 1: the top p %), then energy. Default p = 5 (the paper's);
+/// grid p in {1, 2.5, 5, 10, 20}. No fitting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lts {
+    /// Percent of the largest activations in s2, in (0, 100].
+    pub p: f64,
+    /// The logit score ([`SCORE_CODES`]; 0 = energy, the paper's).
+    pub score: i64,
+}
+
+impl Default for Lts {
+    fn default() -> Self {
+        Lts { p: 5.0, score: 0 }
+    }
+}
+
+/// LTS's head and score.
+#[derive(Debug)]
+pub struct FittedLts {
+    pub p: f64,
+    pub score: LogitScore,
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Registered for Lts {
+    const NAME: &'static str = "lts";
+    const SUMMARY: &'static str = "energy of logits scaled by (sum / top-p% sum of activations)^2 (LTS, 2024)";
+    type Fitted = FittedLts;
+    fn read(r: &mut ParamReader) -> Result<Self> {
+        Ok(Lts { p: r.f64("p", Self::default().p)?, score: r.int("score", 0)? })
+    }
+    fn params(&self) -> Vec<(&'static str, ParamValue)> {
+        vec![("p", ParamValue::Float(self.p)), ("score", ParamValue::Int(self.score))]
+    }
+    fn check(&self) -> Result<()> {
+        if !(self.p > 0.0 && self.p <= 100.0) {
+            return Err(super::bad_param(Self::NAME, "p", self.p, "must be in (0, 100]"));
+        }
+        check_score(Self::NAME, self.score)
+    }
+    fn grid(_: &GridContext) -> Vec<Self> {
+        [1.0, 2.5, 5.0, 10.0, 20.0].iter().map(|&p| Lts { p, score: 0 }).collect()
+    }
+    fn fit(&self, data: &FitData) -> Result<FittedLts> {
+        let h = Head::of(data, Self::NAME)?;
+        Ok(FittedLts { p: self.p, score: LogitScore::from_code(Self::NAME, self.score)?, weight: h.w, bias: h.b })
+    }
+}
+
+impl Scorer for FittedLts {
+    fn score(&self, f: &FeatureSet) -> Result<Tensor> {
+        let d = self.weight.size()[1];
+        let x = feats(f, d, "lts score")?;
+        let r = x.relu();
+        let k = scale_k(d, 100.0 - self.p);
+        let s1 = r.sum_dim_intlist(&[1i64][..], true, Kind::Double);
+        let s2 = r.topk(k, 1, true, false).0.sum_dim_intlist(&[1i64][..], true, Kind::Double).clamp_min(1e-12);
+        let z = x.matmul(&self.weight.tr()) + &self.bias;
+        Ok(self.score.apply(&(z * (s1 / s2).square())))
+    }
+}

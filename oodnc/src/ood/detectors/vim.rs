@@ -31,6 +31,15 @@ fn grid(ctx: &GridContext) -> Vec<i64> {
     }
 }
 
+/// The paper's dim = 64 when it is below D, else D / 2.
+fn default_dim(ctx: &GridContext) -> i64 {
+    if 64 < ctx.d {
+        64
+    } else {
+        (ctx.d / 2).max(1)
+    }
+}
+
 fn fit(data: &FitData, name: &str, dim: i64, vim: bool) -> Result<FittedVim> {
     let h = Head::of(data, name)?;
     let (w, b, c, d, ctx) = (h.w, h.b, h.c, h.d, h.ctx);
@@ -113,6 +122,9 @@ impl Registered for Vim {
     fn grid(ctx: &GridContext) -> Vec<Self> {
         grid(ctx).into_iter().map(|dim| Vim { dim }).collect()
     }
+    fn defaults(ctx: &GridContext) -> Self {
+        Vim { dim: default_dim(ctx) }
+    }
     fn fit(&self, data: &FitData) -> Result<FittedVim> {
         fit(data, Self::NAME, self.dim, true)
     }
@@ -147,6 +159,9 @@ impl Registered for Residual {
     }
     fn grid(ctx: &GridContext) -> Vec<Self> {
         grid(ctx).into_iter().map(|dim| Residual { dim }).collect()
+    }
+    fn defaults(ctx: &GridContext) -> Self {
+        Residual { dim: default_dim(ctx) }
     }
     fn fit(&self, data: &FitData) -> Result<FittedVim> {
         fit(data, Self::NAME, self.dim, false)
