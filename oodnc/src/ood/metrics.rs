@@ -226,7 +226,7 @@ pub struct WithCi {
 
 /// The `p`-quantile of `v` (sorted in place; linear interpolation between order
 /// statistics, numpy's default), NaN when empty.
-fn quantile(v: &mut Vec<f64>, p: f64) -> f64 {
+fn quantile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         return f64::NAN;
