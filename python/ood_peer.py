@@ -174,7 +174,11 @@ def cmd_bench(args):
         times = []
         for _ in range(args.reps):
             t0 = time.perf_counter()
-            if peer_scores(name, p, t, torch.float32) is None:
+            try:
+                if peer_scores(name, p, t, torch.float32) is None:
+                    break
+            except (ValueError, RuntimeError) as e:  # e.g. SHE on a class with no correct prediction
+                print(f"pytorch-ood {name}: {e}", file=sys.stderr)
                 break
             times.append(time.perf_counter() - t0)
         if times:

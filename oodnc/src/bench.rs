@@ -224,6 +224,16 @@ pub fn ood(n_train: i64, dim: i64, classes: i64, n_test: i64, n_ood: i64, detect
     for d in detectors {
         DetectorSpec::new(d, &[])?;
     }
+    // Detectors that read the layer taps need a network's features, not these synthetic ones.
+    let (tapped, plain): (Vec<&str>, Vec<&str>) =
+        detectors.iter().partition(|d| crate::ood::detectors::lookup(d).map(|e| e.needs_taps).unwrap_or(false));
+    if !tapped.is_empty() {
+        eprintln!("bench ood: skipping {} (they read layer taps, which synthetic features do not have)", tapped.join(", "));
+    }
+    let detectors = &plain[..];
+    if detectors.is_empty() {
+        return Err(crate::error::Error::param("detectors", "no detector to benchmark on synthetic features"));
+    }
     tch::manual_seed(0);
     let opts = (Kind::Float, Device::Cpu);
     let mus = Tensor::randn([classes, dim], opts) * 2.0;

@@ -33,7 +33,8 @@ impl Registered for Fdbd {
     fn fit(&self, data: &FitData) -> Result<FittedFdbd> {
         let h = Head::of(data, Self::NAME)?;
         check_2d(&data.train.penultimate, Some(h.d), &h.ctx)?;
-        let mu = data.train.global_moments(&h.ctx)?.mean.shallow_clone();
+        // The mean only: the full moments (a D x D covariance) are not needed here.
+        let mu = data.train.penultimate_f64(&h.ctx)?.mean_dim(&[0i64][..], false, tch::Kind::Double);
         let w = h.w;
         // ||w_c - w_j||^2 = |w_c|^2 + |w_j|^2 - 2 w_c.w_j, for all pairs once.
         let wn = w.square().sum_dim_intlist(&[1i64][..], false, Kind::Double);

@@ -63,7 +63,8 @@ impl Registered for Nci {
     fn fit(&self, data: &FitData) -> Result<FittedNci> {
         let h = Head::of(data, Self::NAME)?;
         check_2d(&data.train.penultimate, Some(h.d), &h.ctx)?;
-        let mu = data.train.global_moments(&h.ctx)?.mean.shallow_clone();
+        // The mean only: the full moments (a D x D covariance) are not needed here.
+        let mu = data.train.penultimate_f64(&h.ctx)?.mean_dim(&[0i64][..], false, tch::Kind::Double);
         Ok(FittedNci { weight: h.w, bias: h.b, train_mean: mu, alpha: self.alpha })
     }
 }
