@@ -97,10 +97,15 @@ impl Shaping {
                 match variant {
                     AshVariant::Prune => pruned,
                     AshVariant::Binarize => {
-                        // The k largest, ties to the lower index (a stable descending sort).
-                        let (_, order) = h32.sort_stable(true, 1, true);
-                        let top_k = order.narrow(1, 0, k);
-                        let exact = h.zeros_like().scatter_value(1, &top_k, 1.0);
+                        // The k largest, ties to the lower index (what a stable descending sort
+                        // gives), without sorting: every unit above the k-th largest value t,
+                        // then the first (k - that many) units equal to t.
+                        let t = top.min_dim(1, true).0;
+                        let gt = h32.gt_tensor(&t);
+                        let eq = h32.eq_tensor(&t);
+                        let need = gt.sum_dim_intlist(&[1i64][..], true, Kind::Int64).neg() + k;
+                        let rank = eq.cumsum(1, Kind::Int64);
+                        let exact = gt.logical_or(&eq.logical_and(&rank.le_tensor(&need))).to_kind(Kind::Double);
                         exact * (s1 / k as f64)
                     }
                     AshVariant::Scale => {
