@@ -1,10 +1,10 @@
 # oodnc: the only place that knows set-up.
 #
-#   make demo    all five notebooks end-to-end on the embedded offline dataset (CPU, minutes)
+#   make demo    all six notebooks end-to-end on the embedded offline dataset (CPU, minutes)
 #   make test    rustfmt + clippy, cargo tests, notebook tests (CI runs exactly this)
 #   make lab     JupyterLab with this project's Rust kernel
 #   make bench   benchmarks, each printing ratios against a baseline measured in the same run
-#   make reproduce  the coursework: real datasets, 300 epochs (GPU), the five notebooks
+#   make reproduce  the coursework: real datasets, 300 epochs (GPU), the six notebooks
 #   make setup   only the set-up (the targets above run it first; it is idempotent)
 #
 # Set-up installs, once per machine and reused by every clone:
@@ -93,12 +93,12 @@ info: setup
 	cargo run --quiet --release --bin oodnc -- info
 
 demo: setup
-	@echo ">> the five notebooks, profile $(OODNC_PROFILE); executed copies in build/notebooks, figures in figures/"
+	@echo ">> the six notebooks, profile $(OODNC_PROFILE); executed copies in build/notebooks, figures in figures/"
 	OODNC_PROFILE=$(OODNC_PROFILE) "$(PY)" scripts/run_notebooks.py --out build/notebooks \
 	  --timeout $(NB_TIMEOUT) --require-image $(NOTEBOOKS)
 
 # The coursework profile: real datasets (downloaded and verified), the full ResNet-18,
-# 300 epochs (a GPU is strongly advised), then the five notebooks on that run.
+# 300 epochs (a GPU is strongly advised), then the six notebooks on that run.
 reproduce: setup
 	cargo run --release --bin oodnc -- data fetch --dataset all --root data
 	cargo run --release --bin oodnc -- train --profile coursework --run coursework --resume

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Executes notebooks in order with nbclient and fails on any error.
 
-Used by `make demo` (the five notebooks) and by the tests. For each notebook:
+Used by `make demo` (the six notebooks) and by the tests. For each notebook:
 - runs every cell with the notebook's folder as the working directory (so
   `:dep oodnc = { path = "../oodnc" }` resolves), using the kernel named in the
   notebook (our `rust` kernel through JUPYTER_PATH, see the Makefile);

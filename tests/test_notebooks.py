@@ -77,17 +77,18 @@ def test_runner_fails_without_required_image(tmp_path):
     assert "no image" in res.stderr
 
 
-def test_the_five_notebooks_run_on_the_ci_profile(tmp_path):
-    """The five notebooks in order, CI size: no error output and an inline figure in each."""
+def test_the_six_notebooks_run_on_the_ci_profile(tmp_path):
+    """The six notebooks in order, CI size: no error output and an inline figure in each."""
     import shutil
 
     run = "ci-nbtest"
     shutil.rmtree(os.path.join(REPO, "runs", run), ignore_errors=True)
     shutil.rmtree(os.path.join(REPO, "figures", run), ignore_errors=True)
+    shutil.rmtree(os.path.join(REPO, "runs", run + "-bottleneck4"), ignore_errors=True)
     notebooks = sorted(
         os.path.join(REPO, "notebooks", n) for n in os.listdir(os.path.join(REPO, "notebooks")) if n.endswith(".ipynb")
     )
-    assert [os.path.basename(n)[:2] for n in notebooks] == ["01", "02", "03", "04", "05"]
+    assert [os.path.basename(n)[:2] for n in notebooks] == ["01", "02", "03", "04", "05", "06"]
     env = dict(os.environ, OODNC_PROFILE="ci", OODNC_RUN=run)
     res = subprocess.run(
         [sys.executable, RUNNER, "--out", str(tmp_path), "--timeout", "1800", "--require-image", *notebooks],
@@ -104,7 +105,13 @@ def test_the_five_notebooks_run_on_the_ci_profile(tmp_path):
         assert any("image/png" in o.get("data", {}) for o in outs), n
     # Artefacts of every stage exist.
     rd = os.path.join(REPO, "runs", run)
-    for f in ["config.toml", "history.csv", "ood/metrics.csv", "ood/selection.json", "nc/metrics.csv", "nc/layers.csv"]:
+    for f in ["config.toml", "history.csv", "ood/metrics.csv", "ood/selection.json", "nc/metrics.csv", "nc/layers.csv",
+              "interp/layers.csv", "interp/ablation.csv"]:
         assert os.path.exists(os.path.join(rd, f)), f
+    # Notebook 06's bottleneck run: a sibling run whose penultimate feature is 4-dimensional.
+    with open(os.path.join(REPO, "runs", run + "-bottleneck4", "config.toml")) as f:
+        assert "bottleneck = 4" in f.read()
+    assert os.path.exists(os.path.join(REPO, "runs", run + "-bottleneck4", "interp", "layers.csv"))
     figs = os.listdir(os.path.join(REPO, "figures", run))
     assert "training_curves.png" in figs and "nc_evolution_all.svg" in figs and "nc_by_layer.png" in figs
+    assert "interp_by_layer.png" in figs and "interp_ablation.png" in figs and "interp_bottleneck_vs_main.png" in figs

@@ -156,7 +156,7 @@ pub fn train(device: Device, steps: usize, width: f64, fast: crate::config::Fast
         tch::Cuda::cudnn_set_benchmark(true);
     }
     let vs = tch::nn::VarStore::new(device);
-    let model = ResNet18::new(&vs.root(), ResNetConfig { num_classes: 100, width })?;
+    let model = ResNet18::new(&vs.root(), ResNetConfig { num_classes: 100, width, bottleneck: None })?;
     if fast.channels_last {
         crate::amp::convert_channels_last(&vs);
     }

@@ -166,6 +166,7 @@ fn unknown_key_message(path: &str) -> String {
     let valid: Vec<String> = match parent.as_slice() {
         ["data", "extra_ood"] => vec!["name".into(), "path".into(), "format".into(), "list".into()],
         ["ood", "heldout"] => vec!["name".into(), "path".into(), "list".into()],
+        ["model"] => vec!["num_classes".into(), "width".into(), "bottleneck".into()],
         _ => {
             let mut v = schema.take();
             for p in &parent {
@@ -221,7 +222,7 @@ impl RunConfig {
                     synth,
                     extra_ood: vec![],
                 },
-                model: ResNetConfig { num_classes: 100, width: 1.0 },
+                model: ResNetConfig { num_classes: 100, width: 1.0, bottleneck: None },
                 train: coursework_train,
                 ood: Default::default(),
             }),
@@ -236,7 +237,7 @@ impl RunConfig {
                     synth,
                     extra_ood: vec![],
                 },
-                model: ResNetConfig { num_classes: 10, width: 0.25 },
+                model: ResNetConfig { num_classes: 10, width: 0.25, bottleneck: None },
                 train: TrainConfig {
                     epochs: 12,
                     batch_size: 128,
@@ -267,7 +268,7 @@ impl RunConfig {
                     },
                     extra_ood: vec![],
                 },
-                model: ResNetConfig { num_classes: 10, width: 0.125 },
+                model: ResNetConfig { num_classes: 10, width: 0.125, bottleneck: None },
                 train: TrainConfig {
                     epochs: 3,
                     batch_size: 64,

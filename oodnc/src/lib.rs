@@ -19,6 +19,7 @@ pub mod device;
 pub mod error;
 pub mod features;
 pub mod info;
+pub mod interp;
 pub mod model;
 pub mod names;
 pub mod nc;

@@ -135,6 +135,25 @@ impl Session {
         Ok(fig)
     }
 
+    /// A sibling run with an edited recipe, named `<run>-<suffix>` (its own run folder
+    /// and figures folder), e.g. notebook 06's bottleneck run:
+    /// `s.variant("bottleneck4", |c| c.model.bottleneck = Some(4))?`. Its config is
+    /// checked against its own checkpoints like any run's.
+    pub fn variant(&self, suffix: &str, edit: impl FnOnce(&mut RunConfig)) -> Result<Session> {
+        let mut cfg = self.cfg.clone();
+        edit(&mut cfg);
+        cfg.validate()?;
+        let run = format!("{}-{suffix}", self.run);
+        Ok(Session {
+            run_dir: crate::run::run_dir(&self.root.join("runs"), &run)?,
+            figures: self.root.join("figures").join(&run),
+            root: self.root.clone(),
+            run,
+            device: self.device,
+            cfg,
+        })
+    }
+
     /// Path of a file in the run folder.
     pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.run_dir.join(rel)

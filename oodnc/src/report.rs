@@ -314,6 +314,27 @@ pub fn wide_table(rows: &[LongRow], epoch: i64, dataset: &str, metrics: &[&str])
     Ok(s)
 }
 
+/// Markdown table comparing runs: one row per metric, one column per run, each run
+/// given as (label, rows, epoch); values of `key` on `dataset`. A metric a run lacks is "–".
+pub fn runs_table(runs: &[(&str, &[LongRow], i64)], key: &str, dataset: &str, metrics: &[&str]) -> Result<String> {
+    if runs.is_empty() {
+        return Err(Error::data("runs table", "no runs given"));
+    }
+    let mut s = format!("| {key}, {dataset} |");
+    for (label, _, epoch) in runs {
+        s += &format!(" {label} (epoch {epoch}) |");
+    }
+    s += &format!("\n|---|{}\n", "---:|".repeat(runs.len()));
+    for m in metrics {
+        s += &format!("| {m} |");
+        for &(_, rows, epoch) in runs {
+            s += &cell(find(rows, epoch, key, dataset, m));
+        }
+        s.push('\n');
+    }
+    Ok(s)
+}
+
 /// Shows Markdown in a notebook (evcxr `text/markdown`) as well as plain text.
 pub fn display_markdown(md: &str) {
     println!("EVCXR_BEGIN_CONTENT text/markdown\n{md}\nEVCXR_END_CONTENT");

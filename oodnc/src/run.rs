@@ -91,6 +91,10 @@ pub enum Table {
     NcLayers,
     /// `nc/terminal_phase.json`.
     TerminalPhase,
+    /// `interp/layers.csv`: probes, selectivity, privileged basis, dimensionality per layer (`oodnc interp`).
+    InterpLayers,
+    /// `interp/ablation.csv`: subspace ablations; the `layer` column holds the subspace.
+    InterpAblation,
 }
 
 impl Table {
@@ -103,6 +107,8 @@ impl Table {
             Table::NcMetrics => "nc/metrics.csv",
             Table::NcLayers => "nc/layers.csv",
             Table::TerminalPhase => "nc/terminal_phase.json",
+            Table::InterpLayers => "interp/layers.csv",
+            Table::InterpAblation => "interp/ablation.csv",
         }
     }
 }

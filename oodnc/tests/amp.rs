@@ -16,7 +16,7 @@ const CPU: Device = Device::Cpu;
 fn model(seed: i64) -> (VarStore, ResNet18) {
     tch::manual_seed(seed);
     let vs = VarStore::new(CPU);
-    let m = ResNet18::new(&vs.root(), ResNetConfig { num_classes: 10, width: 0.125 }).unwrap();
+    let m = ResNet18::new(&vs.root(), ResNetConfig { num_classes: 10, width: 0.125, bottleneck: None }).unwrap();
     (vs, m)
 }
 

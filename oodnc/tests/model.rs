@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 fn model(classes: i64, width: f64) -> (VarStore, ResNet18) {
     let vs = VarStore::new(Device::Cpu);
-    let m = ResNet18::new(&vs.root(), ResNetConfig { num_classes: classes, width }).unwrap();
+    let m = ResNet18::new(&vs.root(), ResNetConfig { num_classes: classes, width, bottleneck: None }).unwrap();
     (vs, m)
 }
 
@@ -68,7 +68,7 @@ fn taps_shapes_and_consistency() {
     // Bad inputs are errors, not panics.
     assert!(matches!(m.forward_t(&Tensor::zeros([2, 1, 32, 32], (Kind::Float, Device::Cpu)), false), Err(Error::Shape { .. })));
     assert!(m.forward_t(&Tensor::zeros([2, 3, 32, 32], (Kind::Uint8, Device::Cpu)), false).is_err());
-    assert!(ResNet18::new(&VarStore::new(Device::Cpu).root(), ResNetConfig { num_classes: 1, width: 1.0 }).is_err());
+    assert!(ResNet18::new(&VarStore::new(Device::Cpu).root(), ResNetConfig { num_classes: 1, width: 1.0, bottleneck: None }).is_err());
 }
 
 fn interop(naming: &str) {
@@ -132,4 +132,30 @@ fn checkpoint_round_trip_and_bad_files() {
     // Garbage.
     std::fs::write(&bad, b"garbage").unwrap();
     assert!(matches!(load_checkpoint(&bad, &mut vs2), Err(Error::Format { .. })));
+}
+
+#[test]
+fn a_linear_bottleneck_is_the_penultimate_feature() {
+    let vs = VarStore::new(Device::Cpu);
+    let cfg = ResNetConfig { num_classes: 10, width: 0.125, bottleneck: Some(4) };
+    let m = ResNet18::new(&vs.root(), cfg).unwrap();
+    let vars = vs.variables();
+    assert_eq!(vars["bottleneck.weight"].size(), [4, 64]);
+    assert_eq!(vars["fc.weight"].size(), [10, 4]);
+    assert_eq!(cfg.feature_dim(), 4);
+    let x = Tensor::randn([3, 3, 32, 32], (tch::Kind::Float, Device::Cpu));
+    let t = m.forward_taps(&x, false).unwrap();
+    assert_eq!(t.penultimate.size(), [3, 4]);
+    assert_eq!(t.maps.last().unwrap().size()[1], 64);
+    let (pen, logits) = m.features_t(&x, false).unwrap();
+    assert!(pen.allclose(&t.penultimate, 1e-6, 1e-6, false) && logits.allclose(&t.logits, 1e-6, 1e-6, false));
+    // Signed (no ReLU after the bottleneck), unlike the default penultimate feature.
+    let (_, b) = m.head();
+    assert_eq!(b.size(), [10]);
+    assert!(ResNetConfig { bottleneck: Some(0), ..cfg }.validate().is_err());
+    // A config without a bottleneck serialises as before (same hash as older runs).
+    let text = toml::to_string(&ResNetConfig::default()).unwrap();
+    assert!(!text.contains("bottleneck"), "{text}");
+    let back: ResNetConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+    assert_eq!(back, cfg);
 }

@@ -279,3 +279,188 @@ fn nc5_with_either_centre() {
     let (sample_centred, _) = nc5(&st, &ood).unwrap();
     assert!((sample_centred - 0.5 / 1.25f64.sqrt()).abs() < 1e-12, "{sample_centred}");
 }
+
+// ------------------------------------------------------------ interpretability (oodnc::interp)
+
+mod interp {
+    use super::{dd, etf, samples};
+    use oodnc::interp::*;
+    use oodnc::nc::metrics::nc_metrics;
+    use oodnc::util::SplitMix64;
+    use tch::{Kind, Tensor};
+
+    fn close(a: f64, b: f64, tol: f64) -> bool {
+        (a - b).abs() <= tol
+    }
+
+    #[test]
+    fn exact_etf_dimensionality_rank_and_ncc() {
+        let c = 6;
+        let m = etf(c, 10);
+        // Feature dimensionality of every row of a simplex ETF: (C - 1) / C.
+        for v in Vec::<f64>::try_from(feature_dimensionality(&m)).unwrap() {
+            assert!(close(v, (c - 1) as f64 / c as f64, 1e-12), "{v}");
+        }
+        // Invariant to rotation and scale.
+        let r = random_rotation(10, 3);
+        let dims = Vec::<f64>::try_from(feature_dimensionality(&(m.matmul(&r) * 7.0))).unwrap();
+        assert!(dims.iter().all(|v| close(*v, (c - 1) as f64 / c as f64, 1e-12)));
+        assert!(close(effective_rank(&m), (c - 1) as f64, 1e-9), "{}", effective_rank(&m));
+        // Orthogonal rows: 1; two identical rows: 1/2 each.
+        let eye = Tensor::eye(4, dd());
+        assert!(Vec::<f64>::try_from(feature_dimensionality(&eye)).unwrap().iter().all(|v| close(*v, 1.0, 1e-12)));
+        let twin = Tensor::from_slice(&[1.0f64, 0.0, 1.0, 0.0]).reshape([2, 2]);
+        assert!(Vec::<f64>::try_from(feature_dimensionality(&twin)).unwrap().iter().all(|v| close(*v, 0.5, 1e-12)));
+        // Samples at the ETF vertices: the NCC probe is exact on train and test.
+        let (x, y) = samples(&m, 20, 0.05, 1);
+        let (xt, yt) = samples(&m, 10, 0.05, 2);
+        let p = probe(&x, &y, &xt, &yt, c).unwrap();
+        assert_eq!((p.ncc_train, p.ncc_test), (1.0, 1.0));
+        assert_eq!((p.linear_train, p.linear_test), (1.0, 1.0));
+        assert!(close(p.effective_rank, (c - 1) as f64, 0.05));
+        assert_eq!(p.dim, 10);
+    }
+
+    #[test]
+    fn ncc_probe_on_train_is_nc4_ncc_accuracy() {
+        // Overlapping classes, so the accuracy is neither 0 nor 1.
+        let m = etf(5, 8);
+        let (x, y) = samples(&m, 30, 0.6, 4);
+        let (nc, _) = nc_metrics(&x, &y, 5, None, None).unwrap();
+        let p = probe(&x, &y, &x, &y, 5).unwrap();
+        assert!(nc.ncc_accuracy > 0.3 && nc.ncc_accuracy < 1.0, "{}", nc.ncc_accuracy);
+        assert!(close(p.ncc_train, nc.ncc_accuracy, 1e-15));
+    }
+
+    #[test]
+    fn linear_probe_is_the_ridge_closed_form() {
+        // Two classes on a line: x = -1 or +1 plus noise; the probe separates them,
+        // and its weights solve the normal equations (checked through predictions on
+        // points whose side is known).
+        let x = Tensor::from_slice(&[-1.2f64, -0.9, -1.0, 1.1, 0.8, 1.0]).reshape([6, 1]);
+        let y = Tensor::from_slice(&[0i64, 0, 0, 1, 1, 1]);
+        let lp = LinearProbe::fit(&x, &y, 2, LinearProbe::REL_LAMBDA).unwrap();
+        assert_eq!(lp.accuracy(&x, &y).unwrap(), 1.0);
+        let q = Tensor::from_slice(&[-5.0f64, 5.0, -0.1, 0.1]).reshape([4, 1]);
+        assert_eq!(Vec::<i64>::try_from(lp.predict(&q).unwrap()).unwrap(), vec![0, 1, 0, 1]);
+        assert!(close(lp.lambda, 6.0 * LinearProbe::REL_LAMBDA, 1e-15));
+        assert!(LinearProbe::fit(&x, &y, 2, 0.0).is_err());
+    }
+
+    #[test]
+    fn one_hot_codes_are_selective_and_sparse() {
+        let c = 10;
+        // Class c activates unit c only; two extra units are never active (dead).
+        let means = Tensor::cat(&[Tensor::eye(c, dd()) * 3.0, Tensor::zeros([c, 2], dd())], 1);
+        let sel = Vec::<f64>::try_from(selectivity(&means).unwrap()).unwrap();
+        assert!(sel[..c as usize].iter().all(|v| close(*v, 1.0, 1e-15)));
+        assert!(sel[c as usize..].iter().all(|v| *v == 0.0), "dead units get 0");
+        let pb = privileged_basis(&means, 4, 0).unwrap();
+        assert!(close(pb.units_per_class, 1.0, 1e-15));
+        assert!(close(pb.classes_per_unit, 1.0, 1e-15), "dead units are left out");
+        // Centred: m = 3 (e_c - 1/C) on the live units; PR = C^2 (C - 1) / ((C - 1)^3 + 1).
+        let cf = c as f64;
+        assert!(close(pb.units_per_class_centred, cf * cf * (cf - 1.0) / ((cf - 1.0).powi(3) + 1.0), 1e-12));
+        // Kurtosis of the centred code over all C x D entries (two zero columns):
+        // E x^4 / (E x^2)^2 with per-row sums 3^4 ((C-1)^4 + (C-1)) / C^4 and 3^2 (C-1) / C.
+        let d = cf + 2.0;
+        let m4 = 81.0 * ((cf - 1.0).powi(4) + (cf - 1.0)) / cf.powi(4) / d;
+        let m2 = 9.0 * (cf - 1.0) / cf / d;
+        assert!(close(pb.kurtosis_units, m4 / (m2 * m2), 1e-12), "{}", pb.kurtosis_units);
+        assert!(!pb.signed);
+        // Uniform class means: no selectivity.
+        let flat = Tensor::ones([4, 3], dd());
+        assert!(Vec::<f64>::try_from(selectivity(&flat).unwrap()).unwrap().iter().all(|v| *v == 0.0));
+        // Negative means are refused by selectivity; nonnegative_means shifts them.
+        let signed = Tensor::from_slice(&[-1.0f64, 2.0, 1.0, 0.0]).reshape([2, 2]);
+        assert!(selectivity(&signed).is_err());
+        let (shifted, was_signed) = nonnegative_means(&signed);
+        assert!(was_signed && shifted.min().double_value(&[]) == 0.0);
+        assert!(privileged_basis(&signed, 2, 0).unwrap().signed);
+    }
+
+    #[test]
+    fn a_rotation_keeps_nc_and_changes_the_kurtosis() {
+        let c = 8;
+        let code = Tensor::eye(c, dd()) * 2.0;
+        let (x, y) = samples(&code, 25, 0.1, 7);
+        let r = random_rotation(c, 11);
+        // A rotation: R^T R = I.
+        assert!(r.tr().matmul(&r).allclose(&Tensor::eye(c, dd()), 1e-12, 1e-12, false));
+        let xr = x.matmul(&r);
+        let (a, _) = nc_metrics(&x, &y, c, None, None).unwrap();
+        let (b, _) = nc_metrics(&xr, &y, c, None, None).unwrap();
+        for ((n, u), (_, v)) in a.named().iter().zip(b.named().iter()) {
+            assert!(close(*u, *v, 1e-9 * u.abs().max(1.0)), "{n}: {u} vs {v}");
+        }
+        let (means, _) = oodnc::numerics::class_means(&x, &y, c, "test").unwrap();
+        let (means_r, _) = oodnc::numerics::class_means(&xr, &y, c, "test").unwrap();
+        let k_axis = privileged_basis(&means, 8, 0).unwrap();
+        let k_rot = privileged_basis(&means_r, 8, 0).unwrap();
+        assert!(k_axis.kurtosis_units > k_rot.kurtosis_units + 2.0, "{} vs {}", k_axis.kurtosis_units, k_rot.kurtosis_units);
+        // The rotated-basis statistic does not see the difference: it rotates both at random.
+        assert!(close(k_axis.kurtosis_rotated, k_rot.kurtosis_rotated, 1.5), "{} vs {}", k_axis.kurtosis_rotated, k_rot.kurtosis_rotated);
+        assert!(k_axis.kurtosis_units > k_axis.kurtosis_rotated + 2.0);
+    }
+
+    #[test]
+    fn projections_onto_known_subspaces() {
+        let c = 4;
+        let d = 7;
+        let m = etf(c, d) * 3.0; // spans the first C coordinates, rank C - 1
+        let (x, y) = samples(&m, 15, 0.2, 5);
+        let etf_p = Projection::fit(Subspace::Etf, &x, &y, c).unwrap();
+        assert_eq!(etf_p.basis.size(), [d, c - 1]);
+        // Features in mu_G + span(M~) are unchanged; the complement sends them to mu_G.
+        let (means, _) = oodnc::numerics::class_means(&x, &y, c, "test").unwrap();
+        let mu = means.mean_dim(&[0i64][..], true, Kind::Double);
+        let inside = &mu + (&means - &mu) * 0.7;
+        assert!(etf_p.apply(&inside).unwrap().allclose(&inside, 1e-10, 1e-10, false));
+        assert!(close(etf_p.energy_share(&inside).unwrap(), 1.0, 1e-12));
+        let comp = Projection::fit(Subspace::EtfComplement, &x, &y, c).unwrap();
+        assert!(comp.apply(&inside).unwrap().allclose(&mu.expand_as(&inside), 1e-10, 1e-10, false));
+        // A direction orthogonal to the span keeps nothing in it.
+        let mut off = vec![0.0f64; d as usize];
+        off[d as usize - 1] = 1.0;
+        let e = Tensor::from_slice(&off).unsqueeze(1);
+        let orth = &e - etf_p.basis.matmul(&etf_p.basis.tr().matmul(&e));
+        let outside = &mu + orth.tr();
+        assert!(etf_p.energy_share(&outside).unwrap() < 1e-20);
+        assert!(close(comp.energy_share(&outside).unwrap(), 1.0, 1e-12), "the complement keeps it all");
+        // Complement + projection = identity.
+        let sum = etf_p.apply(&x).unwrap() + comp.apply(&x).unwrap() - &mu;
+        assert!(sum.allclose(&x, 1e-10, 1e-10, false));
+        // PCA: data on a 2-d plane; its top-2 projection leaves it unchanged.
+        let mut g = SplitMix64::new(9);
+        let coef: Vec<f64> = (0..100).map(|_| g.normal()).collect();
+        let plane = Tensor::from_slice(&coef).reshape([50, 2]).matmul(&Tensor::eye(d, dd()).narrow(0, 2, 2));
+        let yy = Tensor::zeros([50], (Kind::Int64, tch::Device::Cpu));
+        let pca = Projection::fit(Subspace::Pca(2), &plane, &yy, 1).unwrap();
+        assert!(pca.apply(&plane).unwrap().allclose(&plane, 1e-10, 1e-10, false));
+        let full = Projection::fit(Subspace::Full, &x, &y, c).unwrap();
+        assert!(full.apply(&x).unwrap().allclose(&x, 0.0, 0.0, false));
+        assert!(Projection::fit(Subspace::Pca(0), &x, &y, c).is_err());
+        assert!(Projection::fit(Subspace::Pca(d + 1), &x, &y, c).is_err());
+    }
+
+    #[test]
+    fn bad_input_is_a_typed_error_or_the_documented_fallback() {
+        let c = 5;
+        // A class with one sample: too few for the probes.
+        let x = Tensor::from_slice(&[0.0f64, 1.0, 2.0, 3.0, 4.0, 0.1, 1.1, 2.1, 3.1]).reshape([9, 1]);
+        let y = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 0, 1, 2, 3]);
+        let e = probe(&x, &y, &x, &y, c).unwrap_err().to_string();
+        assert!(e.contains("at least 2"), "{e}");
+        // D = 2 < C - 1 = 4: the ETF span is the whole space (rank D), documented fallback.
+        let m = Tensor::from_slice(&[1.0f64, 0.0, 0.0, 1.0, -1.0, 0.0, 0.0, -1.0, 0.7, 0.7]).reshape([5, 2]);
+        let (xs, ys) = samples(&m, 6, 0.05, 3);
+        let p = Projection::fit(Subspace::Etf, &xs, &ys, c).unwrap();
+        assert_eq!(p.basis.size(), [2, 2]);
+        assert!(p.apply(&xs).unwrap().allclose(&xs, 1e-10, 1e-10, false));
+        // Shapes and values.
+        assert!(probe(&x, &y, &Tensor::zeros([3, 2], dd()), &y.narrow(0, 0, 3), c).is_err());
+        let nan = Tensor::from_slice(&[f64::NAN, 0.0]).reshape([2, 1]);
+        assert!(probe(&nan, &Tensor::from_slice(&[0i64, 1]), &nan, &Tensor::from_slice(&[0i64, 1]), 2).is_err());
+        assert!(selectivity(&Tensor::ones([1, 3], dd())).is_err());
+    }
+}

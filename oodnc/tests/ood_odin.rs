@@ -13,7 +13,7 @@ const CPU: Device = Device::Cpu;
 fn model() -> (VarStore, ResNet18) {
     tch::manual_seed(21);
     let vs = VarStore::new(CPU);
-    let m = ResNet18::new(&vs.root(), ResNetConfig { num_classes: 10, width: 0.125 }).unwrap();
+    let m = ResNet18::new(&vs.root(), ResNetConfig { num_classes: 10, width: 0.125, bottleneck: None }).unwrap();
     (vs, m)
 }
 

@@ -120,6 +120,29 @@ fn the_ci_study_end_to_end_through_run() {
     let nc = oodnc::nc::study::study(&run, &[], Default::default(), cpu).unwrap();
     assert!(nc.rows.iter().any(|r| r.metric == "nc1" && r.value.is_finite()));
 
+    // Interpretability: every layer probed, the ablations written, and the NCC probe on
+    // ID train at the penultimate layer is NC4's ncc_accuracy of the same checkpoint.
+    let it = oodnc::interp::study(&run, &[last], &Default::default(), cpu).unwrap();
+    let get = |key: &str, set: &str, metric: &str| {
+        it.layers.iter().find(|r| r.key == key && r.dataset == set && r.metric == metric).map(|r| r.value).unwrap()
+    };
+    let ncc = nc.rows.iter().find(|r| r.epoch == last && r.metric == "ncc_accuracy").unwrap().value;
+    assert!((get("penultimate", "id-train", "ncc_probe_accuracy") - ncc).abs() < 1e-12);
+    for layer in ["stem", "layer2.1", "layer4.0", "penultimate"] {
+        assert!((0.0..=1.0).contains(&get(layer, "id-test", "linear_probe_accuracy")), "{layer}");
+        assert!(get(layer, "id-train", "effective_rank_means") <= (cfg.model.num_classes - 1) as f64 + 1e-9);
+    }
+    let full_acc = it.ablation.iter().find(|r| r.key == "full" && r.metric == "accuracy").unwrap().value;
+    let test_acc = oodnc::ood::metrics::accuracy(
+        &run.features(last, &sets.id_test, ExtractOptions::default(), cpu).unwrap().logits,
+        &run.features(last, &sets.id_test, ExtractOptions::default(), cpu).unwrap().labels,
+    )
+    .unwrap();
+    // The head recomputed in f64 from the f32 features: at most one near-tie may flip.
+    assert!((full_acc - test_acc).abs() <= 1.0 / sets.id_test.len() as f64 + 1e-12, "the `full` ablation is the network itself");
+    assert!(it.ablation.iter().any(|r| r.key == "etf_complement" && r.metric == "auroc_knn"));
+    assert!(run.table(Table::InterpLayers).exists() && run.table(Table::InterpAblation).exists());
+
     let figs = t.path().join("figures");
     let written = oodnc::run_figures::write_run_figures(run.dir(), &run.figures_dir(&figs), cpu).unwrap();
     assert!(written.iter().all(|p| p.starts_with(figs.join("ci"))));

@@ -79,6 +79,24 @@ enum Command {
         #[arg(long, requires = "layers")]
         pool2x2: bool,
     },
+    /// Neural Collapse meets mechanistic interpretability: probes, class selectivity,
+    /// privileged basis, feature dimensionality per layer, and causal subspace ablations
+    /// (writes interp/layers.csv and interp/ablation.csv; features with taps, from the cache).
+    Interp {
+        #[arg(long)]
+        run: String,
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        /// all | last | a comma-separated list
+        #[arg(long, default_value = "last")]
+        epochs: String,
+        /// Detectors re-measured under each ablation (defaults of each).
+        #[arg(long, default_value = "msp,energy,knn")]
+        detectors: String,
+        /// Random rotations in the privileged-basis (kurtosis) test.
+        #[arg(long, default_value_t = 8)]
+        rotations: usize,
+    },
     /// Write every figure of a run (PNG + SVG) to figures/NAME/.
     Figures {
         #[arg(long)]
@@ -150,6 +168,10 @@ struct TrainArgs {
     /// Override the seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// A linear bottleneck of this width before the classifier (model.bottleneck; notebook 06's
+    /// superposition run: e.g. 4 for 10 classes).
+    #[arg(long)]
+    bottleneck: Option<i64>,
     /// Continue an existing run from its last completed epoch.
     #[arg(long)]
     resume: bool,
@@ -376,6 +398,9 @@ fn train(a: TrainArgs) -> oodnc::Result<()> {
     if let Some(s) = a.seed {
         cfg.seed = s;
     }
+    if let Some(d) = a.bottleneck {
+        cfg.model.bottleneck = Some(d);
+    }
     if let Some(r) = &a.data_root {
         cfg.data.root = r.clone();
     }
@@ -490,6 +515,38 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             let r = oodnc::run::Run::open_named(&runs, &run)?;
             let files = oodnc::run_figures::write_run_figures(r.dir(), &r.figures_dir(&out), oodnc::device::best_device())?;
             println!("{} figures written to {} (PNG + SVG)", files.len(), r.figures_dir(&out).display());
+        }
+        Command::Interp { run, runs, epochs, detectors, rotations } => {
+            let r = oodnc::run::Run::open_named(&runs, &run)?;
+            let eps = r.parse_epochs(&epochs)?;
+            let dets: Vec<String> = detectors.split(',').map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect();
+            for d in &dets {
+                oodnc::ood::DetectorSpec::new(d, &[])?;
+            }
+            let opts = oodnc::interp::InterpOptions { detectors: dets, rotations, ..Default::default() };
+            let st = oodnc::interp::study(&r, &eps, &opts, oodnc::device::best_device())?;
+            let last = oodnc::report::last_epoch(&st.layers)?;
+            let metrics = [
+                "dim",
+                "ncc_probe_accuracy",
+                "linear_probe_accuracy",
+                "effective_rank_means",
+                "selectivity_mean",
+                "units_per_class",
+                "classes_per_unit",
+                "kurtosis_units",
+                "kurtosis_rotated",
+                "dimensionality_means",
+            ];
+            println!("epoch {last}, ID train:\n{}", oodnc::report::wide_table(&st.layers, last, oodnc::names::ID_TRAIN, &metrics)?);
+            println!(
+                "ID test:\n{}",
+                oodnc::report::wide_table(&st.layers, last, oodnc::names::ID_TEST, &["ncc_probe_accuracy", "linear_probe_accuracy"])?
+            );
+            for row in st.ablation.iter().filter(|x| x.epoch == last) {
+                println!("ablation {:<22} {:<14} {:<22} {:.4}", row.key, row.dataset, row.metric, row.value);
+            }
+            println!("tables: {}, {}", st.layers_csv.display(), st.ablation_csv.display());
         }
         Command::Nc { run, runs, epochs, layers, pool2x2 } => {
             let r = oodnc::run::Run::open_named(&runs, &run)?;

@@ -19,6 +19,13 @@
 //!
 //! `width` scales every channel count (64 -> round(64 * width)); the `demo`
 //! profile trains a narrow network on the CPU.
+//!
+//! `bottleneck = d` (not in the original) inserts a linear layer
+//! `bottleneck: Linear(512, d)` (with bias, PyTorch's default initialisation)
+//! between the pooled last block and `fc`; the penultimate feature is then its
+//! output (d-dimensional and signed: no ReLU). With d < C - 1 the class means
+//! cannot form a simplex ETF, which forces superposition (notebook 06,
+//! `oodnc::interp`). `None` (the default) is the network above, unchanged.
 
 use crate::error::{Error, Result};
 use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
@@ -31,11 +38,14 @@ pub struct ResNetConfig {
     pub num_classes: i64,
     /// Channel multiplier (1.0 = the standard 64/128/256/512).
     pub width: f64,
+    /// Width of an optional linear bottleneck before the classifier (see the module docs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bottleneck: Option<i64>,
 }
 
 impl Default for ResNetConfig {
     fn default() -> Self {
-        ResNetConfig { num_classes: 100, width: 1.0 }
+        ResNetConfig { num_classes: 100, width: 1.0, bottleneck: None }
     }
 }
 
@@ -53,12 +63,17 @@ impl ResNetConfig {
         if !(self.width > 0.0 && self.width <= 8.0) {
             return Err(Error::param("width", format!("{} is outside (0, 8]", self.width)));
         }
+        if let Some(d) = self.bottleneck {
+            if !(1..=4096).contains(&d) {
+                return Err(Error::param("model.bottleneck", format!("{d} is outside 1..=4096 (or leave it out: no bottleneck)")));
+            }
+        }
         Ok(())
     }
 
-    /// Penultimate feature dimension.
+    /// Penultimate feature dimension (the bottleneck's width when there is one).
     pub fn feature_dim(&self) -> i64 {
-        self.widths()[3]
+        self.bottleneck.unwrap_or(self.widths()[3])
     }
 }
 
@@ -138,6 +153,7 @@ pub struct ResNet18 {
     conv1: nn::Conv2D,
     bn1: nn::BatchNorm,
     blocks: Vec<BasicBlock>,
+    bottleneck: Option<nn::Linear>,
     fc: nn::Linear,
 }
 
@@ -157,13 +173,14 @@ impl ResNet18 {
             blocks.push(BasicBlock::new(&lp / "1", cout, cout, 1));
             cin = cout;
         }
+        let bottleneck = config.bottleneck.map(|d| nn::linear(vs / "bottleneck", w[3], d, Default::default()));
         let fc = nn::linear(
             vs / "fc",
-            w[3],
+            config.feature_dim(),
             config.num_classes,
             nn::LinearConfig { ws_init: Init::Randn { mean: 0.0, stdev: 0.01 }, bs_init: Some(Init::Const(0.0)), bias: true },
         );
-        Ok(ResNet18 { config, conv1, bn1, blocks, fc })
+        Ok(ResNet18 { config, conv1, bn1, blocks, bottleneck, fc })
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {
@@ -194,22 +211,27 @@ impl ResNet18 {
         h
     }
 
-    /// Penultimate features `[B, D]`: global average pool of the last block.
-    fn pool(h: &Tensor) -> Tensor {
-        h.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+    /// Penultimate features `[B, D]`: global average pool of the last block
+    /// (then the bottleneck, when the config has one).
+    fn pool(&self, h: &Tensor) -> Tensor {
+        let p = h.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        match &self.bottleneck {
+            Some(l) => p.apply(l),
+            None => p,
+        }
     }
 
     /// Logits `[B, C]` (train = true: BN uses batch statistics and updates its
     /// running ones). A bad input is a typed error (the [`nn::ModuleT`] impl panics instead).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
-        Ok(Self::pool(&self.trunk(x, train, None)).apply(&self.fc))
+        Ok(self.pool(&self.trunk(x, train, None)).apply(&self.fc))
     }
 
     /// Penultimate features and logits (eval or train mode).
     pub fn features_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
         self.check_input(x)?;
-        let pen = Self::pool(&self.trunk(x, train, None));
+        let pen = self.pool(&self.trunk(x, train, None));
         let logits = pen.apply(&self.fc);
         Ok((pen, logits))
     }
@@ -218,7 +240,7 @@ impl ResNet18 {
     pub fn forward_taps(&self, x: &Tensor, train: bool) -> Result<Taps> {
         self.check_input(x)?;
         let mut maps = Vec::with_capacity(9);
-        let penultimate = Self::pool(&self.trunk(x, train, Some(&mut maps)));
+        let penultimate = self.pool(&self.trunk(x, train, Some(&mut maps)));
         let logits = penultimate.apply(&self.fc);
         Ok(Taps { maps, penultimate, logits })
     }
@@ -239,7 +261,7 @@ impl ResNet18 {
 /// Panics on a bad input, like tch's own modules; [`ResNet18::forward_t`] returns a typed error.
 impl nn::ModuleT for ResNet18 {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        Self::pool(&self.trunk(x, train, None)).apply(&self.fc)
+        self.pool(&self.trunk(x, train, None)).apply(&self.fc)
     }
 }
 

@@ -30,8 +30,19 @@ pub struct LayerResult {
 /// Ordered layer names present in `f`, then `penultimate`. With global average
 /// pooling `layer4.1` is left out (its GAP is exactly the penultimate feature);
 /// its 2x2 form is not, so `layer4.1+2x2` is kept.
+///
+/// With a bottleneck (`model.bottleneck`), GAP(`layer4.1`) is not the penultimate
+/// feature, and it is kept (checked on the values, not assumed).
 pub fn layer_names(f: &FeatureSet, pool2x2: bool) -> Vec<String> {
-    let taps = if pool2x2 { &TAP_NAMES[..9] } else { &TAP_NAMES[..8] };
+    let last_is_penultimate = f
+        .taps
+        .get("layer4.1")
+        .map(|t| {
+            t.size() == f.penultimate.size()
+                && t.to_device(tch::Device::Cpu).allclose(&f.penultimate.to_device(tch::Device::Cpu).to_kind(t.kind()), 1e-5, 1e-6, false)
+        })
+        .unwrap_or(true);
+    let taps = if pool2x2 || !last_is_penultimate { &TAP_NAMES[..9] } else { &TAP_NAMES[..8] };
     let mut v: Vec<String> =
         taps.iter().map(|n| if pool2x2 { format!("{n}+2x2") } else { n.to_string() }).filter(|n| f.taps.contains_key(n)).collect();
     v.push("penultimate".into());

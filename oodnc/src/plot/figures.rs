@@ -566,3 +566,113 @@ pub fn display_gif(path: impl AsRef<std::path::Path>) -> Result<()> {
     println!("EVCXR_BEGIN_CONTENT image/gif\n{}\nEVCXR_END_CONTENT", base64::engine::general_purpose::STANDARD.encode(bytes));
     Ok(())
 }
+
+/// The value of (`epoch`, `key`, `dataset`, `metric`) in `rows`, NaN when absent.
+fn value_of(rows: &[LongRow], epoch: i64, key: &str, dataset: &str, metric: &str) -> f64 {
+    rows.iter()
+        .find(|r| r.epoch == epoch && r.key == key && r.dataset == dataset && r.metric == metric)
+        .map(|r| r.value)
+        .unwrap_or(f64::NAN)
+}
+
+/// Notebook 06's per-layer panels (`interp/layers.csv` rows of one or more runs, each
+/// with a label and the epoch to show): probe accuracies on ID test, effective rank of the class means
+/// (reference C - 1), class selectivity, units per class and classes per unit, the
+/// kurtosis test (unit basis against random rotations) and the feature dimensionality
+/// of the centred means (reference (C - 1) / C, the simplex ETF). x is the layer index
+/// (0 = the stem, last = the penultimate feature).
+pub fn interp_by_layer(runs: &[(&str, &[LongRow], i64)], classes: i64) -> Result<Figure> {
+    use crate::names::{ID_TEST, ID_TRAIN};
+    if runs.is_empty() {
+        return Err(Error::data("interp_by_layer", "no runs given"));
+    }
+    let line = |title: &str, y: &str| LinePlot::new(title, "layer index (0 = stem, last = penultimate)", y);
+    let mut probes = line("Probe accuracy (ID test)", "accuracy").y_range(0.0, 1.02).legend_lower();
+    let mut erank =
+        line("Effective rank of the class means", "exp(entropy of singular values)").hline((classes - 1) as f64, "C - 1 (simplex ETF)");
+    let mut sel = line("Class selectivity (Morcos et al.)", "mean over units").legend_lower();
+    let mut poly = line("Units per class, classes per unit", "participation ratio").log_y();
+    let mut kurt = line("Privileged basis: kurtosis of class means", "kurtosis (3 = Gaussian)").log_y().hline(3.0, "Gaussian");
+    let mut dims =
+        line("Feature dimensionality of the class means", "mean D_c").hline((classes - 1) as f64 / classes as f64, "(C - 1) / C (ETF)");
+    let mut names = Vec::new();
+    for &(label, rows, epoch) in runs {
+        let layers = layer_order(rows);
+        names = layers.clone();
+        let pts = |set: &str, metric: &str| -> Vec<(f64, f64)> {
+            layers.iter().enumerate().map(|(i, l)| (i as f64, value_of(rows, epoch, l, set, metric))).filter(|p| p.1.is_finite()).collect()
+        };
+        let tag = |s: &str| if runs.len() > 1 { format!("{label}: {s}") } else { s.to_string() };
+        probes = probes
+            .with(Series::new(tag("linear probe"), pts(ID_TEST, "linear_probe_accuracy")))
+            .with(Series::new(tag("NCC probe"), pts(ID_TEST, "ncc_probe_accuracy")).dashed());
+        erank = erank.with(Series::new(tag("class means"), pts(ID_TRAIN, "effective_rank_means")));
+        sel = sel
+            .with(Series::new(tag("mean"), pts(ID_TRAIN, "selectivity_mean")))
+            .with(Series::new(tag("90th percentile"), pts(ID_TRAIN, "selectivity_p90")).dashed());
+        poly = poly
+            .with(Series::new(tag("units per class"), pts(ID_TRAIN, "units_per_class")))
+            .with(Series::new(tag("classes per unit"), pts(ID_TRAIN, "classes_per_unit")).dashed());
+        kurt = kurt
+            .with(Series::new(tag("unit basis"), pts(ID_TRAIN, "kurtosis_units")))
+            .with(Series::new(tag("random rotations"), pts(ID_TRAIN, "kurtosis_rotated")).dashed());
+        dims = dims.with(Series::new(tag("centred means"), pts(ID_TRAIN, "dimensionality_means")));
+    }
+    let panels = [probes, erank, sel, poly, kurt, dims].into_iter().map(AnyPlot::Line).collect();
+    Figure::new(&Panels::new(format!("Interpretability by layer (layers: {})", names.join(", ")), 2, 3, panels), 1900, 1000)
+}
+
+/// Notebook 06's ablation panels at `epoch` (`interp/ablation.csv` rows; the `layer`
+/// column holds the subspace): ID-test accuracy through the head and the mean AUROC
+/// over the OOD sets of each detector, per kept subspace; and the share of each set's
+/// centred energy inside the ETF span.
+pub fn ablation_bars(rows: &[LongRow], epoch: i64) -> Result<Figure> {
+    let at: Vec<&LongRow> = rows.iter().filter(|r| r.epoch == epoch).collect();
+    if at.is_empty() {
+        return Err(Error::data("ablation_bars", format!("no ablation rows at epoch {epoch}")));
+    }
+    let subs = distinct(at.iter().filter(|r| r.metric == "accuracy").map(|r| r.key.clone()));
+    let dets = distinct(at.iter().filter(|r| r.metric.starts_with("auroc_")).map(|r| r.metric.clone()));
+    let mut b = BarChart::new("Accuracy and OOD AUROC after projecting the features", "value", subs.clone());
+    b = b.with("ID-test accuracy", subs.iter().map(|s| value_of(rows, epoch, s, crate::names::ID_TEST, "accuracy")).collect(), None);
+    for d in &dets {
+        let mean = |s: &String| {
+            let v: Vec<f64> = at.iter().filter(|r| &r.key == s && &r.metric == d).map(|r| r.value).collect();
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        };
+        b = b.with(format!("{} AUROC (mean over OOD sets)", d.trim_start_matches("auroc_")), subs.iter().map(mean).collect(), None);
+    }
+    b.y_range = Some((0.0, 1.05));
+    let sets = distinct(at.iter().filter(|r| r.metric == "energy_in_etf_span").map(|r| r.dataset.clone()));
+    let e = BarChart::new("Centred energy inside the ETF span (NC5: OOD less)", "mean share", sets.clone()).with(
+        "share",
+        sets.iter().map(|s| value_of(rows, epoch, "etf", s, "energy_in_etf_span")).collect(),
+        None,
+    );
+    Figure::new(&Panels::new(format!("Causal subspace ablation, epoch {epoch}"), 1, 2, vec![AnyPlot::Bar(b), AnyPlot::Bar(e)]), 1800, 600)
+}
+
+/// Class selectivity beside Neural Collapse over training at one layer: the mean and
+/// 90th-percentile selectivity (`interp/layers.csv` rows) and NC1 (log) and the NC2
+/// equinorm of the same checkpoints (`nc/layers.csv` or `nc/metrics.csv` rows).
+pub fn selectivity_vs_nc(interp: &[LongRow], nc: &[LongRow], layer: &str) -> Result<Figure> {
+    let id = crate::names::ID_TRAIN;
+    let sel = LinePlot::new(format!("Class selectivity of {layer} units"), "epoch", "selectivity")
+        .with(Series::new("mean", series_of(interp, layer, id, "selectivity_mean")))
+        .with(Series::new("90th percentile", series_of(interp, layer, id, "selectivity_p90")).dashed())
+        .legend_lower();
+    let nc1 =
+        LinePlot::new(format!("NC1 of {layer}"), "epoch", "NC1 (log)").with(Series::new("nc1", series_of(nc, layer, id, "nc1"))).log_y();
+    let nc2 = LinePlot::new(format!("NC2 of {layer}"), "epoch", "coefficient of variation / max |cos + 1/(C-1)|")
+        .with(Series::new("equinorm (means)", series_of(nc, layer, id, "nc2_equinorm_m")))
+        .with(Series::new("equiangularity (means)", series_of(nc, layer, id, "nc2_maxangle_m")).dashed());
+    if sel.series.iter().all(|s| s.points.is_empty()) {
+        return Err(Error::data("selectivity_vs_nc", format!("no selectivity rows for layer {layer}")));
+    }
+    let panels = vec![AnyPlot::Line(sel), AnyPlot::Line(nc1), AnyPlot::Line(nc2)];
+    Figure::new(&Panels::new(format!("Units and geometry over training ({layer})"), 1, 3, panels), 1800, 560)
+}
