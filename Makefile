@@ -41,7 +41,7 @@ OODNC_PROFILE ?= demo
 NB_TIMEOUT ?= 3600
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: help setup venv evcxr kernel demo reproduce test lint test-rust test-notebooks lab bench clean-build info
+.PHONY: help setup venv evcxr kernel demo reproduce test lint test-rust test-notebooks lab bench clean-build info torch211 gpu-variant
 
 help:
 	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
@@ -123,6 +123,32 @@ lab: setup
 
 bench: setup
 	cargo run --release --bin oodnc -- bench all
+
+# ---------------------------------------------------------------- torch 2.11 variant (GPU bundle)
+# The torch==2.11.0 wheel (no deps), extracted into the cache: its headers and
+# libraries compile and link the tch 0.24 build variant of oodnc, the one that runs
+# on a machine whose own PyTorch is 2.11 (the lent GPU machine). Its CUDA
+# libraries' dependencies resolve, for linking and for the CPU run here, through
+# the main venv's nvidia-* wheels (same CUDA 13 sonames).
+TORCH211 := $(OODNC_CACHE)/torch-2.11.0/site-packages
+TORCH211_STAMP := $(TORCH211)/torch/.oodnc-extracted
+
+torch211: $(TORCH211_STAMP)
+
+$(TORCH211_STAMP): | venv
+	@mkdir -p "$(OODNC_CACHE)/wheels" "$(TORCH211)"
+	@ls "$(OODNC_CACHE)"/wheels/torch-2.11.0-*.whl >/dev/null 2>&1 || { \
+	  echo ">> pip download torch==2.11.0 --no-deps (about 530 MB, once)"; \
+	  "$(PY)" -m pip download --no-deps --progress-bar off torch==2.11.0 -d "$(OODNC_CACHE)/wheels"; }
+	cd "$(TORCH211)" && unzip -q -o "$$(ls "$(OODNC_CACHE)"/wheels/torch-2.11.0-*.whl | head -1)" \
+	  'torch/lib/*' 'torch/include/*' 'torch/version.py' 'torch/__init__.py'
+	@ln -sfn "$$(readlink -f .venv)/lib/python$(PYVER)/site-packages/nvidia" "$(TORCH211)/nvidia"
+	@touch "$@"
+
+# Builds the variant (same sources, tch 0.24) into the shared target folder.
+gpu-variant: torch211
+	scripts/torch211_variant.sh build/torch-2.11
+	cd build/torch-2.11 && CARGO_TARGET_DIR="$(CURDIR)/target" cargo build --release --bin oodnc
 
 clean-build:
 	rm -rf build target .jupyter
