@@ -34,6 +34,13 @@ fn main() {
         .flag(include.to_string_lossy().as_ref())
         .file("csrc/optim.cpp")
         .compile("oodnc_optim");
+    // The tch / libtorch pair this build is for, shown by `oodnc info`: the main
+    // manifest's pin unless a build variant (scripts/torch211_variant.sh) says otherwise.
+    for (key, default) in [("OODNC_TCH_VERSION", "0.26.0"), ("OODNC_TORCH_VERSION", "2.13.0")] {
+        println!("cargo:rerun-if-env-changed={key}");
+        let value = std::env::var(key).unwrap_or_else(|_| default.to_string());
+        println!("cargo:rustc-env={key}={value}");
+    }
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     match std::env::var("DEP_TCH_LIBTORCH_LIB") {

@@ -39,5 +39,7 @@ cat > "$out/.cargo/config.toml" <<CFG
 [env]
 LIBTORCH = { value = "$torch_dir", force = true }
 LD_LIBRARY_PATH = { value = "$torch_dir/lib", force = true }
+OODNC_TCH_VERSION = "0.24.0"
+OODNC_TORCH_VERSION = "2.11.0"
 CFG
 echo "$out"

@@ -3,10 +3,11 @@
 use std::fmt;
 use std::path::PathBuf;
 
-/// The tch version this crate is pinned to (see `oodnc/Cargo.toml`).
-pub const TCH_VERSION: &str = "0.26.0";
+/// The tch version this build is pinned to: 0.26.0 (see `oodnc/Cargo.toml`), or
+/// 0.24.0 in the torch 2.11 build variant (set by `build.rs`).
+pub const TCH_VERSION: &str = env!("OODNC_TCH_VERSION");
 /// The libtorch / PyPI `torch` version that [`TCH_VERSION`] requires.
-pub const TORCH_VERSION: &str = "2.13.0";
+pub const TORCH_VERSION: &str = env!("OODNC_TORCH_VERSION");
 
 /// Versions, library paths and devices of the running build.
 #[derive(Debug, Clone, serde::Serialize)]
