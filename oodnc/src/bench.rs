@@ -126,10 +126,32 @@ pub fn python() -> Result<std::path::PathBuf> {
     }
 }
 
+/// Where a Python baseline script lives: `OODNC_PYTHON_DIR`, else `python/`
+/// beside the executable (a bundle), else the source tree's `python/` (the
+/// build's manifest folder's parent; the torch 2.11 variant's manifest sits
+/// two levels under the repository, hence the second candidate).
+pub fn python_script(script: &str) -> Result<std::path::PathBuf> {
+    let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+    if let Some(d) = std::env::var_os("OODNC_PYTHON_DIR") {
+        dirs.push(d.into());
+    }
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(|p| p.to_path_buf())) {
+        dirs.push(exe_dir.join("python"));
+    }
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    dirs.push(manifest.join("../python"));
+    dirs.push(manifest.join("../../python"));
+    dirs.iter().map(|d| d.join(script)).find(|p| p.is_file()).ok_or_else(|| crate::Error::Missing {
+        what: format!("the baseline script {script}"),
+        path: dirs.first().map(|d| d.join(script)).unwrap_or_default(),
+        hint: "; set OODNC_PYTHON_DIR to the folder holding oodnc's python/ scripts".into(),
+    })
+}
+
 /// Runs one of the repo's Python baseline scripts and parses its last stdout line as JSON.
 pub fn run_python_json(script: &str, args: &[String]) -> Result<serde_json::Value> {
     let py = python()?;
-    let script_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../python").join(script);
+    let script_path = python_script(script)?;
     let out = std::process::Command::new(&py).arg(&script_path).args(args).output().map_err(|e| crate::Error::io(&py, e))?;
     if !out.status.success() {
         return Err(crate::Error::data(

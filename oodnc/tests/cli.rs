@@ -105,3 +105,14 @@ fn sweep_recipe_two_ci_seeds_then_report() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("train.lr"), "{err}");
 }
+
+/// The Python baselines are found without the build's manifest layout being
+/// assumed (the torch 2.11 variant's manifest lives under build/), and a
+/// missing one is a typed error naming the variable that fixes it.
+#[test]
+fn baseline_scripts_are_located_or_named_with_the_fix() {
+    let p = oodnc::bench::python_script("torch_resnet.py").unwrap();
+    assert!(p.is_file(), "{}", p.display());
+    let err = oodnc::bench::python_script("no_such_baseline.py").unwrap_err().to_string();
+    assert!(err.contains("no_such_baseline.py") && err.contains("OODNC_PYTHON_DIR"), "{err}");
+}
