@@ -67,7 +67,11 @@ fn counts_ok(counts: &Tensor, ctx: &str) -> Result<()> {
 pub fn effective_rank(m: &Tensor) -> f64 {
     let m = m.to_kind(Kind::Double);
     let (ev, _) = crate::numerics::eigh_desc(&m.matmul(&m.tr()));
-    let s = ev.clamp_min(0.0).sqrt();
+    // Eigenvalues of the Gram matrix carry an absolute error of about
+    // n * eps * the largest one; below that they are zero (a zero left as 1e-15
+    // would count as a singular value of 3e-8 and shift the rank by 1e-7).
+    let tol = ev.max().double_value(&[]).max(0.0) * ev.size()[0] as f64 * f64::EPSILON;
+    let s = ev.where_scalarother(&ev.gt(tol), 0.0).sqrt();
     let total = s.sum(Kind::Double).double_value(&[]);
     if total <= 0.0 {
         return 0.0;
