@@ -4,6 +4,8 @@
 #   make test    rustfmt + clippy, cargo tests, notebook tests (CI runs exactly this)
 #   make lab     JupyterLab with this project's Rust kernel
 #   make bench   benchmarks, each printing ratios against a baseline measured in the same run
+#                (oodnc bench all, then the notebook cell latency: make bench-cells)
+#   make docs-notebooks  make demo, then its executed notebooks (outputs kept) to docs/notebooks/
 #   make reproduce  the coursework: real datasets, 300 epochs (GPU), the six notebooks
 #   make setup   only the set-up (the targets above run it first; it is idempotent)
 #
@@ -41,10 +43,10 @@ OODNC_PROFILE ?= demo
 NB_TIMEOUT ?= 3600
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: help setup venv evcxr kernel demo reproduce test lint test-rust test-notebooks lab bench clean-build info torch211 gpu-variant
+.PHONY: help setup venv evcxr kernel demo reproduce test lint test-rust test-notebooks lab bench bench-cells docs-notebooks clean-build info torch211 gpu-variant
 
 help:
-	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,11p' Makefile | sed 's/^# \{0,1\}//'
 
 setup: venv evcxr kernel
 	@echo "set-up complete: venv $(VENV), evcxr $(EVCXR_VERSION), kernel spec $(KERNEL_JSON)"
@@ -123,6 +125,18 @@ lab: setup
 
 bench: setup
 	cargo run --release --bin oodnc -- bench all
+	$(MAKE) --no-print-directory bench-cells
+
+# Notebook cell latency in the real kernel, warm (CELLS_FLAGS=--cold for a fresh evcxr
+# work dir): set-up time, median and p90 of trivial cells, shipped evcxr settings
+# against evcxr's defaults measured in the same run.
+CELLS_FLAGS ?=
+bench-cells: setup
+	"$(PY)" scripts/cell_latency.py $(CELLS_FLAGS) --json build/cell_latency.json
+
+# The demo notebooks with their outputs, for readers who do not run them.
+docs-notebooks: demo
+	"$(PY)" scripts/export_notebooks.py --out docs/notebooks $(addprefix build/notebooks/,$(notdir $(NOTEBOOKS)))
 
 # ---------------------------------------------------------------- torch 2.11 variant (GPU bundle)
 # The torch==2.11.0 wheel (no deps), extracted into the cache: its headers and

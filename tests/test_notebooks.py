@@ -85,6 +85,7 @@ def test_the_six_notebooks_run_on_the_ci_profile(tmp_path):
     shutil.rmtree(os.path.join(REPO, "runs", run), ignore_errors=True)
     shutil.rmtree(os.path.join(REPO, "figures", run), ignore_errors=True)
     shutil.rmtree(os.path.join(REPO, "runs", run + "-bottleneck4"), ignore_errors=True)
+    shutil.rmtree(os.path.join(REPO, "figures", run + "-bottleneck4"), ignore_errors=True)
     notebooks = sorted(
         os.path.join(REPO, "notebooks", n) for n in os.listdir(os.path.join(REPO, "notebooks")) if n.endswith(".ipynb")
     )
@@ -115,3 +116,9 @@ def test_the_six_notebooks_run_on_the_ci_profile(tmp_path):
     figs = os.listdir(os.path.join(REPO, "figures", run))
     assert "training_curves.png" in figs and "nc_evolution_all.svg" in figs and "nc_by_layer.png" in figs
     assert "interp_by_layer.png" in figs and "interp_ablation.png" in figs and "interp_bottleneck_vs_main.png" in figs
+    # Session::show saves tables for the report too (Markdown), next to the figures.
+    for t in ["ood_table.md", "ood_protocols.md", "nc_by_epoch.md", "nc5_vs_neco.md", "nc_layers_table.md", "interp_layers_test.md"]:
+        assert t in figs, t
+    with open(os.path.join(REPO, "figures", run, "ood_table.md")) as f:
+        assert f.read().lstrip().startswith("|"), "ood_table.md is a Markdown table"
+    assert "bottleneck_vs_main_nc.md" in os.listdir(os.path.join(REPO, "figures", run + "-bottleneck4"))

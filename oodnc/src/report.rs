@@ -348,7 +348,8 @@ fn cell(v: Option<f64>) -> String {
     v.filter(|x| x.is_finite()).map(|x| format!(" {x:.4} |")).unwrap_or_else(|| " – |".into())
 }
 
-fn epochs_of(rows: &[LongRow]) -> Vec<i64> {
+/// The epochs present in `rows`, sorted, each once.
+pub fn epochs_of(rows: &[LongRow]) -> Vec<i64> {
     let mut e: Vec<i64> = rows.iter().map(|r| r.epoch).collect();
     e.sort_unstable();
     e.dedup();
@@ -537,6 +538,59 @@ pub fn merge_json_array_upgrading(
     out.sort_by_key(|v| v.get("epoch").and_then(|e| e.as_i64()).unwrap_or(i64::MIN));
     crate::util::write_atomic(path, serde_json::to_string_pretty(&out).unwrap_or_default().as_bytes())?;
     Ok(out)
+}
+
+/// The metric columns of the standard tables (notebooks and CLI), named once here
+/// instead of typed at each use (every name is a metric of the NC or interp tables).
+pub mod columns {
+    /// Notebook 03: NC1-NC4 and accuracy per epoch (penultimate layer, ID train).
+    pub const NC_BY_EPOCH: &[&str] = &[
+        "accuracy",
+        "nc1",
+        "nc1_raw",
+        "cdnv",
+        "nc2_equinorm_m",
+        "nc2_equinorm_w",
+        "nc2_maxangle_m",
+        "nc2_maxangle_w",
+        "nc3",
+        "nc4_ncc_mismatch",
+        "ncc_accuracy",
+    ];
+    /// Notebook 05: NC per layer at one epoch.
+    pub const NC_BY_LAYER: &[&str] =
+        &["dim", "dim_below_classes", "nc1", "cdnv", "nc2_equinorm_m", "nc2_maxangle_m", "nc3", "nc4_ncc_mismatch", "ncc_accuracy"];
+    /// Notebook 06: the interpretability measures per layer (ID train).
+    pub const INTERP_BY_LAYER: &[&str] = &[
+        "dim",
+        "ncc_probe_accuracy",
+        "linear_probe_accuracy",
+        "effective_rank_means",
+        "selectivity_mean",
+        "units_per_class",
+        "classes_per_unit",
+        "kurtosis_units",
+        "kurtosis_rotated",
+        "dimensionality_means",
+    ];
+    /// Notebook 06: probe accuracy on ID test.
+    pub const PROBES: &[&str] = &["ncc_probe_accuracy", "linear_probe_accuracy"];
+    /// Notebook 06: the subspace ablations.
+    pub const ABLATION: &[&str] = &["kept_dim", "accuracy", "energy_in_etf_span"];
+    /// Notebook 06: the bottleneck run against the main run, interpretability measures.
+    pub const RUNS_INTERP: &[&str] = &[
+        "dim",
+        "linear_probe_accuracy",
+        "effective_rank_means",
+        "dimensionality_means",
+        "dimensionality_w",
+        "dimensionality_etf",
+        "units_per_class_centred",
+        "kurtosis_units",
+        "kurtosis_rotated",
+    ];
+    /// Notebook 06: the bottleneck run against the main run, NC.
+    pub const RUNS_NC: &[&str] = &["accuracy", "nc1", "nc2_equinorm_m", "nc2_maxangle_m", "nc3", "nc4_ncc_mismatch"];
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Every figure renders from small fixture data: expected size, not blank, and
 //! its text renders (a figure with labels differs from the same without).
 
+mod common;
+
 use oodnc::nc::{ClassGeometry, ClassStats};
 use oodnc::plot::figures::*;
 use oodnc::plot::{BarChart, Figure, Heatmap, Histogram, LinePlot, Panels, ScatterPlot, Series, TextBox};
@@ -180,4 +182,73 @@ fn every_plot_kind_renders_its_text() {
     assert!(Figure::new(&Heatmap::new("x", vec![vec![1.0], vec![1.0, 2.0]]), 300, 200).is_err());
     assert!(Figure::new(&Histogram::new("x", "y"), 300, 200).is_err());
     assert!(Figure::new(&Panels::new("x", 1, 1, vec![]), 300, 200).is_err());
+}
+
+// ---------------------------------------------------------------- notebook display (Session::show)
+
+fn session_in(dir: &std::path::Path) -> oodnc::notebook::Session {
+    oodnc::notebook::Session {
+        root: dir.to_path_buf(),
+        cfg: oodnc::config::RunConfig::profile("ci").unwrap(),
+        run: "t".into(),
+        run_dir: dir.join("runs/t"),
+        figures: dir.join("figures/t"),
+        device: Device::Cpu,
+    }
+}
+
+#[test]
+fn session_show_saves_figures_tables_and_frames_for_the_report() {
+    use oodnc::notebook::Shown;
+    use polars::prelude::*;
+    let tmp = common::TempDir::new("show");
+    let s = session_in(tmp.path());
+    let fig = training_curves(&history()).unwrap();
+    let shown = s.show(fig, "curves").unwrap();
+    assert!(shown.figure().is_some());
+    for ext in ["png", "svg"] {
+        assert!(tmp.path().join(format!("figures/t/curves.{ext}")).exists(), "{ext}");
+    }
+    let md = "| a | b |\n|---|---|\n| 1 | 2 |".to_string();
+    assert!(matches!(s.show(md.clone(), "table").unwrap(), Shown::Table(_)));
+    assert_eq!(std::fs::read_to_string(tmp.path().join("figures/t/table.md")).unwrap(), md + "\n");
+    let df = df!("detector" => ["msp", "<knn>"], "auroc" => [0.91234567, 0.5]).unwrap();
+    assert!(matches!(s.show(df, "frame").unwrap(), Shown::Frame(_)));
+    let csv = std::fs::read_to_string(tmp.path().join("figures/t/frame.csv")).unwrap();
+    assert!(csv.starts_with("detector,auroc\n") && csv.contains("msp,0.91234567"), "{csv}");
+    // A stem with a folder in it is refused, naming the stem.
+    for bad in ["", "../x", "a/b", ".hidden"] {
+        let e = s.show("| x |".to_string(), bad).unwrap_err().to_string();
+        assert!(e.contains("stem"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn frames_show_as_html_tables_escaped_and_truncated() {
+    use polars::prelude::*;
+    let df = df!("name" => ["a<b", "c&d", "e"], "x" => [1.0f64, 2.123456, f64::NAN], "n" => [1i64, 2, 3]).unwrap();
+    let h = oodnc::notebook::frame_html(&df, 2);
+    assert!(h.starts_with("<table>") && h.contains("<th>name</th><th>x</th><th>n</th>"), "{h}");
+    assert!(h.contains("<td>a&lt;b</td><td>1.0000</td><td>1</td>"), "{h}");
+    assert!(h.contains("<td>c&amp;d</td><td>2.1235</td><td>2</td>"), "{h}");
+    assert!(!h.contains("<td>e</td>") && h.contains("2 of 3 rows, 3 columns"), "{h}");
+    let all = oodnc::notebook::frame_html(&df, 10);
+    assert!(all.contains("<td>e</td>") && !all.contains("rows,"), "{all}");
+}
+
+#[test]
+fn session_rows_reads_an_earlier_table_or_names_the_notebook_to_run() {
+    use oodnc::run::Table;
+    let tmp = common::TempDir::new("rows");
+    let s = session_in(tmp.path());
+    let e = s.rows(Table::NcMetrics, "03_neural_collapse").unwrap_err().to_string();
+    assert!(e.contains("nc/metrics.csv") && e.contains("03_neural_collapse"), "{e}");
+    let rows = vec![LongRow::point(3, "penultimate", "id-train", "nc1", 0.25), LongRow::point(5, "penultimate", "id-train", "nc1", 0.125)];
+    let mut df = oodnc::results::to_frame(&rows, oodnc::results::TableKind::Nc).unwrap();
+    std::fs::create_dir_all(tmp.path().join("runs/t/nc")).unwrap();
+    oodnc::results::write_csv(&mut df, &tmp.path().join("runs/t/nc/metrics.csv")).unwrap();
+    let back = s.rows(Table::NcMetrics, "03_neural_collapse").unwrap();
+    assert_eq!(back.len(), 2);
+    assert_eq!((back[1].epoch, back[1].key.as_str(), back[1].value), (5, "penultimate", 0.125));
+    assert_eq!(oodnc::report::epochs_of(&back), vec![3, 5]);
 }

@@ -526,19 +526,10 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             let opts = oodnc::interp::InterpOptions { detectors: dets, rotations, ..Default::default() };
             let st = oodnc::interp::study(&r, &eps, &opts, oodnc::device::best_device())?;
             let last = oodnc::report::last_epoch(&st.layers)?;
-            let metrics = [
-                "dim",
-                "ncc_probe_accuracy",
-                "linear_probe_accuracy",
-                "effective_rank_means",
-                "selectivity_mean",
-                "units_per_class",
-                "classes_per_unit",
-                "kurtosis_units",
-                "kurtosis_rotated",
-                "dimensionality_means",
-            ];
-            println!("epoch {last}, ID train:\n{}", oodnc::report::wide_table(&st.layers, last, oodnc::names::ID_TRAIN, &metrics)?);
+            println!(
+                "epoch {last}, ID train:\n{}",
+                oodnc::report::wide_table(&st.layers, last, oodnc::names::ID_TRAIN, oodnc::report::columns::INTERP_BY_LAYER)?
+            );
             println!(
                 "ID test:\n{}",
                 oodnc::report::wide_table(&st.layers, last, oodnc::names::ID_TEST, &["ncc_probe_accuracy", "linear_probe_accuracy"])?

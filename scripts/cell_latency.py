@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Notebook cell latency in the real kernel (evcxr through our kernel spec): `make bench-cells`.
+
+Runs a notebook made of the one set-up cell every oodnc notebook starts with
+(`:dep oodnc`, `use oodnc::prelude::*;`, `Session::new()`) followed by trivial
+cells of the kinds the notebooks are made of (a `let`, a final expression shown
+through Debug, a tensor op, a Markdown table through `s.show`), and reports:
+
+- set-up: kernel start to the end of the set-up cell (the first output a student sees);
+- per trivial cell: median and p90 of the wall time from execute request to reply.
+
+Each evcxr setting is measured in the same run (a baseline in the same conditions):
+- `shipped`: the evcxr.toml that `make setup` writes (.jupyter/evcxr/evcxr.toml);
+- `evcxr-defaults`: evcxr's own defaults except the optimisation level, i.e. what
+  the shipped file changes (`preserve_vars_on_panic = true`).
+
+`--cold` uses a fresh evcxr work dir for each setting (the crate and its
+dependencies compiled inside the kernel, as in a first notebook on a new clone);
+without it each setting gets one untimed warm-up pass in its own persistent work
+dir, then the timed pass. Output: a table on stdout and JSON (--json).
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import nbformat
+from nbclient import NotebookClient
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SETUP = ':dep oodnc = { path = "%s" }\nuse oodnc::prelude::*;\nlet s = Session::new()?;' % os.path.join(REPO, "oodnc")
+
+TRIVIAL = [
+    "let x = 1 + 1;",
+    "x + 40",
+    'println!("run folder: {}", s.run_dir.display());',
+    "let v: Vec<f64> = (0..100).map(|i| i as f64).collect();",
+    "v.len()",
+    "let t = tch::Tensor::from_slice(&v).mean(tch::Kind::Double);",
+    "t.double_value(&[])",
+    's.show(String::from("| a | b |\\n|---|---|\\n| 1 | 2 |"), "cell_latency_table")?',
+    "let y = x * 3;",
+    'format!("{y} and {}", v[3])',
+    "s.terminal_phase()",
+    "let z = y + 1;",
+]
+
+SETTINGS = {
+    "shipped": None,  # the evcxr.toml make setup writes
+    "evcxr-defaults": '[evcxr]\nopt_level = "0"\npreserve_vars_on_panic = true\n',
+}
+
+
+def make_notebook():
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "rust", "display_name": "Rust (oodnc)", "language": "rust"}
+    nb.cells = [nbformat.v4.new_code_cell(SETUP)] + [nbformat.v4.new_code_cell(c) for c in TRIVIAL]
+    return nb
+
+
+def kernel_spec(tmp, name, work, config_text):
+    """A copy of this clone's kernel spec under tmp/kernels/<name>, with its own evcxr
+    work dir and, when config_text is given, its own evcxr.toml."""
+    src = os.path.join(REPO, ".jupyter", "kernels", "rust", "kernel.json")
+    if not os.path.exists(src):
+        sys.exit(f"error: {src} missing; run `make setup` first")
+    with open(src) as f:
+        spec = json.load(f)
+    spec["env"]["OODNC_EVCXR_WORK"] = work
+    if config_text is not None:
+        cfg = os.path.join(tmp, "config-" + name)
+        os.makedirs(cfg, exist_ok=True)
+        with open(os.path.join(cfg, "evcxr.toml"), "w") as f:
+            f.write(config_text)
+        spec["env"]["EVCXR_CONFIG_DIR"] = cfg
+    d = os.path.join(tmp, "kernels", name)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "kernel.json"), "w") as f:
+        json.dump(spec, f)
+    return name
+
+
+def run_once(kernel, workdir, timeout):
+    """(set-up seconds from kernel start, [seconds per trivial cell])."""
+    nb = make_notebook()
+    started, took = {}, {}
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name=kernel,
+        resources={"metadata": {"path": workdir}},
+        on_cell_start=lambda cell, cell_index, **_: started.__setitem__(cell_index, time.perf_counter()),
+        on_cell_executed=lambda cell, cell_index, **_: took.__setitem__(cell_index, time.perf_counter() - started[cell_index]),
+        startup_timeout=300,
+    )
+    t0 = time.perf_counter()
+    with client.setup_kernel():
+        boot = time.perf_counter() - t0
+        for i, cell in enumerate(nb.cells):
+            client.execute_cell(cell, i)
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    if errors:
+        sys.exit("error: a latency cell failed:\n" + "\n".join(e.get("evalue", "") for e in errors))
+    return boot + took[0], [took[i] for i in range(1, len(nb.cells))]
+
+
+def p90(xs):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(0.9 * (len(xs) - 1))))]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cold", action="store_true", help="fresh evcxr work dirs (minutes per setting)")
+    ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated: " + ", ".join(SETTINGS))
+    ap.add_argument("--timeout", type=int, default=1800, help="per-cell timeout (s)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    names = [n for n in args.settings.split(",") if n]
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        sys.exit(f"error: unknown setting(s) {unknown}; known: {', '.join(SETTINGS)}")
+
+    spec_path = os.path.join(REPO, ".jupyter", "kernels", "rust", "kernel.json")
+    if not os.path.exists(spec_path):
+        sys.exit(f"error: {spec_path} missing; run `make setup` first")
+    with open(spec_path) as f:
+        shared_work = json.load(f)["env"]["OODNC_EVCXR_WORK"]
+    tmp = tempfile.mkdtemp(prefix="oodnc-cell-latency-")
+    os.environ["JUPYTER_PATH"] = tmp  # our temporary kernel specs only
+    os.environ.setdefault("OODNC_RUN", "cell-latency")
+    workdir = os.path.join(REPO, "notebooks")
+    results = {}
+    try:
+        for name in names:
+            # Warm: the kernel's own persistent work dir (the settings compared change
+            # nothing in how dependencies are built, so they share its build cache);
+            # cold: a fresh one inside tmp, removed at the end.
+            work = os.path.join(tmp, "work-" + name) if args.cold else shared_work
+            kernel = kernel_spec(tmp, "lat-" + name, work, SETTINGS[name])
+            if not args.cold:
+                print(f"[{name}] warm-up pass (untimed; compiles oodnc in the kernel's work dir if it is not built yet)", flush=True)
+                run_once(kernel, workdir, args.timeout)
+            print(f"[{name}] timed pass", flush=True)
+            setup, cells = run_once(kernel, workdir, args.timeout)
+            results[name] = {
+                "mode": "cold" if args.cold else "warm",
+                "setup_s": setup,
+                "cell_median_s": statistics.median(cells),
+                "cell_p90_s": p90(cells),
+                "cells_s": cells,
+            }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    mode = "cold" if args.cold else "warm"
+    print(f"\ncell latency ({mode}; {len(TRIVIAL)} trivial cells after the set-up cell; {os.cpu_count()} cores)")
+    print(f"{'setting':<16} {'set-up (first output)':>22} {'median cell':>12} {'p90 cell':>9}")
+    for name, r in results.items():
+        print(f"{name:<16} {r['setup_s']:>20.1f} s {r['cell_median_s']:>10.2f} s {r['cell_p90_s']:>7.2f} s")
+    if "shipped" in results and "evcxr-defaults" in results:
+        a, b = results["shipped"], results["evcxr-defaults"]
+        print(
+            f"speed-up of the shipped settings over evcxr's defaults: median cell {b['cell_median_s'] / a['cell_median_s']:.2f}x, "
+            f"set-up {b['setup_s'] / a['setup_s']:.2f}x"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
