@@ -131,6 +131,7 @@ pub mod results;
 pub mod run;
 pub mod run_figures;
 pub mod seeds;
+pub mod selftest;
 pub mod tensor_io;
 pub mod train;
 pub mod util;

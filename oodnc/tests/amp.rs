@@ -194,3 +194,30 @@ fn a_bf16_channels_last_run_trains_and_saves_f32_checkpoints() {
     let loaded = tch::no_grad(|| m.forward_t(&x, false).unwrap());
     assert!(max_abs_diff(&ours, &loaded) < 1e-4);
 }
+
+#[test]
+fn selftest_passes_on_the_cpu_and_reports_failures_as_lines() {
+    let checks = oodnc::selftest::run(CPU);
+    let names: Vec<&str> = checks.iter().map(|c| c.name).collect();
+    for n in [
+        "train-step-fp32",
+        "bf16-autocast",
+        "channels-last",
+        "fused-sgd",
+        "feature-extraction",
+        "knn",
+        "mahalanobis",
+        "checkpoint-round-trip",
+    ] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+    for c in &checks {
+        assert!(c.passed, "{c}");
+        assert!(c.to_string().starts_with("PASS "), "{c}");
+    }
+    // A check that errors or panics fails with its message; it does not stop the others.
+    let e = oodnc::selftest::check("errs", || Err(oodnc::Error::data("x", "went wrong")));
+    assert!(!e.passed && e.detail.contains("went wrong") && e.to_string().starts_with("FAIL errs"), "{e}");
+    let p = oodnc::selftest::check("panics", || panic!("boom {}", 7));
+    assert!(!p.passed && p.detail.contains("panicked: boom 7"), "{p}");
+}

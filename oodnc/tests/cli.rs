@@ -42,6 +42,21 @@ fn info_and_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("train first"));
 }
 
+#[test]
+fn selftest_command_prints_a_line_per_check_and_refuses_a_missing_cuda() {
+    let out = oodnc(&["selftest", "--device", "cpu"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.lines().filter(|l| l.starts_with("PASS ")).count() >= 10, "{text}");
+    assert!(!text.contains("FAIL "), "{text}");
+    assert!(text.contains("checks passed on Cpu"), "{text}");
+    if !oodnc::device::cuda_available() {
+        let out = oodnc(&["selftest", "--device", "cuda"]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("CUDA is not available"));
+    }
+}
+
 /// The sweep recipe end to end with two ci-profile seeds: the SLURM array script
 /// run as `sbatch` would run each task (its `#SBATCH` lines are comments to bash),
 /// then `oodnc report` over the two runs; a re-run task resumes and changes nothing.

@@ -21,6 +21,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The device-sensitive checks (training step, bf16 autocast, channels-last, fused SGD,
+    /// feature extraction, KNN and Mahalanobis, checkpoint round trip), each against the
+    /// CPU or an independent formulation: one PASS/FAIL line each; exit status 1 on a failure.
+    Selftest {
+        /// cpu | cuda (default: the best available).
+        #[arg(long, value_enum)]
+        device: Option<DeviceArg>,
+    },
     /// Download, verify, generate and inspect datasets.
     #[command(subcommand)]
     Data(DataCmd),
@@ -470,6 +478,19 @@ fn run(cli: Cli) -> oodnc::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&info).unwrap_or_default());
             } else {
                 println!("{info}");
+            }
+        }
+        Command::Selftest { device } => {
+            let device = parse_device(device)?;
+            println!("oodnc selftest on {device:?} (each check against the CPU or an independent formulation)");
+            let checks = oodnc::selftest::run(device);
+            for c in &checks {
+                println!("{c}");
+            }
+            let failed = checks.iter().filter(|c| !c.passed).count();
+            println!("selftest: {} of {} checks passed on {device:?}", checks.len() - failed, checks.len());
+            if failed > 0 {
+                return Err(oodnc::Error::data("selftest", format!("{failed} check(s) failed (the FAIL lines above)")));
             }
         }
         Command::Data(DataCmd::Fetch { dataset, root }) => {

@@ -1,0 +1,305 @@
+//! `oodnc selftest --device cuda|cpu`: the device-sensitive checks, inside the
+//! binary (test binaries are too large to carry to a GPU machine).
+//!
+//! Each check runs the same computation on `device` and on the CPU (the
+//! reference), or against an independent formulation, and reports one line:
+//! pass or fail, what was compared, the measured difference and the bound. On
+//! the CPU the device-against-CPU comparisons are exact by construction; they
+//! still exercise every path. Tolerances allow for what differs legitimately on
+//! a GPU: TF32 convolutions in cuDNN (relative error ~1e-3) and a different
+//! summation order; bf16 steps are compared against their own bound.
+//!
+//! A check that errors or panics is reported as failed with the message; the
+//! others still run.
+
+use crate::amp::{autocast, channels_last, convert_channels_last, is_channels_last, is_enabled};
+use crate::config::FastPath;
+use crate::error::{Error, Result};
+use crate::features::{extract, ExtractOptions, FeatureSet};
+use crate::model::{encode_checkpoint, load_checkpoint, CheckpointMeta, ResNet18, ResNetConfig};
+use crate::train::{train_step, Sgd, SgdConfig};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+/// The outcome of one check.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// Short name (`train-step-fp32`, `knn`, ...).
+    pub name: &'static str,
+    pub passed: bool,
+    /// What was compared and the measured difference, or the error.
+    pub detail: String,
+    pub seconds: f64,
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:<30} {:>7.2} s  {}", if self.passed { "PASS" } else { "FAIL" }, self.name, self.seconds, self.detail)
+    }
+}
+
+/// Runs `f` as the check `name`: `Ok(detail)` passes, an error or a panic fails.
+pub fn check(name: &'static str, f: impl FnOnce() -> Result<String>) -> Check {
+    let t = std::time::Instant::now();
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let (passed, detail) = match out {
+        Ok(Ok(d)) => (true, d),
+        Ok(Err(e)) => (false, e.to_string()),
+        Err(p) => {
+            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            (false, format!("panicked: {}", msg.unwrap_or_else(|| "(no message)".into())))
+        }
+    };
+    Check { name, passed, detail, seconds: t.elapsed().as_secs_f64() }
+}
+
+/// Fails with `what` when `diff > bound`; else a detail line with both.
+fn within(what: &str, diff: f64, bound: f64) -> Result<String> {
+    if diff.is_finite() && diff <= bound {
+        Ok(format!("{what}: {diff:.2e} <= {bound:.0e}"))
+    } else {
+        Err(Error::data("selftest", format!("{what}: {diff:.3e} exceeds {bound:.0e}")))
+    }
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_device(Device::Cpu).to_kind(Kind::Double) - b.to_device(Device::Cpu).to_kind(Kind::Double)).abs().max().double_value(&[])
+}
+
+/// max |a - b| / max(max |b|, 1).
+fn rel(a: &Tensor, b: &Tensor) -> f64 {
+    let scale = b.to_device(Device::Cpu).to_kind(Kind::Double).abs().max().double_value(&[]).max(1.0);
+    max_abs(a, b) / scale
+}
+
+/// Relative bound of fp32 work that may run through TF32 convolutions on a GPU.
+const FP32_REL: f64 = 2e-2;
+/// Relative bound between a bf16-autocast loss and the fp32 one.
+const BF16_REL: f64 = 5e-2;
+/// A small CIFAR-shaped model: the full architecture at 1/8 width.
+const MODEL: ResNetConfig = ResNetConfig { num_classes: 10, width: 0.125, bottleneck: None };
+
+/// The same seeded model on `device` (weights copied from a CPU initialisation,
+/// so every device starts from identical values).
+fn model_on(device: Device) -> Result<(VarStore, ResNet18)> {
+    tch::manual_seed(11);
+    let cpu = VarStore::new(Device::Cpu);
+    ResNet18::new(&cpu.root(), MODEL)?;
+    let mut vs = VarStore::new(device);
+    let m = ResNet18::new(&vs.root(), MODEL)?;
+    vs.copy(&cpu).map_err(|e| Error::data("selftest model copy", e.to_string()))?;
+    Ok((vs, m))
+}
+
+fn batch(device: Device) -> (Tensor, Tensor) {
+    tch::manual_seed(12);
+    let x = Tensor::randn([16, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let y = Tensor::arange(16, (Kind::Int64, Device::Cpu)).remainder(10);
+    (x.to_device(device), y.to_device(device))
+}
+
+fn sgd(vs: &VarStore) -> Sgd {
+    Sgd::new(vs.trainable_variables().into_iter().enumerate().map(|(i, t)| (format!("p{i:03}"), t)).collect(), SgdConfig::default())
+}
+
+/// One training step of the seeded model on `device` with `fast`: (loss, updated parameters on the CPU).
+fn one_step(device: Device, fast: FastPath) -> Result<(f64, Vec<Tensor>)> {
+    let (vs, m) = model_on(device)?;
+    if fast.channels_last {
+        convert_channels_last(&vs);
+    }
+    let mut opt = sgd(&vs);
+    let (x, y) = batch(device);
+    let (loss, _) = train_step(&m, &mut opt, &x, &y, 0.05, fast)?;
+    let params = vs.trainable_variables().iter().map(|t| t.to_device(Device::Cpu).to_kind(Kind::Float)).collect();
+    Ok((loss.double_value(&[]), params))
+}
+
+const FP32: FastPath = FastPath { autocast: None, channels_last: false, cudnn_benchmark: false };
+
+/// Every check on `device` (each against the CPU or an independent formulation).
+pub fn run(device: Device) -> Vec<Check> {
+    let mut out = Vec::new();
+    out.push(check("tensor-ops", || {
+        tch::manual_seed(1);
+        let a = Tensor::randn([64, 128], (Kind::Float, Device::Cpu));
+        let b = Tensor::randn([128, 32], (Kind::Float, Device::Cpu));
+        let on = a.to_device(device).matmul(&b.to_device(device));
+        if on.device() != device {
+            return Err(Error::data("selftest", format!("result on {:?}, not {device:?}", on.device())));
+        }
+        within("matmul on the device vs the CPU, relative", rel(&on, &a.matmul(&b)), 1e-3)
+    }));
+    out.push(check("forward-fp32", || {
+        let (x, _) = batch(device);
+        let (_, m) = model_on(device)?;
+        let (_, mc) = model_on(Device::Cpu)?;
+        let a = tch::no_grad(|| m.forward_t(&x, false))?;
+        let b = tch::no_grad(|| mc.forward_t(&x.to_device(Device::Cpu), false))?;
+        within("eval logits vs the CPU, relative", rel(&a, &b), FP32_REL)
+    }));
+    out.push(check("train-step-fp32", || {
+        let (loss, p) = one_step(device, FP32)?;
+        let (loss_cpu, pc) = one_step(Device::Cpu, FP32)?;
+        let dp = p.iter().zip(&pc).map(|(a, b)| rel(a, b)).fold(0.0, f64::max);
+        let dl = (loss - loss_cpu).abs() / loss_cpu.abs().max(1.0);
+        Ok(format!("{}; {}", within("loss vs the CPU", dl, FP32_REL)?, within("updated parameters vs the CPU", dp, FP32_REL)?))
+    }));
+    out.push(check("bf16-autocast", || {
+        tch::manual_seed(2);
+        let a = Tensor::randn([32, 64], (Kind::Float, device));
+        let b = Tensor::randn([64, 16], (Kind::Float, device));
+        if is_enabled(device)? {
+            return Err(Error::data("selftest", "autocast already on before the check"));
+        }
+        let y16 = autocast(device, Some(Kind::BFloat16), || a.matmul(&b))?;
+        if y16.kind() != Kind::BFloat16 {
+            return Err(Error::data("selftest", format!("matmul under autocast gave {:?}, not BFloat16", y16.kind())));
+        }
+        if is_enabled(device)? || a.matmul(&b).kind() != Kind::Float {
+            return Err(Error::data("selftest", "autocast state not restored after the guard"));
+        }
+        // bf16 rounds each input to 8 significant bits.
+        let bound = 2.0f64.powi(-6) * a.abs().matmul(&b.abs()).max().double_value(&[]);
+        within("bf16 product vs fp32, absolute", max_abs(&y16, &a.matmul(&b)), bound)
+    }));
+    out.push(check("channels-last", || {
+        let (x, _) = batch(device);
+        let (vs, m) = model_on(device)?;
+        let before = tch::no_grad(|| m.forward_t(&x, false))?;
+        convert_channels_last(&vs);
+        if let Some((n, _)) = vs.variables().into_iter().find(|(_, v)| v.dim() == 4 && !is_channels_last(v)) {
+            return Err(Error::data("selftest", format!("{n} not channels-last after conversion")));
+        }
+        let after = tch::no_grad(|| m.forward_t(&channels_last(&x), false))?;
+        within("channels-last forward vs contiguous, relative", rel(&after, &before), FP32_REL)
+    }));
+    out.push(check("train-step-bf16-channels-last", || {
+        let fast = FastPath { autocast: Some(Kind::BFloat16), channels_last: true, cudnn_benchmark: device.is_cuda() };
+        let (loss, p) = one_step(device, fast)?;
+        let (loss32, _) = one_step(Device::Cpu, FP32)?;
+        if let Some(i) = p.iter().position(|t| !bool::try_from(t.isfinite().all()).unwrap_or(false)) {
+            return Err(Error::data("selftest", format!("parameter {i} not finite after the bf16 step")));
+        }
+        within("bf16 + channels-last loss vs fp32 on the CPU, relative", (loss - loss32).abs() / loss32.abs().max(1.0), BF16_REL)
+    }));
+    out.push(check("fused-sgd", || {
+        tch::manual_seed(3);
+        let init: Vec<Tensor> =
+            vec![Tensor::randn([8, 4, 3, 3], (Kind::Float, Device::Cpu)), Tensor::randn([8], (Kind::Float, Device::Cpu))];
+        let params = || -> Vec<(String, Tensor)> {
+            init.iter().enumerate().map(|(i, t)| (format!("p{i}"), t.to_device(device).set_requires_grad(true))).collect()
+        };
+        let (pa, pb) = (params(), params());
+        let share = |ps: &[(String, Tensor)]| ps.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect::<Vec<_>>();
+        let cfg = SgdConfig { momentum: 0.9, weight_decay: 5e-4, nesterov: false, decay_bn_and_bias: true };
+        let (mut fused, mut reference) = (Sgd::new(share(&pa), cfg), Sgd::new(share(&pb), cfg));
+        let loss = |ps: &[(String, Tensor)], k: f64| (&ps[0].1 * k).sin().sum(Kind::Float) + (&ps[1].1 * &ps[1].1).sum(Kind::Float);
+        let mut worst: f64 = 0.0;
+        for step in 0..5 {
+            let lr = 0.05 / (step as f64 + 1.0);
+            fused.zero_grad()?;
+            loss(&pa, 1.0 + step as f64).backward();
+            fused.step(lr)?;
+            reference.zero_grad()?;
+            loss(&pb, 1.0 + step as f64).backward();
+            reference.step_reference(lr);
+            for ((_, a), (_, b)) in pa.iter().zip(&pb) {
+                worst = worst.max(rel(a, b));
+            }
+        }
+        within("fused kernel vs the reference rule over 5 steps, relative", worst, 2e-6)
+    }));
+    out.push(check("feature-extraction", || {
+        tch::manual_seed(4);
+        let pixels = Tensor::randint(256, [24, 3, 32, 32], (Kind::Uint8, Device::Cpu));
+        let n = pixels.numel();
+        let mut px = vec![0u8; n];
+        pixels.copy_data(&mut px, n);
+        let data =
+            crate::data::Dataset::from_raw("selftest", px, (0..24).map(|i| i % 10).collect(), (0..10).map(|c| format!("c{c}")).collect())?;
+        let opts = ExtractOptions { taps: true, pool2x2: false };
+        let (_, m) = model_on(device)?;
+        let (_, mc) = model_on(Device::Cpu)?;
+        let a = extract(&m, &data, opts, device, 8)?;
+        let b = extract(&mc, &data, opts, Device::Cpu, 8)?;
+        if a.taps.len() != 9 || a.penultimate.size() != [24, 64] {
+            return Err(Error::data("selftest", format!("{} taps, penultimate {:?}", a.taps.len(), a.penultimate.size())));
+        }
+        let worst = a.taps.iter().map(|(k, t)| rel(t, &b.taps[k])).fold(rel(&a.penultimate, &b.penultimate), f64::max);
+        within("taps and penultimate features vs the CPU, relative", worst.max(rel(&a.logits, &b.logits)), FP32_REL)
+    }));
+    out.push(check("knn", || {
+        let (train, test) = feature_sets(Device::Cpu)?;
+        let on = crate::ood::knn::bank(&train, device, "selftest knn")?;
+        let cpu = crate::ood::knn::bank(&train, Device::Cpu, "selftest knn")?;
+        let a = on.lock().unwrap_or_else(|e| e.into_inner()).kth_largest(&crate::features::normalize_rows(&test.penultimate), 5)?;
+        let b = cpu.lock().unwrap_or_else(|e| e.into_inner()).kth_largest_matmul(&crate::features::normalize_rows(&test.penultimate), 5);
+        within("5th-largest cosine similarity, bank on the device vs a CPU matmul", max_abs(&a, &b), 1e-5)
+    }));
+    out.push(check("mahalanobis", || {
+        let spec = crate::ood::DetectorSpec::new("mahalanobis", &[])?;
+        let score_on = |dev: Device| -> Result<Tensor> {
+            let (train, test) = feature_sets(dev)?;
+            let (w, b) = head(dev);
+            spec.fit(&crate::ood::FitData { train: &train, val: None, weight: &w, bias: &b })?.score(&test)
+        };
+        let (a, b) = (score_on(device)?, score_on(Device::Cpu)?);
+        within("scores with features on the device vs the CPU, relative", rel(&a, &b), 1e-6)
+    }));
+    out.push(check("checkpoint-round-trip", || {
+        let (vs, _) = model_on(device)?;
+        let meta = CheckpointMeta { epoch: 1, seed: 11, config_hash: "selftest".into(), model: Some(MODEL), metrics: Default::default() };
+        let path = std::env::temp_dir().join(format!("oodnc-selftest-{}.safetensors", std::process::id()));
+        encode_checkpoint(&vs, &meta)?.write(&path)?;
+        let result = (|| -> Result<String> {
+            let mut worst = 0.0f64;
+            for dev in [Device::Cpu, device] {
+                let mut back = VarStore::new(dev);
+                ResNet18::new(&back.root(), MODEL)?;
+                let m = load_checkpoint(&path, &mut back)?;
+                if m.epoch != 1 || m.model != Some(MODEL) {
+                    return Err(Error::data("selftest", "checkpoint metadata changed in the round trip"));
+                }
+                let orig = vs.variables();
+                for (n, t) in back.variables() {
+                    worst = worst.max(max_abs(&t, &orig[&n]));
+                }
+            }
+            if worst != 0.0 {
+                return Err(Error::data("selftest", format!("tensors differ after save + load: {worst:e}")));
+            }
+            Ok("save on the device, load on the CPU and the device: every tensor bit-identical".into())
+        })();
+        let _ = std::fs::remove_file(&path);
+        result
+    }));
+    out
+}
+
+/// Seeded features of two classes (ReLU'd Gaussians) and test features, with
+/// tensors on `device`.
+fn feature_sets(device: Device) -> Result<(FeatureSet, FeatureSet)> {
+    tch::manual_seed(5);
+    let o = (Kind::Float, Device::Cpu);
+    let y = Tensor::arange(400, (Kind::Int64, Device::Cpu)).remainder(4);
+    let mus = Tensor::randn([4, 32], o) * 2.0;
+    let h = (mus.index_select(0, &y) + Tensor::randn([400, 32], o)).relu();
+    let t = (Tensor::randn([100, 32], o) + 1.0).relu();
+    let (w, b) = head(Device::Cpu);
+    let train = FeatureSet::new("train", (h.matmul(&w.tr()) + &b).to_device(device), h.to_device(device), y.to_device(device))?;
+    let test = FeatureSet::new(
+        "test",
+        (t.matmul(&w.tr()) + &b).to_device(device),
+        t.to_device(device),
+        Tensor::zeros([100], (Kind::Int64, device)),
+    )?;
+    Ok((train, test))
+}
+
+fn head(device: Device) -> (Tensor, Tensor) {
+    tch::manual_seed(6);
+    let w = Tensor::randn([4, 32], (Kind::Float, Device::Cpu)) * 0.1;
+    let b = Tensor::randn([4], (Kind::Float, Device::Cpu)) * 0.1;
+    (w.to_device(device), b.to_device(device))
+}
