@@ -43,7 +43,7 @@ OODNC_PROFILE ?= demo
 NB_TIMEOUT ?= 3600
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
-.PHONY: help setup venv evcxr kernel demo reproduce test lint test-rust test-notebooks lab bench bench-cells docs-notebooks clean-build info torch211 gpu-variant
+.PHONY: help setup venv evcxr kernel demo reproduce test lint test-rust test-notebooks lab bench bench-cells docs-notebooks clean-build info torch211 gpu-variant gpu-bundle
 
 help:
 	@sed -n '3,11p' Makefile | sed 's/^# \{0,1\}//'
@@ -163,6 +163,11 @@ $(TORCH211_STAMP): | venv
 gpu-variant: torch211
 	scripts/torch211_variant.sh build/torch-2.11
 	cd build/torch-2.11 && CARGO_TARGET_DIR="$(CURDIR)/target" cargo build --release --bin oodnc
+
+# The GPU bundle (under 64 MiB): the variant's release binary, stripped, the launcher
+# (the machine's own torch 2.11 libraries), gpu_check.sh and the Python baselines.
+gpu-bundle: torch211
+	scripts/gpu_bundle.sh build/gpu-bundle
 
 clean-build:
 	rm -rf build target .jupyter

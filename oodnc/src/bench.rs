@@ -277,6 +277,11 @@ pub fn ood(n_train: i64, dim: i64, classes: i64, n_test: i64, n_ood: i64, detect
         )?;
         Ok((train, val, test))
     };
+    println!(
+        "bench ood: features and the detectors' statistics on the CPU, KNN's bank on {:?} (the best device), {} threads",
+        crate::device::best_device(),
+        tch::get_num_threads()
+    );
     // Warm-up (libtorch's thread pool and allocator), not timed.
     let (train, val, test) = fresh()?;
     let _ = DetectorSpec::new("energy", &[])?.fit(&FitData { train: &train, val: Some(&val), weight: &w, bias: &b })?.score(&test)?;
@@ -302,6 +307,8 @@ pub fn ood(n_train: i64, dim: i64, classes: i64, n_test: i64, n_ood: i64, detect
         specs.push(serde_json::json!([d, spec.params()]));
     }
     let specs = serde_json::Value::Array(specs).to_string();
+    // Both baselines are optional (a GPU machine may have torch but neither numpy's
+    // scikit-learn nor pytorch-ood): a missing one is said, and its ratios left out.
     let base = run_python_json(
         "ood_numpy.py",
         &[
@@ -319,7 +326,11 @@ pub fn ood(n_train: i64, dim: i64, classes: i64, n_test: i64, n_ood: i64, detect
             "--specs".into(),
             specs.clone(),
         ],
-    )?;
+    )
+    .unwrap_or_else(|e| {
+        eprintln!("bench ood: numpy/scikit-learn baseline unavailable ({e}); no numpy ratios in this run");
+        serde_json::json!({})
+    });
     // The peer, pytorch-ood, on features of the same sizes, each detector alone, median of `reps`.
     let peer = run_python_json(
         "ood_peer.py",
@@ -339,15 +350,18 @@ pub fn ood(n_train: i64, dim: i64, classes: i64, n_test: i64, n_ood: i64, detect
         ],
     )
     .unwrap_or_else(|e| {
-        eprintln!("pytorch-ood baseline unavailable ({e}); comparing with numpy only");
+        eprintln!("bench ood: pytorch-ood baseline unavailable ({e}); no pytorch-ood ratios in this run");
         serde_json::json!({})
     });
     let mut base_total = 0.0;
+    let mut n_base = 0;
     let (mut peer_ours, mut peer_total, mut n_peer) = (0.0, 0.0, 0);
     for (d, s) in detectors.iter().zip(&ours_each) {
-        let bs = base[*d].as_f64().unwrap_or(f64::NAN);
-        base_total += bs;
-        lines.push(BenchLine::seconds(format!("ood {d} fit+score"), *s, bs, "numpy/sklearn"));
+        if let Some(bs) = base[*d].as_f64() {
+            base_total += bs;
+            n_base += 1;
+            lines.push(BenchLine::seconds(format!("ood {d} fit+score"), *s, bs, "numpy/sklearn"));
+        }
         if let Some(ps) = peer[*d].as_f64() {
             lines.push(BenchLine::seconds(format!("ood {d} fit+score"), *s, ps, "pytorch-ood"));
             peer_ours += s;
@@ -361,7 +375,7 @@ pub fn ood(n_train: i64, dim: i64, classes: i64, n_test: i64, n_ood: i64, detect
     } else {
         format!("ood these {} detectors (total)", detectors.len())
     };
-    if detectors.len() > 1 {
+    if detectors.len() > 1 && n_base == detectors.len() {
         lines.push(BenchLine::seconds(total, ours_total, base_total, "numpy/sklearn"));
     }
     if n_peer > 1 {
@@ -369,7 +383,7 @@ pub fn ood(n_train: i64, dim: i64, classes: i64, n_test: i64, n_ood: i64, detect
     }
     // Exact brute-force KNN is one big matrix product on both sides, so it bounds
     // the total ratio; the rest shown apart for transparency.
-    if let Some(i) = detectors.iter().position(|d| *d == "knn").filter(|_| detectors.len() > 1) {
+    if let Some(i) = detectors.iter().position(|d| *d == "knn").filter(|_| detectors.len() > 1 && n_base == detectors.len()) {
         let bk = base[detectors[i]].as_f64().unwrap_or(f64::NAN);
         lines.push(BenchLine::seconds(
             format!("ood the {} others (total)", detectors.len() - 1),

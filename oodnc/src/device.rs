@@ -12,15 +12,16 @@ static CUDA_BACKEND: Once = Once::new();
 /// and every CUDA op fails with "Could not run ... 'CUDA' backend". Loading the
 /// library at run time registers it. On CPU-only installs the library is
 /// absent (or has no driver) and the failure is ignored.
+///
+/// The library is looked for first next to the `libtorch_cpu.so` this process
+/// actually loaded ([`loaded_libtorch_dir`]), so that a binary run against
+/// another install than the one it was built with (the GPU bundle, which uses
+/// the machine's own PyTorch) never mixes two libtorch builds; then in the
+/// build-time libtorch folder; then by name through the loader's search path.
 pub fn ensure_cuda_backend() {
     CUDA_BACKEND.call_once(|| {
         for name in ["libtorch_cuda.so", "libc10_cuda.so"] {
-            let mut candidates = vec![name.to_string()];
-            let lib = env!("OODNC_LIBTORCH_LIB");
-            if !lib.is_empty() {
-                candidates.insert(0, format!("{lib}/{name}"));
-            }
-            for cand in candidates {
+            for cand in cuda_candidates(name, loaded_libtorch_dir().as_deref(), env!("OODNC_LIBTORCH_LIB")) {
                 let Ok(c) = std::ffi::CString::new(cand) else {
                     continue;
                 };
@@ -33,6 +34,39 @@ pub fn ensure_cuda_backend() {
             }
         }
     });
+}
+
+/// Where to look for `name`, in order: the folder of the loaded libtorch, the
+/// build-time libtorch folder (`build_lib`, may be empty), the bare name.
+pub fn cuda_candidates(name: &str, loaded_dir: Option<&std::path::Path>, build_lib: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    if let Some(d) = loaded_dir {
+        v.push(d.join(name).to_string_lossy().into_owned());
+    }
+    if !build_lib.is_empty() {
+        let p = format!("{build_lib}/{name}");
+        if !v.contains(&p) {
+            v.push(p);
+        }
+    }
+    v.push(name.to_string());
+    v
+}
+
+/// The folder of the `libtorch_cpu.so` mapped into this process (from
+/// `/proc/self/maps`), or `None` where that cannot be read.
+pub fn loaded_libtorch_dir() -> Option<std::path::PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    libtorch_dir_in_maps(&maps)
+}
+
+/// The folder of `libtorch_cpu.so` in the text of a `/proc/<pid>/maps` file.
+pub fn libtorch_dir_in_maps(maps: &str) -> Option<std::path::PathBuf> {
+    // The path is the rest of the line from its first '/' (it may hold spaces).
+    maps.lines()
+        .filter_map(|l| l.find('/').map(|i| std::path::Path::new(l[i..].trim_end())))
+        .find(|p| p.file_name().is_some_and(|f| f == "libtorch_cpu.so"))
+        .and_then(|p| p.parent().map(|d| d.to_path_buf()))
 }
 
 /// The best available device: `cuda:0` when CUDA works, else CPU.

@@ -159,3 +159,24 @@ fn a_linear_bottleneck_is_the_penultimate_feature() {
     let back: ResNetConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
     assert_eq!(back, cfg);
 }
+
+#[test]
+fn the_cuda_backend_is_looked_for_next_to_the_loaded_libtorch_first() {
+    use oodnc::device::{cuda_candidates, libtorch_dir_in_maps, loaded_libtorch_dir};
+    use std::path::{Path, PathBuf};
+    let maps = "7f00-7f10 r-xp 00000000 08:01 123 /usr/lib/libc.so.6\n\
+                7f20-7f30 r-xp 00000000 08:01 456 /opt/my torch/lib/libtorch_cpu.so\n\
+                7f40-7f50 rw-p 00000000 00:00 0 \n7f60-7f70 rw-p 00000000 00:00 0 [heap]\n";
+    assert_eq!(libtorch_dir_in_maps(maps), Some(PathBuf::from("/opt/my torch/lib")));
+    assert_eq!(libtorch_dir_in_maps("7f00-7f10 r-xp 00000000 08:01 123 /usr/lib/libc.so.6\n"), None);
+    assert_eq!(
+        cuda_candidates("libtorch_cuda.so", Some(Path::new("/device/torch/lib")), "/build/torch/lib"),
+        ["/device/torch/lib/libtorch_cuda.so", "/build/torch/lib/libtorch_cuda.so", "libtorch_cuda.so"]
+    );
+    assert_eq!(cuda_candidates("libc10_cuda.so", Some(Path::new("/b")), "/b"), ["/b/libc10_cuda.so", "libc10_cuda.so"]);
+    assert_eq!(cuda_candidates("libc10_cuda.so", None, ""), ["libc10_cuda.so"]);
+    // This test binary has libtorch loaded: its folder is found, and holds the library.
+    let _ = tch::Tensor::zeros([1], (tch::Kind::Float, tch::Device::Cpu));
+    let dir = loaded_libtorch_dir().expect("libtorch_cpu.so mapped into the test process");
+    assert!(dir.join("libtorch_cpu.so").exists(), "{}", dir.display());
+}
