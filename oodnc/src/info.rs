@@ -15,10 +15,14 @@ pub struct Info {
     pub oodnc_version: String,
     pub tch_version: String,
     pub torch_version_expected: String,
-    /// The version libtorch reports about itself (from the wheel's `version.py`).
+    /// The version of the libtorch in use (from the wheel's `version.py` next to its `lib/`).
     pub libtorch_version: Option<String>,
-    /// The `lib/` folder the binaries were linked against (rpath).
+    /// The `lib/` folder of the `libtorch_cpu.so` this process loaded (the build-time
+    /// folder where that cannot be read).
     pub libtorch_lib: Option<PathBuf>,
+    /// The `lib/` folder the binary was linked against (rpath); differs from
+    /// `libtorch_lib` when run on another install (the GPU bundle).
+    pub libtorch_lib_build: Option<PathBuf>,
     pub cuda_available: bool,
     pub cuda_device_count: i64,
     pub cudnn_available: bool,
@@ -29,7 +33,8 @@ pub struct Info {
 /// Collects [`Info`] for this process.
 pub fn info() -> Info {
     let lib = env!("OODNC_LIBTORCH_LIB");
-    let libtorch_lib = (!lib.is_empty()).then(|| PathBuf::from(lib));
+    let libtorch_lib_build = (!lib.is_empty()).then(|| PathBuf::from(lib));
+    let libtorch_lib = crate::device::loaded_libtorch_dir().or_else(|| libtorch_lib_build.clone());
     let libtorch_version = libtorch_lib.as_ref().and_then(|l| read_torch_version(l));
     Info {
         oodnc_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -37,6 +42,7 @@ pub fn info() -> Info {
         torch_version_expected: TORCH_VERSION.to_string(),
         libtorch_version,
         libtorch_lib,
+        libtorch_lib_build,
         cuda_available: crate::device::cuda_available(),
         cuda_device_count: crate::device::cuda_device_count(),
         cudnn_available: tch::Cuda::cudnn_is_available(),
@@ -63,6 +69,14 @@ impl fmt::Display for Info {
             "libtorch lib     {}",
             self.libtorch_lib.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "unknown".into())
         )?;
+        let canon = |p: &Option<PathBuf>| p.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
+        if self.libtorch_lib_build.is_some() && canon(&self.libtorch_lib_build) != canon(&self.libtorch_lib) {
+            writeln!(
+                f,
+                "built against    {} (another install: the libraries above are used)",
+                self.libtorch_lib_build.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+            )?;
+        }
         writeln!(
             f,
             "CUDA             {} ({} device(s)), cuDNN {}",
