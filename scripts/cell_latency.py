@@ -24,7 +24,8 @@ toolchain's lld saved about 13 % of a cell's link time and needs a system packag
 `--cold` uses a fresh evcxr work dir for each setting (the crate and its
 dependencies compiled inside the kernel, as in a first notebook on a new clone);
 without it each setting gets one untimed warm-up pass in its own persistent work
-dir, then the timed pass. Output: a table on stdout and JSON (--json).
+dir, then the timed pass. Output: a table on stdout and JSON (--json). The run is
+named `cell-latency` (OODNC_RUN): its one table lands in figures/cell-latency/.
 """
 import argparse
 import json
