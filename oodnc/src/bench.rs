@@ -284,27 +284,39 @@ pub fn ood(n_train: i64, dim: i64, classes: i64, n_test: i64, n_ood: i64, detect
     );
     // Warm-up (libtorch's thread pool and allocator), not timed.
     let (train, val, test) = fresh()?;
-    let _ = DetectorSpec::new("energy", &[])?.fit(&FitData { train: &train, val: Some(&val), weight: &w, bias: &b })?.score(&test)?;
+    let _ = DetectorSpec::new("energy", &[])?.fit(&FitData::new(&train, Some(&val), &w, &b))?.score(&test)?;
     let reps = 3;
     let mut specs = Vec::new();
     let mut lines = Vec::new();
     let mut ours_total = 0.0;
     let mut ours_each = Vec::new();
+    let mut precision_checks = Vec::new();
     for d in detectors {
         let spec = DetectorSpec::new(d, &[])?;
         let mut times = Vec::new();
         for _ in 0..reps {
             let (train, val, test) = fresh()?;
             let t = std::time::Instant::now();
-            let fitted = spec.fit(&FitData { train: &train, val: Some(&val), weight: &w, bias: &b })?;
+            let fitted = spec.fit(&FitData::new(&train, Some(&val), &w, &b))?;
             let _ = fitted.score(&test)?;
             times.push(t.elapsed().as_secs_f64());
         }
         times.sort_by(f64::total_cmp);
         let s = times[reps / 2];
+        if crate::ood::detectors::lookup(d).map(|e| e.auto_f32).unwrap_or(false) {
+            precision_checks.push((d.to_string(), precision_check(&spec, &w, &b, &fresh)?));
+        }
         ours_total += s;
         ours_each.push(s);
         specs.push(serde_json::json!([d, spec.params()]));
+    }
+    for (d, (da, rel)) in &precision_checks {
+        println!(
+            "precision {d:<12} f32 under auto: |AUROC(auto) - AUROC(f64)| = {da:.1e}, max relative score difference {rel:.1e} (untimed)"
+        );
+    }
+    if let Some(worst) = precision_checks.iter().map(|(_, (da, _))| *da).reduce(f64::max) {
+        println!("precision: the largest AUROC difference of the f32 detectors is {worst:.1e} (the bound they are held to: 1e-6)");
     }
     let specs = serde_json::Value::Array(specs).to_string();
     // Both baselines are optional (a GPU machine may have torch but neither numpy's
@@ -393,6 +405,29 @@ pub fn ood(n_train: i64, dim: i64, classes: i64, n_test: i64, n_ood: i64, detect
         ));
     }
     Ok(lines)
+}
+
+/// Makes fresh (train, val, test) feature sets.
+type FreshSets<'a> = dyn Fn() -> Result<(crate::features::FeatureSet, crate::features::FeatureSet, crate::features::FeatureSet)> + 'a;
+
+/// The f32 (`Precision::Auto`) scores of `spec` against its f64 reference on
+/// the bench's features, untimed: the AUROC of ID (the validation rows, drawn
+/// like the training ones) against the test rows under each, and the largest
+/// relative score difference. Returns (|AUROC difference|, relative difference).
+fn precision_check(spec: &crate::ood::DetectorSpec, w: &Tensor, b: &Tensor, fresh: &FreshSets) -> Result<(f64, f64)> {
+    use crate::ood::{FitData, Precision};
+    let (train, val, test) = fresh()?;
+    let run = |p: Precision| -> Result<(Vec<f64>, Vec<f64>)> {
+        let fitted = spec.fit(&FitData::new(&train, Some(&val), w, b).with_precision(p))?;
+        Ok((fitted.score_vec(&val)?, fitted.score_vec(&test)?))
+    };
+    let ((id32, ood32), (id64, ood64)) = (run(Precision::Auto)?, run(Precision::F64)?);
+    let da = (crate::ood::metrics::auroc(&id32, &ood32)? - crate::ood::metrics::auroc(&id64, &ood64)?).abs();
+    let all32 = id32.iter().chain(&ood32);
+    let all64: Vec<f64> = id64.iter().chain(&ood64).copied().collect();
+    let scale = all64.iter().fold(1e-300f64, |m, x| m.max(x.abs()));
+    let rel = all32.zip(&all64).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())) / scale;
+    Ok((da, rel))
 }
 
 /// `oodnc bench nc`: every NC metric for `checkpoints` checkpoints x the 10 layer

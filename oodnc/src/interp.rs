@@ -522,7 +522,7 @@ pub fn ablation_rows(
         let r = proj.basis.size()[1];
         let kept = if proj.complement { d - r } else { r };
         rows.push(Row::point(epoch, name.as_str(), crate::names::ID_TEST, "kept_dim", kept as f64));
-        let fit = crate::ood::detector::FitData { train: &tr, val: None, weight: w, bias: b };
+        let fit = crate::ood::detector::FitData::new(&tr, None, w, b);
         for det in &opts.detectors {
             let fitted = crate::ood::DetectorSpec::new(det, &[])?.fit(&fit)?;
             let id = fitted.score_vec(&te)?;

@@ -35,7 +35,7 @@
 //! let (w, b) = (means.shallow_clone(), Tensor::zeros([2], (Kind::Float, Device::Cpu)));
 //! let train = FeatureSet::new("train", h.matmul(&w.tr()), h.shallow_clone(), y)?;
 //!
-//! let fitted = Mahalanobis::default().fit(&FitData { train: &train, val: None, weight: &w, bias: &b })?;
+//! let fitted = Mahalanobis::default().fit(&FitData::new(&train, None, &w, &b))?;
 //!
 //! // ID test points at the class means, OOD points far from both.
 //! let id_h = Tensor::from_slice(&[4.0f32, 0.1, 0.1, 3.9]).view([2, 2]);

@@ -11,10 +11,18 @@ use tch::{Kind, Tensor};
 /// or finite values overflowing) is every element checked.
 pub fn finite_f64(x: &Tensor, context: &str) -> Result<Tensor> {
     let x = x.to_kind(Kind::Double);
-    if x.numel() > 0 && !x.sum(Kind::Double).double_value(&[]).is_finite() && !bool::try_from(x.isfinite().all()).unwrap_or(false) {
+    check_finite(&x, context)?;
+    Ok(x)
+}
+
+/// Errors (naming `context`) when `x` holds a NaN or an infinity. One sum when
+/// it is finite (the common case); the element-wise test only when the sum is
+/// not (which finite values can also cause, by overflow).
+pub fn check_finite(x: &Tensor, context: &str) -> Result<()> {
+    if x.numel() > 0 && !x.sum(x.kind()).double_value(&[]).is_finite() && !bool::try_from(x.isfinite().all()).unwrap_or(false) {
         return Err(Error::data(context, "features contain NaN or infinite values"));
     }
-    Ok(x)
+    Ok(())
 }
 
 /// Checks that `x` is `[N, D]` with N > 0 and, when given, D = `dim`.
@@ -201,5 +209,139 @@ impl Pca2 {
         let z = (t.narrow(0, 0, n).to_kind(Kind::Double) - &self.mean).matmul(&self.axes);
         let v = Vec::<f64>::try_from(z.flatten(0, -1))?;
         Ok(v.chunks(2).map(|c| (c[0], c[1])).collect())
+    }
+}
+
+/// What [`row_top_k`] makes of each row besides its statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowShaping {
+    /// Nothing: only the statistics.
+    None,
+    /// Every value >= the row's k-th largest t kept, the rest 0 (ASH-P).
+    Prune,
+    /// Exactly the k largest set to s1 / k, the rest 0, ties at t to the lower
+    /// index (ASH-B).
+    Binarize,
+    /// Every value >= t multiplied by exp(s1 / s_ge), the rest 0 (ASH-S).
+    PruneScale,
+}
+
+/// Per-row order statistics of a finite `[N, D]` f32 CPU tensor, in one pass
+/// per row (a selection, O(D), instead of libtorch's `topk` plus the masks
+/// built from it), on the libtorch threads' count of OS threads.
+#[derive(Debug)]
+pub struct RowTopK {
+    /// The k-th largest value t of each row.
+    pub threshold: Vec<f32>,
+    /// s1: the sum of the row (f64 accumulation).
+    pub sum: Vec<f64>,
+    /// The sum of the k largest values (ties do not matter: same values).
+    pub top_sum: Vec<f64>,
+    /// The sum of every value >= t (more than k values when t is tied).
+    pub ge_sum: Vec<f64>,
+    /// The shaped rows (`[N, D]`, row-major) unless [`RowShaping::None`].
+    pub shaped: Option<Vec<f32>>,
+}
+
+/// See [`RowTopK`]; `k` in 1..=D.
+pub fn row_top_k(x: &Tensor, k: usize, shaping: RowShaping) -> RowTopK {
+    let (n, d) = (x.size()[0] as usize, x.size()[1] as usize);
+    let k = k.clamp(1, d.max(1));
+    let data = Vec::<f32>::try_from(x.to_kind(Kind::Float).contiguous().view([-1])).unwrap_or_default();
+    let mut out = RowTopK {
+        threshold: vec![0.0; n],
+        sum: vec![0.0; n],
+        top_sum: vec![0.0; n],
+        ge_sum: vec![0.0; n],
+        shaped: (shaping != RowShaping::None).then(|| vec![0.0f32; n * d]),
+    };
+    if n == 0 || d == 0 {
+        return out;
+    }
+    let threads = (tch::get_num_threads().max(1) as usize).min(n.div_ceil(256)).max(1);
+    let rows_per = n.div_ceil(threads);
+    let mut shaped_chunks: Vec<&mut [f32]> = match out.shaped.as_mut() {
+        Some(s) => s.chunks_mut(rows_per * d).collect(),
+        None => Vec::new(),
+    };
+    std::thread::scope(|scope| {
+        let chunks = data
+            .chunks(rows_per * d)
+            .zip(out.threshold.chunks_mut(rows_per))
+            .zip(out.sum.chunks_mut(rows_per))
+            .zip(out.top_sum.chunks_mut(rows_per))
+            .zip(out.ge_sum.chunks_mut(rows_per));
+        let mut shaped_iter = shaped_chunks.iter_mut();
+        for ((((rows, thr), sum), top), ge) in chunks {
+            let shaped = shaped_iter.next().map(|s| &mut **s);
+            scope.spawn(move || top_k_rows(rows, d, k, shaping, thr, sum, top, ge, shaped));
+        }
+    });
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn top_k_rows(
+    rows: &[f32],
+    d: usize,
+    k: usize,
+    shaping: RowShaping,
+    thr: &mut [f32],
+    sum: &mut [f64],
+    top: &mut [f64],
+    ge: &mut [f64],
+    mut shaped: Option<&mut [f32]>,
+) {
+    // The selection runs on integer keys ordered like the floats (IEEE total
+    // order: integer comparisons are cheaper than float ones). It only puts -0
+    // below +0, which changes neither the k-th largest value as a number nor any
+    // sum; the comparisons below are on the floats (-0 == +0, as in libtorch).
+    let key = |v: f32| {
+        let b = v.to_bits() as i32;
+        b ^ ((((b >> 31) as u32) >> 1) as i32)
+    };
+    let unkey = |k: i32| f32::from_bits((k ^ ((((k >> 31) as u32) >> 1) as i32)) as u32);
+    let mut buf = vec![0i32; d];
+    for (i, row) in rows.chunks_exact(d).enumerate() {
+        for (b, &v) in buf.iter_mut().zip(row) {
+            *b = key(v);
+        }
+        let (_, t, right) = buf.select_nth_unstable(d - k);
+        let t = unkey(*t);
+        thr[i] = t;
+        top[i] = t as f64 + right.iter().map(|&v| unkey(v) as f64).sum::<f64>();
+        let s1: f64 = row.iter().map(|&v| v as f64).sum();
+        let s_ge: f64 = row.iter().filter(|&&v| v >= t).map(|&v| v as f64).sum();
+        sum[i] = s1;
+        ge[i] = s_ge;
+        let Some(out) = shaped.as_deref_mut().map(|s| &mut s[i * d..(i + 1) * d]) else { continue };
+        match shaping {
+            RowShaping::None => {}
+            RowShaping::Prune => {
+                for (o, &v) in out.iter_mut().zip(row) {
+                    *o = if v >= t { v } else { 0.0 };
+                }
+            }
+            RowShaping::PruneScale => {
+                let f = (s1 / s_ge.max(1e-12)).exp();
+                for (o, &v) in out.iter_mut().zip(row) {
+                    *o = if v >= t { (v as f64 * f) as f32 } else { 0.0 };
+                }
+            }
+            RowShaping::Binarize => {
+                let b = (s1 / k as f64) as f32;
+                let mut ties_left = k - row.iter().filter(|&&v| v > t).count();
+                for (o, &v) in out.iter_mut().zip(row) {
+                    *o = if v > t {
+                        b
+                    } else if v == t && ties_left > 0 {
+                        ties_left -= 1;
+                        b
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
     }
 }

@@ -259,7 +259,7 @@ pub fn detector_scores(run_dir: &Path, epoch: i64, sets: &EvalSets, name: &str, 
             st.candidates[i].spec.clone()
         }
     };
-    let fitted = spec.fit(&crate::ood::FitData { train: &feats.train, val: Some(&feats.val), weight: &w, bias: &b })?;
+    let fitted = spec.fit(&crate::ood::FitData::new(&feats.train, Some(&feats.val), &w, &b))?;
     let id = fitted.score_vec(&feats.test)?;
     let oods = feats.ood.iter().map(|o| Ok((o.name.clone(), fitted.score_vec(o)?))).collect::<Result<_>>()?;
     Ok((spec.label(), id, oods))

@@ -242,7 +242,7 @@ pub fn run(device: Device) -> Vec<Check> {
         let score_on = |dev: Device| -> Result<Tensor> {
             let (train, test) = feature_sets(dev)?;
             let (w, b) = head(dev);
-            spec.fit(&crate::ood::FitData { train: &train, val: None, weight: &w, bias: &b })?.score(&test)
+            spec.fit(&crate::ood::FitData::new(&train, None, &w, &b))?.score(&test)
         };
         let (a, b) = (score_on(device)?, score_on(Device::Cpu)?);
         within("scores with features on the device vs the CPU, relative", rel(&a, &b), 1e-6)

@@ -108,11 +108,16 @@ fn the_ci_study_end_to_end_through_run() {
     assert_eq!(oodnc::results::read_csv(&run.table(Table::OodMetrics)).unwrap().height(), before);
     // Fitted state is typed and inspectable; estimated values are apart from the hyperparameters.
     let val = run.features(last, &sets.id_val, ExtractOptions::default(), cpu).unwrap();
-    let fitted = spec.fit(&FitData { train: &train, val: Some(&val), weight: &w, bias: &b }).unwrap();
+    let fitted = spec.fit(&FitData::new(&train, Some(&val), &w, &b)).unwrap();
     let vim = fitted.fitted::<oodnc::ood::detectors::vim::FittedVim>().unwrap();
     assert_eq!(fitted.estimated["alpha"], vim.alpha);
     assert!(!fitted.params.contains_key("alpha") && fitted.params.contains_key("dim"));
-    assert_eq!(vim.residual_basis.size()[1], cfg.model.feature_dim() - spec.get("dim").unwrap() as i64);
+    let (d, dim) = (cfg.model.feature_dim(), spec.get("dim").unwrap() as i64);
+    let residual_dim = match &vim.residual {
+        oodnc::ood::detectors::vim::ResidualSpace::Principal(p) => d - p.size()[1],
+        oodnc::ood::detectors::vim::ResidualSpace::Residual(ns) => ns.size()[1],
+    };
+    assert_eq!(residual_dim, d - dim);
 
     let nc = oodnc::nc::study::study(&run, &[], oodnc::nc::study::NcOptions { layers: true, ..Default::default() }, cpu).unwrap();
     assert!(nc.rows.iter().any(|r| r.key == "layer4.0" && r.metric == "nc1" && r.value.is_finite()));
@@ -180,7 +185,7 @@ fn a_detector_is_one_registered_type() {
     let z = Tensor::from_slice(&[1.0f32, 3.0, -1.0, 5.0]).view([2, 2]);
     let f = FeatureSet::new("x", z.shallow_clone(), z.shallow_clone(), Tensor::from_slice(&[0i64, 1])).unwrap();
     let (w, b) = (Tensor::eye(2, (tch::Kind::Float, Device::Cpu)), Tensor::zeros([2], (tch::Kind::Float, Device::Cpu)));
-    let fitted = oodnc::ood::Fitted::fit(Box::new(MeanLogit), &FitData { train: &f, val: None, weight: &w, bias: &b }).unwrap();
+    let fitted = oodnc::ood::Fitted::fit(Box::new(MeanLogit), &FitData::new(&f, None, &w, &b)).unwrap();
     assert_eq!(fitted.score_vec(&f).unwrap(), vec![2.0, 2.0]);
     assert_eq!(fitted.name, "mean_logit");
     assert!(fitted.fitted::<FittedMeanLogit>().is_some());

@@ -26,7 +26,7 @@ pub struct EvalInputs<'a> {
 
 impl EvalInputs<'_> {
     fn fit_data(&self) -> FitData<'_> {
-        FitData { train: self.train, val: Some(self.val), weight: self.weight, bias: self.bias }
+        FitData::new(self.train, Some(self.val), self.weight, self.bias)
     }
 
     /// The validation OOD set of a validation protocol.

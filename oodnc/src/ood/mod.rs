@@ -36,7 +36,7 @@ pub mod significance;
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 
-pub use detector::{Detector, FitData, Fitted, GridContext, ModelDetector, ParamValue, Registered, Scorer};
+pub use detector::{Detector, FitData, Fitted, GridContext, ModelDetector, ParamValue, Precision, Registered, Scorer};
 pub use detectors::knn;
 pub use eval::{evaluate, select_hyperparameters, EvalInputs, Selection};
 pub use metrics::{ood_metrics, OodMetrics};

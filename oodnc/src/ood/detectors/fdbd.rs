@@ -1,15 +1,16 @@
 //! fDBD.
 
-use super::{feats, Head};
+use super::{feats_in, Head};
 use crate::error::Result;
 use crate::features::FeatureSet;
-use crate::numerics::check_2d;
 use crate::ood::detector::{FitData, ParamReader, Registered, Scorer};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// **fDBD** (Liu & Qin, ICML 2024), feature distance to decision boundaries:
 /// the mean over j != c of |(w_c - w_j) h + b_c - b_j| / ||w_c - w_j||,
 /// divided by ||h - mean_train(h)||, c the predicted class. No hyperparameters.
+/// f32 under [`Precision::Auto`](crate::ood::Precision) (the training mean
+/// included: libtorch's f32 sums are pairwise), f64 under `F64`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Fdbd;
 
@@ -26,18 +27,19 @@ pub struct FittedFdbd {
 impl Registered for Fdbd {
     const NAME: &'static str = "fdbd";
     const SUMMARY: &'static str = "feature distance to decision boundaries (Liu & Qin 2024)";
+    const AUTO_F32: bool = true;
     type Fitted = FittedFdbd;
     fn read(_: &mut ParamReader) -> Result<Self> {
         Ok(Fdbd)
     }
     fn fit(&self, data: &FitData) -> Result<FittedFdbd> {
-        let h = Head::of(data, Self::NAME)?;
-        check_2d(&data.train.penultimate, Some(h.d), &h.ctx)?;
+        let kind = data.precision.kind();
+        let h = Head::of_kind(data, Self::NAME, kind)?;
         // The mean only: the full moments (a D x D covariance) are not needed here.
-        let mu = data.train.penultimate_f64(&h.ctx)?.mean_dim(&[0i64][..], false, tch::Kind::Double);
+        let mu = feats_in(data.train, h.d, &h.ctx, kind)?.mean_dim(&[0i64][..], false, kind);
         let w = h.w;
         // ||w_c - w_j||^2 = |w_c|^2 + |w_j|^2 - 2 w_c.w_j, for all pairs once.
-        let wn = w.square().sum_dim_intlist(&[1i64][..], false, Kind::Double);
+        let wn = w.square().sum_dim_intlist(&[1i64][..], false, kind);
         let dist_w = (wn.unsqueeze(1) + wn.unsqueeze(0) - w.matmul(&w.tr()) * 2.0).clamp_min(1e-12).sqrt();
         Ok(FittedFdbd { weight: w, bias: h.b, train_mean: mu, weight_distances: dist_w })
     }
@@ -46,14 +48,16 @@ impl Registered for Fdbd {
 impl Scorer for FittedFdbd {
     fn score(&self, f: &FeatureSet) -> Result<Tensor> {
         let (c, d) = (self.weight.size()[0], self.weight.size()[1]);
-        let x = feats(f, d, "fdbd score")?;
+        let kind = self.weight.kind();
+        let x = feats_in(f, d, "fdbd score", kind)?;
         let z = x.matmul(&self.weight.tr()) + &self.bias;
         let pred = z.argmax(1, false);
         let zc = z.gather(1, &pred.unsqueeze(1), false);
         // ||w_c - w_j|| for the predicted c: a row of the [C, C] table.
+        // The j = c term is exactly 0 (z_c - z_c = 0 over a distance clamped above 0):
+        // summing over every j is the sum over j != c, with no mask.
         let num = (&zc - &z).abs() / self.weight_distances.index_select(0, &pred);
-        let mask = Tensor::ones_like(&num).scatter_value(1, &pred.unsqueeze(1), 0.0);
-        let mean = (num * &mask).sum_dim_intlist(&[1i64][..], false, Kind::Double) / (c - 1).max(1) as f64;
+        let mean = num.sum_dim_intlist(&[1i64][..], false, kind) / (c - 1).max(1) as f64;
         Ok(mean / (x - &self.train_mean).norm_scalaropt_dim(2, &[1i64][..], false).clamp_min(1e-12))
     }
 }

@@ -1,20 +1,33 @@
 //! Detectors on the logits alone: MSP, MaxLogit, Energy, Entropy, GEN.
+//!
+//! Precision: MSP, MaxLogit, Energy and Entropy compute in f32 under
+//! [`Precision::Auto`](crate::ood::Precision) (one softmax or log-sum-exp per
+//! row of C values: the f32 rounding is ~1e-7 relative, far below the gaps
+//! between samples' scores), f64 under `F64`. GEN is always f64 (see its `fit`).
 
-use super::{energy_of, log_msp, logits, max_dim1, Head};
+use super::{energy_of, log_msp, logits_in, max_dim1, Head};
 use crate::error::Result;
 use crate::features::FeatureSet;
 use crate::ood::detector::{FitData, GridContext, ParamReader, ParamValue, Registered, Scorer};
 use tch::{Kind, Tensor};
 
-/// The fitted state of a logit detector: the number of classes (nothing is estimated).
+/// The fitted state of a logit detector: the number of classes (nothing is
+/// estimated) and the working precision.
 #[derive(Debug, Clone)]
 pub struct FittedLogit<T> {
     pub detector: T,
     pub classes: i64,
+    pub kind: Kind,
 }
 
 fn fit_logit<T: Clone>(d: &T, data: &FitData, name: &str) -> Result<FittedLogit<T>> {
-    Ok(FittedLogit { detector: d.clone(), classes: Head::of(data, name)?.c })
+    Ok(FittedLogit { detector: d.clone(), classes: Head::of(data, name)?.c, kind: data.precision.kind() })
+}
+
+impl<T> FittedLogit<T> {
+    fn logits(&self, f: &FeatureSet, ctx: &str) -> Result<Tensor> {
+        logits_in(f, self.classes, ctx, self.kind)
+    }
 }
 
 // ------------------------------------------------------------------ MSP
@@ -29,6 +42,7 @@ pub struct Msp;
 impl Registered for Msp {
     const NAME: &'static str = "msp";
     const SUMMARY: &'static str = "maximum softmax probability (Hendrycks & Gimpel 2017), returned as log-MSP";
+    const AUTO_F32: bool = true;
     type Fitted = FittedLogit<Msp>;
     fn read(_: &mut ParamReader) -> Result<Self> {
         Ok(Msp)
@@ -40,7 +54,7 @@ impl Registered for Msp {
 
 impl Scorer for FittedLogit<Msp> {
     fn score(&self, f: &FeatureSet) -> Result<Tensor> {
-        Ok(log_msp(&logits(f, self.classes, "msp score")?))
+        Ok(log_msp(&self.logits(f, "msp score")?))
     }
 }
 
@@ -53,6 +67,7 @@ pub struct MaxLogit;
 impl Registered for MaxLogit {
     const NAME: &'static str = "maxlogit";
     const SUMMARY: &'static str = "maximum logit (Hendrycks et al. 2022)";
+    const AUTO_F32: bool = true;
     type Fitted = FittedLogit<MaxLogit>;
     fn read(_: &mut ParamReader) -> Result<Self> {
         Ok(MaxLogit)
@@ -64,7 +79,7 @@ impl Registered for MaxLogit {
 
 impl Scorer for FittedLogit<MaxLogit> {
     fn score(&self, f: &FeatureSet) -> Result<Tensor> {
-        Ok(max_dim1(&logits(f, self.classes, "maxlogit score")?))
+        Ok(max_dim1(&self.logits(f, "maxlogit score")?))
     }
 }
 
@@ -87,6 +102,7 @@ impl Default for Energy {
 impl Registered for Energy {
     const NAME: &'static str = "energy";
     const SUMMARY: &'static str = "free energy T logsumexp(z/T) (Liu et al. 2020)";
+    const AUTO_F32: bool = true;
     type Fitted = FittedLogit<Energy>;
     fn read(p: &mut ParamReader) -> Result<Self> {
         Ok(Energy { t: p.f64("t", Self::default().t)? })
@@ -110,7 +126,7 @@ impl Registered for Energy {
 
 impl Scorer for FittedLogit<Energy> {
     fn score(&self, f: &FeatureSet) -> Result<Tensor> {
-        Ok(energy_of(&logits(f, self.classes, "energy score")?, self.detector.t))
+        Ok(energy_of(&self.logits(f, "energy score")?, self.detector.t))
     }
 }
 
@@ -121,6 +137,7 @@ impl Scorer for FittedLogit<Energy> {
 pub struct Entropy;
 
 impl Registered for Entropy {
+    const AUTO_F32: bool = true;
     const NAME: &'static str = "entropy";
     const SUMMARY: &'static str = "negative predictive entropy";
     type Fitted = FittedLogit<Entropy>;
@@ -134,8 +151,16 @@ impl Registered for Entropy {
 
 impl Scorer for FittedLogit<Entropy> {
     fn score(&self, f: &FeatureSet) -> Result<Tensor> {
-        let lp = logits(f, self.classes, "entropy score")?.log_softmax(-1, Kind::Double);
-        Ok((lp.exp() * &lp).sum_dim_intlist(&[1i64][..], false, Kind::Double))
+        // log p = (z - z_max) - log1p(sum_{j != max} exp(z_j - z_max)): with log1p, the
+        // top class's log-probability of a confident sample stays exact in f32
+        // (log_softmax rounds it to 0 there, losing the term -(1 - p_max)). Every
+        // term p log p is <= 0: the sum has no cancellation.
+        let z = self.logits(f, "entropy score")?;
+        let (zmax, arg) = z.max_dim(1, true);
+        let shifted = &z - &zmax;
+        let others = shifted.exp().scatter_value(1, &arg, 0.0).sum_dim_intlist(&[1i64][..], true, self.kind);
+        let lp = shifted - others.log1p();
+        Ok((lp.exp() * &lp).sum_dim_intlist(&[1i64][..], false, self.kind))
     }
 }
 
@@ -190,7 +215,9 @@ impl Registered for Gen {
         v
     }
     fn fit(&self, data: &FitData) -> Result<Self::Fitted> {
-        fit_logit(self, data, Self::NAME)
+        // Always f64: 1 - p of a confident sample (p within 1e-8 of 1) is 0 in f32,
+        // and (1 - p)^gamma is far from 0 there.
+        Ok(FittedLogit { kind: Kind::Double, ..fit_logit(self, data, Self::NAME)? })
     }
 }
 
@@ -198,10 +225,10 @@ impl Scorer for FittedLogit<Gen> {
     fn score(&self, f: &FeatureSet) -> Result<Tensor> {
         let c = self.classes;
         let (g, m) = (self.detector.gamma, self.detector.m.min(c));
-        let p = logits(f, c, "gen score")?.softmax(-1, Kind::Double);
+        let p = self.logits(f, "gen score")?.softmax(-1, self.kind);
         // All classes: no need to select (the sum is order-free).
         let top = if m >= c { p } else { p.topk(m, 1, true, true).0 };
         let one_minus: Tensor = 1.0 - &top;
-        Ok(-(top.pow_tensor_scalar(g) * one_minus.pow_tensor_scalar(g)).sum_dim_intlist(&[1i64][..], false, Kind::Double))
+        Ok(-(top.pow_tensor_scalar(g) * one_minus.pow_tensor_scalar(g)).sum_dim_intlist(&[1i64][..], false, self.kind))
     }
 }

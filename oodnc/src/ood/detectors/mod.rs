@@ -27,7 +27,7 @@ pub mod vim;
 use super::detector::{entry, Entry, FitData};
 use crate::error::{Error, Result};
 use crate::features::FeatureSet;
-use crate::numerics::{check_2d, finite_f64};
+use crate::numerics::{check_2d, check_finite, finite_f64};
 use tch::{Kind, Tensor};
 
 /// Every feature-based detector, one line each (order = table order).
@@ -103,6 +103,12 @@ impl Head {
         check_2d(&data.train.logits, Some(c), &format!("{ctx} (train logits)"))?;
         Ok(Head { w, b, c, d, ctx })
     }
+
+    /// The same, with `w` and `b` in `kind` (a detector's working precision).
+    pub(crate) fn of_kind(data: &FitData, name: &str, kind: Kind) -> Result<Self> {
+        let h = Self::of(data, name)?;
+        Ok(Head { w: h.w.to_kind(kind), b: h.b.to_kind(kind), ..h })
+    }
 }
 
 /// Logits of `f` as f64, checked `[N, c]` and finite.
@@ -117,6 +123,27 @@ pub(crate) fn feats(f: &FeatureSet, d: i64, ctx: &str) -> Result<Tensor> {
     f.penultimate_f64(ctx)
 }
 
+/// Logits of `f` in `kind`, checked `[N, c]` and finite: f64 is the cached copy
+/// ([`FeatureSet::logits_f64`]), f32 the stored tensor itself (no copy).
+pub(crate) fn logits_in(f: &FeatureSet, c: i64, ctx: &str, kind: Kind) -> Result<Tensor> {
+    check_2d(&f.logits, Some(c), ctx)?;
+    in_kind(&f.logits, kind, || f.logits_f64(ctx), ctx)
+}
+
+/// Penultimate features of `f` in `kind`, checked `[N, d]` and finite (see [`logits_in`]).
+pub(crate) fn feats_in(f: &FeatureSet, d: i64, ctx: &str, kind: Kind) -> Result<Tensor> {
+    check_2d(&f.penultimate, Some(d), ctx)?;
+    in_kind(&f.penultimate, kind, || f.penultimate_f64(ctx), ctx)
+}
+
+fn in_kind(x: &Tensor, kind: Kind, f64_copy: impl FnOnce() -> Result<Tensor>, ctx: &str) -> Result<Tensor> {
+    if kind == Kind::Double {
+        return f64_copy();
+    }
+    check_finite(x, ctx)?;
+    Ok(if x.kind() == kind { x.shallow_clone() } else { x.to_kind(kind) })
+}
+
 /// T logsumexp(z / T) per row.
 pub(crate) fn energy_of(z: &Tensor, t: f64) -> Tensor {
     (z / t).logsumexp(&[1i64][..], false) * t
@@ -129,7 +156,7 @@ pub(crate) fn max_dim1(x: &Tensor) -> Tensor {
 /// log max-softmax, precise for confident samples: -log1p(sum_{j != argmax} exp(z_j - z_max)).
 pub(crate) fn log_msp(z: &Tensor) -> Tensor {
     let (zmax, arg) = z.max_dim(1, true);
-    let others = (z - &zmax).exp().scatter_value(1, &arg, 0.0).sum_dim_intlist(&[1i64][..], false, Kind::Double);
+    let others = (z - &zmax).exp().scatter_value(1, &arg, 0.0).sum_dim_intlist(&[1i64][..], false, z.kind());
     -others.log1p()
 }
 

@@ -1,11 +1,10 @@
 //! NCI.
 
-use super::{feats, Head};
+use super::{feats_in, Head};
 use crate::error::Result;
 use crate::features::FeatureSet;
-use crate::numerics::check_2d;
 use crate::ood::detector::{FitData, GridContext, ParamReader, ParamValue, Registered, Scorer};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// **NCI**, neural-collapse inspired (Liu & Qin, CVPR 2025, "Detecting
 /// out-of-distribution through the lens of neural collapse"):
@@ -19,6 +18,8 @@ use tch::{Kind, Tensor};
 /// features, centred, point along their class's weight), the second keeps ID
 /// features away from the origin. Default alpha = 1e-4 (OpenOOD's); grid alpha
 /// in {0, 1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.25, 0.5, 1} (pytorch-ood's space and OpenOOD's default).
+/// f32 under [`Precision::Auto`](crate::ood::Precision) (the training mean
+/// included: libtorch's f32 sums are pairwise), f64 under `F64`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Nci {
     /// Weight of the L1 norm, >= 0.
@@ -44,6 +45,7 @@ pub struct FittedNci {
 impl Registered for Nci {
     const NAME: &'static str = "nci";
     const SUMMARY: &'static str = "alignment of the centred feature with the predicted class weight + alpha L1 norm (Liu & Qin 2025)";
+    const AUTO_F32: bool = true;
     type Fitted = FittedNci;
     fn read(r: &mut ParamReader) -> Result<Self> {
         Ok(Nci { alpha: r.f64("alpha", Self::default().alpha)? })
@@ -61,23 +63,24 @@ impl Registered for Nci {
         [0.0, 1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.25, 0.5, 1.0].iter().map(|&alpha| Nci { alpha }).collect()
     }
     fn fit(&self, data: &FitData) -> Result<FittedNci> {
-        let h = Head::of(data, Self::NAME)?;
-        check_2d(&data.train.penultimate, Some(h.d), &h.ctx)?;
+        let kind = data.precision.kind();
+        let h = Head::of_kind(data, Self::NAME, kind)?;
         // The mean only: the full moments (a D x D covariance) are not needed here.
-        let mu = data.train.penultimate_f64(&h.ctx)?.mean_dim(&[0i64][..], false, tch::Kind::Double);
+        let mu = feats_in(data.train, h.d, &h.ctx, kind)?.mean_dim(&[0i64][..], false, kind);
         Ok(FittedNci { weight: h.w, bias: h.b, train_mean: mu, alpha: self.alpha })
     }
 }
 
 impl Scorer for FittedNci {
     fn score(&self, f: &FeatureSet) -> Result<Tensor> {
-        let x = feats(f, self.weight.size()[1], "nci score")?;
+        let kind = self.weight.kind();
+        let x = feats_in(f, self.weight.size()[1], "nci score", kind)?;
         let pred = (x.matmul(&self.weight.tr()) + &self.bias).argmax(1, false);
         let centred = &x - &self.train_mean;
         let wc = self.weight.index_select(0, &pred);
-        let align = (&centred * wc).sum_dim_intlist(&[1i64][..], false, Kind::Double)
-            / centred.norm_scalaropt_dim(2, &[1i64][..], false).clamp_min(1e-12);
-        Ok(align + x.abs().sum_dim_intlist(&[1i64][..], false, Kind::Double) * self.alpha)
+        let align =
+            (&centred * wc).sum_dim_intlist(&[1i64][..], false, kind) / centred.norm_scalaropt_dim(2, &[1i64][..], false).clamp_min(1e-12);
+        Ok(align + x.abs().sum_dim_intlist(&[1i64][..], false, kind) * self.alpha)
     }
     fn fitted_values(&self) -> Vec<(&'static str, f64)> {
         vec![]

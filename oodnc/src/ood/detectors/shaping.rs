@@ -7,11 +7,15 @@
 //! the hyperparameter `score` (0 = energy, 1 = log MSP, 2 = max-logit), e.g.
 //! `DetectorSpec::new("react", &[("score", 2.0)])` is ReAct with max-logit.
 //! The search grids keep the paper's score (energy).
+//!
+//! Precision: f32 under [`Precision::Auto`](crate::ood::Precision) (each
+//! shaping is a clip, a selection or a per-row rescaling; percentiles are order
+//! statistics of the f32 features, interpolated in f64 either way), f64 under `F64`.
 
-use super::{energy_of, feats, log_msp, max_dim1, Head};
+use super::{energy_of, feats_in, log_msp, max_dim1, Head};
 use crate::error::Result;
 use crate::features::FeatureSet;
-use crate::numerics::{check_2d, percentile};
+use crate::numerics::{check_2d, check_finite, percentile, row_top_k, RowShaping};
 use crate::ood::detector::{FitData, GridContext, ParamReader, ParamValue, Registered, Scorer};
 use tch::{Kind, Tensor};
 
@@ -81,18 +85,25 @@ pub enum AshVariant {
 }
 
 impl Shaping {
-    /// Shaped copy of `h` (f64 `[N, D]`); `h32` is the same features in f32
-    /// (ASH selects its thresholds on them: same values, half the memory traffic).
+    /// Shaped copy of `h` (`[N, D]`, in the working precision: f32 or f64); `h32`
+    /// is the same features in f32 (ASH selects its thresholds on them: same
+    /// values, at most half the memory traffic).
     pub fn apply(&self, h: &Tensor, h32: &Tensor) -> Tensor {
+        let kind = h.kind();
+        if kind == Kind::Float && h.device() == tch::Device::Cpu {
+            if let Some(shaped) = self.apply_rows(h) {
+                return shaped;
+            }
+        }
         match *self {
             Shaping::Clip { clip } => h.clamp_max(clip),
             Shaping::Ash { p, variant } => {
                 let d = h.size()[1];
                 let k = ((d as f64) * (1.0 - p / 100.0)).round().max(1.0) as i64;
                 let (top, _) = h32.topk(k, 1, true, false);
-                let thresh = top.min_dim(1, true).0.to_kind(Kind::Double);
-                let keep = h.ge_tensor(&thresh).to_kind(Kind::Double);
-                let s1 = h.sum_dim_intlist(&[1i64][..], true, Kind::Double);
+                let thresh = top.min_dim(1, true).0.to_kind(kind);
+                let keep = h.ge_tensor(&thresh).to_kind(kind);
+                let s1 = h.sum_dim_intlist(&[1i64][..], true, kind);
                 let pruned = h * &keep;
                 match variant {
                     AshVariant::Prune => pruned,
@@ -105,11 +116,11 @@ impl Shaping {
                         let eq = h32.eq_tensor(&t);
                         let need = gt.sum_dim_intlist(&[1i64][..], true, Kind::Int64).neg() + k;
                         let rank = eq.cumsum(1, Kind::Int64);
-                        let exact = gt.logical_or(&eq.logical_and(&rank.le_tensor(&need))).to_kind(Kind::Double);
+                        let exact = gt.logical_or(&eq.logical_and(&rank.le_tensor(&need))).to_kind(kind);
                         exact * (s1 / k as f64)
                     }
                     AshVariant::Scale => {
-                        let s2 = pruned.sum_dim_intlist(&[1i64][..], true, Kind::Double).clamp_min(1e-12);
+                        let s2 = pruned.sum_dim_intlist(&[1i64][..], true, kind).clamp_min(1e-12);
                         &pruned * (s1 / s2).exp()
                     }
                 }
@@ -118,11 +129,40 @@ impl Shaping {
                 let d = h.size()[1];
                 let k = scale_k(d, p);
                 let (top, _) = h.topk(k, 1, true, false);
-                let s1 = h.sum_dim_intlist(&[1i64][..], true, Kind::Double);
-                let s2 = top.sum_dim_intlist(&[1i64][..], true, Kind::Double);
+                let s1 = h.sum_dim_intlist(&[1i64][..], true, kind);
+                let s2 = top.sum_dim_intlist(&[1i64][..], true, kind);
                 h * (s1 / s2).exp()
             }
             Shaping::ClipRange { lo, hi } => h.clamp(lo, hi),
+        }
+    }
+}
+
+impl Shaping {
+    /// The f32 CPU path of the per-sample shapings: one selection per row
+    /// ([`row_top_k`]) instead of `topk` and the masks built from it. The same
+    /// rules as [`apply`](Self::apply) (which stays the f64 reference); `None`
+    /// for the shapings without a per-row selection.
+    fn apply_rows(&self, h: &Tensor) -> Option<Tensor> {
+        let (n, d) = (h.size()[0], h.size()[1]);
+        let from = |v: Vec<f64>| Tensor::from_slice(&v).to_kind(Kind::Float).view([n, 1]);
+        match *self {
+            Shaping::Ash { p, variant } => {
+                let k = ((d as f64) * (1.0 - p / 100.0)).round().max(1.0) as usize;
+                let rows = match variant {
+                    AshVariant::Prune => RowShaping::Prune,
+                    AshVariant::Binarize => RowShaping::Binarize,
+                    AshVariant::Scale => RowShaping::PruneScale,
+                };
+                let r = row_top_k(h, k, rows);
+                r.shaped.map(|v| Tensor::from_slice(&v).view([n, d]))
+            }
+            Shaping::Scale { p } => {
+                let r = row_top_k(h, scale_k(d, p) as usize, RowShaping::None);
+                let factor: Vec<f64> = r.sum.iter().zip(&r.top_sum).map(|(s1, s2)| (s1 / s2).exp()).collect();
+                Some(h * from(factor))
+            }
+            Shaping::Clip { .. } | Shaping::ClipRange { .. } => None,
         }
     }
 }
@@ -147,7 +187,7 @@ pub struct FittedShaped {
 impl Scorer for FittedShaped {
     fn score(&self, f: &FeatureSet) -> Result<Tensor> {
         let d = self.weight.size()[1];
-        let h = self.shaping.apply(&feats(f, d, &format!("{} score", self.name))?, &f.penultimate);
+        let h = self.shaping.apply(&feats_in(f, d, &format!("{} score", self.name), self.weight.kind())?, &f.penultimate);
         Ok(self.score.apply(&(h.matmul(&self.weight.tr()) + &self.bias)))
     }
     fn fitted_values(&self) -> Vec<(&'static str, f64)> {
@@ -190,6 +230,7 @@ impl Default for React {
 impl Registered for React {
     const NAME: &'static str = "react";
     const SUMMARY: &'static str = "energy after clipping features at the p-th percentile (Sun et al. 2021)";
+    const AUTO_F32: bool = true;
     type Fitted = FittedShaped;
     fn read(r: &mut ParamReader) -> Result<Self> {
         Ok(React { p: r.f64("p", Self::default().p)?, score: r.int("score", 0)? })
@@ -205,9 +246,9 @@ impl Registered for React {
         [80.0, 85.0, 90.0, 95.0, 99.0].iter().map(|&p| React { p, score: 0 }).collect()
     }
     fn fit(&self, data: &FitData) -> Result<FittedShaped> {
-        let h = Head::of(data, Self::NAME)?;
+        let h = Head::of_kind(data, Self::NAME, data.precision.kind())?;
         check_2d(&data.train.penultimate, Some(h.d), &h.ctx)?;
-        let _ = data.train.penultimate_f64(&h.ctx)?; // the finiteness check
+        check_finite(&data.train.penultimate, &h.ctx)?;
         let clip = percentile(&data.train.penultimate, self.p);
         Ok(FittedShaped {
             shaping: Shaping::Clip { clip },
@@ -243,6 +284,7 @@ macro_rules! ash {
         impl Registered for $t {
             const NAME: &'static str = $name;
             const SUMMARY: &'static str = $summary;
+            const AUTO_F32: bool = true;
             type Fitted = FittedShaped;
             fn read(r: &mut ParamReader) -> Result<Self> {
                 Ok($t { p: r.f64("p", Self::default().p)?, score: r.int("score", 0)? })
@@ -258,7 +300,7 @@ macro_rules! ash {
                 [60.0, 70.0, 80.0, 85.0, 90.0, 95.0].iter().map(|&p| $t { p, score: 0 }).collect()
             }
             fn fit(&self, data: &FitData) -> Result<FittedShaped> {
-                let h = Head::of(data, Self::NAME)?;
+                let h = Head::of_kind(data, Self::NAME, data.precision.kind())?;
                 Ok(FittedShaped {
                     shaping: Shaping::Ash { p: self.p, variant: $variant },
                     score: LogitScore::from_code(Self::NAME, self.score)?,
@@ -316,6 +358,7 @@ impl Default for Scale {
 impl Registered for Scale {
     const NAME: &'static str = "scale";
     const SUMMARY: &'static str = "energy after scaling features by exp(s1/s2), no pruning (Xu et al. 2024)";
+    const AUTO_F32: bool = true;
     type Fitted = FittedShaped;
     fn read(r: &mut ParamReader) -> Result<Self> {
         Ok(Scale { p: r.f64("p", Self::default().p)?, score: r.int("score", 0)? })
@@ -331,7 +374,7 @@ impl Registered for Scale {
         [65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0].iter().map(|&p| Scale { p, score: 0 }).collect()
     }
     fn fit(&self, data: &FitData) -> Result<FittedShaped> {
-        let h = Head::of(data, Self::NAME)?;
+        let h = Head::of_kind(data, Self::NAME, data.precision.kind())?;
         Ok(FittedShaped {
             shaping: Shaping::Scale { p: self.p },
             score: LogitScore::from_code(Self::NAME, self.score)?,
@@ -382,6 +425,7 @@ pub struct FittedVra {
 impl Registered for Vra {
     const NAME: &'static str = "vra";
     const SUMMARY: &'static str = "energy after clipping features to ID percentiles from both sides (OpenOOD's VRA)";
+    const AUTO_F32: bool = true;
     type Fitted = FittedVra;
     fn read(r: &mut ParamReader) -> Result<Self> {
         let d = Self::default();
@@ -412,17 +456,18 @@ impl Registered for Vra {
         g
     }
     fn fit(&self, data: &FitData) -> Result<FittedVra> {
-        let h = Head::of(data, Self::NAME)?;
+        let kind = data.precision.kind();
+        let h = Head::of_kind(data, Self::NAME, kind)?;
         let score = LogitScore::from_code(Self::NAME, self.score)?;
         let (low, high) = if self.per_dim {
-            let x = data.train.penultimate_f64(&h.ctx)?;
+            let x = feats_in(data.train, h.d, &h.ctx, kind)?;
             let q = |p: f64| x.quantile_scalar(p / 100.0, Some(0), false, "linear");
             (q(self.lo), q(self.hi))
         } else {
             let src = data.val.unwrap_or(data.train);
             check_2d(&src.penultimate, Some(h.d), &h.ctx)?;
-            let _ = src.penultimate_f64(&h.ctx)?; // the finiteness check
-            let f = |p: f64| Tensor::from_slice(&[percentile(&src.penultimate, p)]);
+            check_finite(&src.penultimate, &h.ctx)?;
+            let f = |p: f64| Tensor::from_slice(&[percentile(&src.penultimate, p)]).to_kind(kind);
             (f(self.lo), f(self.hi))
         };
         Ok(FittedVra { low, high, score, weight: h.w, bias: h.b })
@@ -431,7 +476,7 @@ impl Registered for Vra {
 
 impl Scorer for FittedVra {
     fn score(&self, f: &FeatureSet) -> Result<Tensor> {
-        let x = feats(f, self.weight.size()[1], "vra score")?;
+        let x = feats_in(f, self.weight.size()[1], "vra score", self.weight.kind())?;
         let clipped = x.maximum(&self.low).minimum(&self.high);
         Ok(self.score.apply(&(clipped.matmul(&self.weight.tr()) + &self.bias)))
     }
@@ -475,6 +520,7 @@ pub struct FittedLts {
 impl Registered for Lts {
     const NAME: &'static str = "lts";
     const SUMMARY: &'static str = "energy of logits scaled by (sum / top-p% sum of activations)^2 (LTS, 2024)";
+    const AUTO_F32: bool = true;
     type Fitted = FittedLts;
     fn read(r: &mut ParamReader) -> Result<Self> {
         Ok(Lts { p: r.f64("p", Self::default().p)?, score: r.int("score", 0)? })
@@ -492,7 +538,7 @@ impl Registered for Lts {
         [1.0, 2.5, 5.0, 10.0, 20.0].iter().map(|&p| Lts { p, score: 0 }).collect()
     }
     fn fit(&self, data: &FitData) -> Result<FittedLts> {
-        let h = Head::of(data, Self::NAME)?;
+        let h = Head::of_kind(data, Self::NAME, data.precision.kind())?;
         Ok(FittedLts { p: self.p, score: LogitScore::from_code(Self::NAME, self.score)?, weight: h.w, bias: h.b })
     }
 }
@@ -500,12 +546,21 @@ impl Registered for Lts {
 impl Scorer for FittedLts {
     fn score(&self, f: &FeatureSet) -> Result<Tensor> {
         let d = self.weight.size()[1];
-        let x = feats(f, d, "lts score")?;
+        let kind = self.weight.kind();
+        let x = feats_in(f, d, "lts score", kind)?;
         let r = x.relu();
         let k = scale_k(d, 100.0 - self.p);
-        let s1 = r.sum_dim_intlist(&[1i64][..], true, Kind::Double);
-        let s2 = r.topk(k, 1, true, false).0.sum_dim_intlist(&[1i64][..], true, Kind::Double).clamp_min(1e-12);
         let z = x.matmul(&self.weight.tr()) + &self.bias;
-        Ok(self.score.apply(&(z * (s1 / s2).square())))
+        let factor = if kind == Kind::Float && x.device() == tch::Device::Cpu {
+            // f32 on the CPU: one selection per row (see Shaping::apply_rows).
+            let t = row_top_k(&r, k as usize, RowShaping::None);
+            let f: Vec<f64> = t.sum.iter().zip(&t.top_sum).map(|(s1, s2)| (s1 / s2.max(1e-12)).powi(2)).collect();
+            Tensor::from_slice(&f).to_kind(kind).view([-1, 1])
+        } else {
+            let s1 = r.sum_dim_intlist(&[1i64][..], true, kind);
+            let s2 = r.topk(k, 1, true, false).0.sum_dim_intlist(&[1i64][..], true, kind).clamp_min(1e-12);
+            (s1 / s2).square()
+        };
+        Ok(self.score.apply(&(z * factor)))
     }
 }
