@@ -259,7 +259,7 @@ def cmd_bench(args):
     te_z = te @ W.T + b
     val_y = tr_y[:5000]
     out = {}
-    for name, p in json.loads(args.specs):
+    for name, p, *_ in json.loads(args.specs):
         t0 = time.perf_counter()
         fit_score(name, p, tr_h, tr_y, tr_z, W, b, tr_z[:5000], val_y, te, te_z, bench=True, val_h=tr_h[:5000])
         out[name] = time.perf_counter() - t0

@@ -170,9 +170,11 @@ def cmd_bench(args):
     te = np.maximum(rng.normal(size=(args.n_test, D)) + 1, 0).astype(np.float32)
     t = {"W": W, "b": b, "train_h": tr_h, "train_z": tr_h @ W.T + b, "train_y": tr_y, "test_h": te, "test_z": te @ W.T + b}
     out = {}
-    for name, p in json.loads(args.specs):
+    for name, p, *rest in json.loads(args.specs):
+        # Each entry may carry its repetitions (oodnc repeats millisecond detectors more).
+        reps = int(rest[0]) if rest else args.reps
         times = []
-        for _ in range(args.reps):
+        for _ in range(reps):
             t0 = time.perf_counter()
             try:
                 if peer_scores(name, p, t, torch.float32) is None:

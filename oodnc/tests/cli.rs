@@ -131,3 +131,23 @@ fn baseline_scripts_are_located_or_named_with_the_fix() {
     let err = oodnc::bench::python_script("no_such_baseline.py").unwrap_err().to_string();
     assert!(err.contains("no_such_baseline.py") && err.contains("OODNC_PYTHON_DIR"), "{err}");
 }
+
+/// `bench ood` end to end on tiny sizes (no timing is asserted: timings belong to
+/// benchmarks): oodnc's side, the numpy and pytorch-ood baselines answering the
+/// per-detector repetitions, one line per baseline, and the repetition rule.
+#[test]
+fn bench_ood_runs_both_baselines_on_tiny_sizes() {
+    assert_eq!(oodnc::bench::reps_for(0.001, 3), 31);
+    assert_eq!(oodnc::bench::reps_for(0.125, 3), 5);
+    assert_eq!(oodnc::bench::reps_for(2.0, 3), 3);
+    assert_eq!(oodnc::bench::reps_for(0.0, 3), 31);
+    let lines = oodnc::bench::ood(300, 16, 5, 40, 60, &["maxlogit", "ash_b", "vim"]).unwrap();
+    for d in ["maxlogit", "ash_b", "vim"] {
+        let ours: Vec<_> = lines.iter().filter(|l| l.name == format!("ood {d} fit+score")).collect();
+        assert!(ours.iter().any(|l| l.baseline_name == "numpy/sklearn"), "{d}: {lines:?}");
+        assert!(ours.iter().all(|l| l.ours > 0.0 && l.baseline > 0.0), "{d}: {ours:?}");
+    }
+    // pytorch-ood has MaxLogit, ASH and ViM.
+    let peer = lines.iter().filter(|l| l.baseline_name == "pytorch-ood").count();
+    assert!(peer >= 3, "{lines:?}");
+}

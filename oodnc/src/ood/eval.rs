@@ -297,7 +297,7 @@ pub fn study_detector(name: &str, inputs: &EvalInputs, protocols: &[Protocol], u
     all_sets.push(inputs.id_test);
     all_sets.extend(inputs.ood.iter().copied());
     (entry.prepare_grid)(&grid, inputs.train, &all_sets)?;
-    let default_spec = DetectorSpec::from_detector((entry.defaults)(&super::GridContext { d, c, n })?.as_ref());
+    let default_spec = DetectorSpec::defaults(entry.name, d, c, n)?;
     let mut specs: Vec<(DetectorSpec, bool)> = grid.iter().map(|d| (DetectorSpec::from_detector(d.as_ref()), true)).collect();
     drop(grid);
     let defaults = match specs.iter().position(|(s, _)| *s == default_spec) {

@@ -138,6 +138,13 @@ impl DetectorSpec {
         }
     }
 
+    /// The paper's defaults of `name` fitted to the data's sizes (ViM's `dim`
+    /// below `d`, KNN's `k` at most `n`, ...): what the `defaults` protocol uses.
+    pub fn defaults(name: &str, d: i64, c: i64, n: i64) -> Result<DetectorSpec> {
+        let det = (detectors::lookup(name)?.defaults)(&GridContext { d, c, n })?;
+        Ok(DetectorSpec::from_detector(det.as_ref()))
+    }
+
     /// Candidate hyperparameters of `name` to choose from on held-out data, for
     /// features of dimension `d`, `c` classes and `n` training samples (each
     /// detector's grid is defined beside its formula).

@@ -173,6 +173,12 @@ pub struct Bank {
     id: u64,
 }
 
+impl std::fmt::Debug for Bank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bank({:?} on {:?}, oneDNN {})", self.dense.size(), self.device, self.onednn.is_some())
+    }
+}
+
 impl Bank {
     /// Moves `bank` (`[N, D]`) to `device` as f32.
     pub fn new(bank: &Tensor, device: Device) -> Self {
@@ -240,6 +246,26 @@ impl Bank {
             }
         });
         Ok(Tensor::cat(&out, 0))
+    }
+
+    /// For each row of `queries`, the mean of its `k` largest inner products with
+    /// the bank, f32 `[M]` on the CPU (NNGuide's guidance).
+    pub fn top_k_mean(&self, queries: &Tensor, k: i64) -> Result<Tensor> {
+        let q = queries.to_kind(Kind::Float);
+        let mut out = Vec::new();
+        tch::no_grad(|| {
+            for block in q.split(BLOCK, 0) {
+                let sims = self.similarities(&block.to_device(self.device));
+                let (top, _) = sims.topk(k, 1, true, false);
+                out.push(top.mean_dim(&[1i64][..], false, Kind::Float).to_device(Device::Cpu));
+            }
+        });
+        Ok(Tensor::cat(&out, 0))
+    }
+
+    /// The device the bank lives on.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// [`kth_largest`](Self::kth_largest) through a plain `matmul` (the reference

@@ -1,5 +1,6 @@
 //! NNGuide and Relation: scores guided by similarities to the whole ID training bank.
 
+use super::knn::Bank;
 use super::{energy_of, feats, Head};
 use crate::error::{Error, Result};
 use crate::features::FeatureSet;
@@ -42,10 +43,11 @@ impl Default for NnGuide {
     }
 }
 
-/// The confidence-scaled bank `[N, D]` (f32) and the head.
+/// The confidence-scaled bank `[N, D]` (f32, on the best device, through
+/// oneDNN on a CPU: the KNN detector's [`Bank`]) and the head.
 #[derive(Debug)]
 pub struct FittedNnGuide {
-    pub bank: Tensor,
+    pub bank: Bank,
     pub weight: Tensor,
     pub bias: Tensor,
     pub k: i64,
@@ -85,7 +87,8 @@ impl Registered for NnGuide {
         // F.normalize: x / max(||x||, 1e-12).
         let xf = x.to_kind(Kind::Float);
         let unit = &xf / xf.norm_scalaropt_dim(2, &[1i64][..], true).clamp_min(1e-12);
-        Ok(FittedNnGuide { bank: unit * e.unsqueeze(1), weight: h.w, bias: h.b, k: self.k })
+        let bank = Bank::new(&(unit * e.unsqueeze(1)), crate::device::best_device());
+        Ok(FittedNnGuide { bank, weight: h.w, bias: h.b, k: self.k })
     }
 }
 
@@ -95,14 +98,7 @@ impl Scorer for FittedNnGuide {
         let e = energy_of(&(x.matmul(&self.weight.tr()) + &self.bias), 1.0);
         let xf = f.penultimate.to_kind(Kind::Float);
         let q = &xf / xf.norm_scalaropt_dim(2, &[1i64][..], true).clamp_min(1e-12);
-        let bt = self.bank.tr();
-        let n = q.size()[0];
-        let mut parts = Vec::new();
-        for s in (0..n).step_by(BLOCK as usize) {
-            let sims = q.narrow(0, s, BLOCK.min(n - s)).matmul(&bt);
-            parts.push(sims.topk(self.k, 1, true, false).0.mean_dim(&[1i64][..], false, Kind::Float));
-        }
-        let guidance = Tensor::cat(&parts, 0).to_kind(Kind::Double);
+        let guidance = self.bank.top_k_mean(&q, self.k)?.to_kind(Kind::Double);
         Ok(guidance * e)
     }
 }
