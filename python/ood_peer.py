@@ -44,7 +44,7 @@ DIFFERENCES = {
 
 
 def linear(W, b):
-    head = nn.Linear(W.shape[1], W.shape[0], bias=True).to(W.dtype)
+    head = nn.Linear(W.shape[1], W.shape[0], bias=True).to(device=W.device, dtype=W.dtype)
     with torch.no_grad():
         head.weight.copy_(W)
         head.bias.copy_(b)
@@ -119,20 +119,20 @@ def build(name, p, W, b):
     return None
 
 
-def peer_scores(name, p, t, dtype):
+def peer_scores(name, p, t, dtype, device="cpu"):
     """oodnc-form scores of pytorch-ood's implementation on the test rows, or None."""
     if name in F32_ONLY:
         dtype = torch.float32
-    cast = lambda k: torch.from_numpy(np.ascontiguousarray(t[k])).to(dtype)  # noqa: E731
+    cast = lambda k: torch.from_numpy(np.ascontiguousarray(t[k])).to(device=device, dtype=dtype)  # noqa: E731
     W, b = cast("W"), cast("b")
     built = build(name, p, W, b)
     if built is None:
         return None
     fit, predict = built
-    tr_h, tr_z, tr_y = cast("train_h"), cast("train_z"), torch.from_numpy(t["train_y"].astype(np.int64))
+    tr_h, tr_z, tr_y = cast("train_h"), cast("train_z"), torch.from_numpy(t["train_y"].astype(np.int64)).to(device)
     te_h, te_z = cast("test_h"), cast("test_z")
     fit(tr_h, tr_z, tr_y)
-    s = -predict(te_h, te_z).detach().to(torch.float64).numpy()
+    s = -predict(te_h, te_z).detach().to(torch.float64).cpu().numpy()
     form = PEER_FORM.get(name)
     if form == "log":
         s = np.log(s)
@@ -177,7 +177,7 @@ def cmd_bench(args):
         for _ in range(reps):
             t0 = time.perf_counter()
             try:
-                if peer_scores(name, p, t, torch.float32) is None:
+                if peer_scores(name, p, t, torch.float32, args.device) is None:
                     break
             except (ValueError, RuntimeError) as e:  # e.g. SHE on a class with no correct prediction
                 print(f"pytorch-ood {name}: {e}", file=sys.stderr)
@@ -202,6 +202,7 @@ def main():
         ap.add_argument("--classes", type=int, default=100)
         ap.add_argument("--n-test", type=int, default=36032)
         ap.add_argument("--reps", type=int, default=3)
+        ap.add_argument("--device", default="cpu", help="cpu or cuda: where the features and pytorch-ood run (as oodnc's side)")
         cmd_bench(ap.parse_args())
     else:
         raise SystemExit(__doc__)

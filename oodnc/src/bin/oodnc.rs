@@ -702,7 +702,7 @@ fn run(cli: Cli) -> oodnc::Result<()> {
                 let names: Vec<&str> =
                     if detectors == "all" { all } else { detectors.split(',').map(str::trim).filter(|s| !s.is_empty()).collect() };
                 let (n, t, o) = if quick { (5000, 2000, 3000) } else { (45_000, 10_000, 26_032) };
-                lines.extend(oodnc::bench::ood(n, 512, 100, t, o, &names)?);
+                lines.extend(oodnc::bench::ood(device, n, 512, 100, t, o, &names)?);
             }
             if what == BenchWhat::Nc || all {
                 lines.extend(oodnc::bench::nc(if quick { 5000 } else { 45_000 }, 100, if quick { 2 } else { 13 })?);
