@@ -239,43 +239,126 @@ pub struct RowTopK {
     pub top_sum: Vec<f64>,
     /// The sum of every value >= t (more than k values when t is tied).
     pub ge_sum: Vec<f64>,
-    /// The shaped rows (`[N, D]`, row-major) unless [`RowShaping::None`].
-    pub shaped: Option<Vec<f32>>,
+    /// The shaped rows (`[N, D]` f32) unless [`RowShaping::None`].
+    pub shaped: Option<Tensor>,
 }
 
 /// See [`RowTopK`]; `k` in 1..=D.
 pub fn row_top_k(x: &Tensor, k: usize, shaping: RowShaping) -> RowTopK {
     let (n, d) = (x.size()[0] as usize, x.size()[1] as usize);
     let k = k.clamp(1, d.max(1));
-    let data = Vec::<f32>::try_from(x.to_kind(Kind::Float).contiguous().view([-1])).unwrap_or_default();
-    let mut out = RowTopK {
-        threshold: vec![0.0; n],
-        sum: vec![0.0; n],
-        top_sum: vec![0.0; n],
-        ge_sum: vec![0.0; n],
-        shaped: (shaping != RowShaping::None).then(|| vec![0.0f32; n * d]),
-    };
+    let mut out = RowTopK { threshold: vec![0.0; n], sum: vec![0.0; n], top_sum: vec![0.0; n], ge_sum: vec![0.0; n], shaped: None };
     if n == 0 || d == 0 {
         return out;
     }
+    let rows_per = rows_per_thread(n);
+    let shaped = (shaping != RowShaping::None).then(|| Tensor::empty([n as i64, d as i64], (Kind::Float, tch::Device::Cpu)));
+    // SAFETY: a fresh contiguous f32 CPU tensor of n * d elements, not shared:
+    // this is the only view of its memory while the kernel fills it; every
+    // element is written (each shaping assigns every entry of its row).
+    let mut shaped_data: Option<&mut [f32]> =
+        shaped.as_ref().map(|t| unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n * d) });
+    with_f32_data(x, |data| {
+        let mut shaped_chunks: Vec<&mut [f32]> = match shaped_data.as_mut() {
+            Some(s) => s.chunks_mut(rows_per * d).collect(),
+            None => Vec::new(),
+        };
+        std::thread::scope(|scope| {
+            let chunks = data
+                .chunks(rows_per * d)
+                .zip(out.threshold.chunks_mut(rows_per))
+                .zip(out.sum.chunks_mut(rows_per))
+                .zip(out.top_sum.chunks_mut(rows_per))
+                .zip(out.ge_sum.chunks_mut(rows_per));
+            let mut shaped_iter = shaped_chunks.iter_mut();
+            for ((((rows, thr), sum), top), ge) in chunks {
+                let shaped = shaped_iter.next().map(|s| &mut **s);
+                scope.spawn(move || top_k_rows(rows, d, k, shaping, thr, sum, top, ge, shaped));
+            }
+        });
+    });
+    out.shaped = shaped;
+    out
+}
+
+/// Rows per OS thread for the row kernels: the libtorch thread count, at least
+/// 256 rows each.
+fn rows_per_thread(n: usize) -> usize {
     let threads = (tch::get_num_threads().max(1) as usize).min(n.div_ceil(256)).max(1);
-    let rows_per = n.div_ceil(threads);
-    let mut shaped_chunks: Vec<&mut [f32]> = match out.shaped.as_mut() {
-        Some(s) => s.chunks_mut(rows_per * d).collect(),
-        None => Vec::new(),
+    n.div_ceil(threads)
+}
+
+/// Runs `f` on the elements of `x` as f32, row-major, without copying them when
+/// `x` already is a contiguous f32 CPU tensor (else on a converted copy).
+pub fn with_f32_data<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> R {
+    let t = x.to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
+    let n = t.numel();
+    if n == 0 {
+        return f(&[]);
+    }
+    // SAFETY: `t` is a contiguous f32 CPU tensor holding `n` elements; it is
+    // owned here and outlives the slice, which is only read, during `f`.
+    let data = unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) };
+    f(data)
+}
+
+/// Per row i of a finite `[N, D]` f32 CPU tensor `x`, with `center` `[D]` and
+/// `rows` `[N, D']` (the row of `table` `[R, D]` that `index[i]` picks):
+/// ||x_i - center|| (L2), (x_i - center) . table[index[i]] and ||x_i||_1, in one
+/// pass with f64 accumulation and no `[N, D]` temporary (NCI's and fDBD's norms).
+#[derive(Debug)]
+pub struct CentredRows {
+    pub dist: Vec<f64>,
+    pub dot: Vec<f64>,
+    pub l1: Vec<f64>,
+}
+
+/// See [`CentredRows`]; `table` and `index` are optional (then `dot` is 0).
+pub fn centred_rows(x: &Tensor, center: &Tensor, table: Option<(&Tensor, &Tensor)>) -> CentredRows {
+    let (n, d) = (x.size()[0] as usize, x.size()[1] as usize);
+    let mut out = CentredRows { dist: vec![0.0; n], dot: vec![0.0; n], l1: vec![0.0; n] };
+    if n == 0 || d == 0 {
+        return out;
+    }
+    let c: Vec<f64> = Vec::<f64>::try_from(center.to_device(tch::Device::Cpu).to_kind(Kind::Double).view([-1])).unwrap_or_default();
+    let (tab, idx): (Vec<f64>, Vec<i64>) = match table {
+        Some((t, i)) => (
+            Vec::<f64>::try_from(t.to_device(tch::Device::Cpu).to_kind(Kind::Double).contiguous().view([-1])).unwrap_or_default(),
+            Vec::<i64>::try_from(i.to_device(tch::Device::Cpu).to_kind(Kind::Int64).view([-1])).unwrap_or_default(),
+        ),
+        None => (Vec::new(), Vec::new()),
     };
-    std::thread::scope(|scope| {
-        let chunks = data
-            .chunks(rows_per * d)
-            .zip(out.threshold.chunks_mut(rows_per))
-            .zip(out.sum.chunks_mut(rows_per))
-            .zip(out.top_sum.chunks_mut(rows_per))
-            .zip(out.ge_sum.chunks_mut(rows_per));
-        let mut shaped_iter = shaped_chunks.iter_mut();
-        for ((((rows, thr), sum), top), ge) in chunks {
-            let shaped = shaped_iter.next().map(|s| &mut **s);
-            scope.spawn(move || top_k_rows(rows, d, k, shaping, thr, sum, top, ge, shaped));
-        }
+    let rows_per = rows_per_thread(n);
+    with_f32_data(x, |data| {
+        std::thread::scope(|scope| {
+            let chunks = data
+                .chunks(rows_per * d)
+                .zip(out.dist.chunks_mut(rows_per))
+                .zip(out.dot.chunks_mut(rows_per))
+                .zip(out.l1.chunks_mut(rows_per))
+                .enumerate();
+            for (ci, (((rows, dist), dot), l1)) in chunks {
+                let (c, tab, idx) = (&c, &tab, &idx);
+                scope.spawn(move || {
+                    for (r, row) in rows.chunks_exact(d).enumerate() {
+                        let w = idx.get(ci * rows_per + r).map(|&k| &tab[k as usize * d..(k as usize + 1) * d]);
+                        let (mut sq, mut dt, mut a) = (0.0f64, 0.0f64, 0.0f64);
+                        for j in 0..d {
+                            let v = row[j] as f64;
+                            let centred = v - c[j];
+                            sq += centred * centred;
+                            a += v.abs();
+                            if let Some(w) = w {
+                                dt += centred * w[j];
+                            }
+                        }
+                        dist[r] = sq.sqrt();
+                        dot[r] = dt;
+                        l1[r] = a;
+                    }
+                });
+            }
+        });
     });
     out
 }

@@ -774,3 +774,21 @@ fn entropy_in_f32_keeps_the_top_class_term_of_confident_samples() {
         assert!((x - y).abs() < 1e-5 * y.abs(), "f32 {x} vs f64 {y}");
     }
 }
+
+/// The f32 row kernels read the features in place: non-contiguous ones (a
+/// transposed tensor, a strided slice) give the same scores as contiguous copies
+/// (to f32 rounding: the head's matrix product may sum in another order for a
+/// column-major operand).
+#[test]
+fn row_kernels_read_non_contiguous_features() {
+    let f = fixture(4, 12, 20);
+    let h = f.test.penultimate.tr().contiguous().tr(); // same values, column-major
+    assert!(!h.is_contiguous());
+    let strided = FeatureSet::new("t", f.test.logits.shallow_clone(), h, f.test.labels.shallow_clone()).unwrap();
+    for name in ["nci", "fdbd", "ash_b", "ash_s", "scale", "lts"] {
+        let fitted = fit_in(&DetectorSpec::new(name, &[]).unwrap(), &f, Precision::Auto).unwrap();
+        let (a, r) = (vec(&fitted.score(&strided).unwrap()), vec(&fitted.score(&f.test).unwrap()));
+        let scale = r.iter().map(|x| x.abs()).fold(1e-12, f64::max);
+        assert!(a.iter().zip(&r).all(|(x, y)| (x - y).abs() < 1e-6 * scale), "{name}: {a:?} vs {r:?}");
+    }
+}

@@ -151,16 +151,19 @@ impl Registered for Entropy {
 
 impl Scorer for FittedLogit<Entropy> {
     fn score(&self, f: &FeatureSet) -> Result<Tensor> {
-        // log p = (z - z_max) - log1p(sum_{j != max} exp(z_j - z_max)): with log1p, the
-        // top class's log-probability of a confident sample stays exact in f32
-        // (log_softmax rounds it to 0 there, losing the term -(1 - p_max)). Every
-        // term p log p is <= 0: the sum has no cancellation.
+        // With s_j = z_j - z_max, e_j = exp(s_j) and S = sum_{j != argmax} e_j (so the
+        // partition sum is 1 + S, the top class's e being exactly 1):
+        //   sum_j p_j log p_j = (sum_j e_j s_j) / (1 + S) - log1p(S).
+        // Exact in f32 for confident samples: log1p(S) keeps the top class's term
+        // -(1 - p_max), which log_softmax rounds to 0 there; both parts are <= 0,
+        // so nothing cancels. One exp per entry, no second softmax pass.
         let z = self.logits(f, "entropy score")?;
         let (zmax, arg) = z.max_dim(1, true);
         let shifted = &z - &zmax;
-        let others = shifted.exp().scatter_value(1, &arg, 0.0).sum_dim_intlist(&[1i64][..], true, self.kind);
-        let lp = shifted - others.log1p();
-        Ok((lp.exp() * &lp).sum_dim_intlist(&[1i64][..], false, self.kind))
+        let e = shifted.exp();
+        let s = e.scatter_value(1, &arg, 0.0).sum_dim_intlist(&[1i64][..], false, self.kind);
+        let es = (&e * &shifted).sum_dim_intlist(&[1i64][..], false, self.kind);
+        Ok(es / (&s + 1.0) - s.log1p())
     }
 }
 

@@ -3,8 +3,9 @@
 use super::{feats_in, Head};
 use crate::error::Result;
 use crate::features::FeatureSet;
+use crate::numerics::centred_rows;
 use crate::ood::detector::{FitData, GridContext, ParamReader, ParamValue, Registered, Scorer};
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 /// **NCI**, neural-collapse inspired (Liu & Qin, CVPR 2025, "Detecting
 /// out-of-distribution through the lens of neural collapse"):
@@ -76,6 +77,13 @@ impl Scorer for FittedNci {
         let kind = self.weight.kind();
         let x = feats_in(f, self.weight.size()[1], "nci score", kind)?;
         let pred = (x.matmul(&self.weight.tr()) + &self.bias).argmax(1, false);
+        if kind == Kind::Float && x.device() == Device::Cpu {
+            // One pass per row (f64 sums), no [N, D] temporaries: the centred norm, the
+            // alignment with the predicted class's weight and the L1 norm.
+            let r = centred_rows(&x, &self.train_mean, Some((&self.weight, &pred)));
+            let s: Vec<f64> = r.dot.iter().zip(&r.dist).zip(&r.l1).map(|((dt, di), l1)| dt / di.max(1e-12) + self.alpha * l1).collect();
+            return Ok(Tensor::from_slice(&s));
+        }
         let centred = &x - &self.train_mean;
         let wc = self.weight.index_select(0, &pred);
         let align =

@@ -155,7 +155,7 @@ impl Shaping {
                     AshVariant::Scale => RowShaping::PruneScale,
                 };
                 let r = row_top_k(h, k, rows);
-                r.shaped.map(|v| Tensor::from_slice(&v).view([n, d]))
+                r.shaped
             }
             Shaping::Scale { p } => {
                 let r = row_top_k(h, scale_k(d, p) as usize, RowShaping::None);
