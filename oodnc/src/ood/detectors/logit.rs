@@ -160,8 +160,11 @@ impl Scorer for FittedLogit<Entropy> {
         let z = self.logits(f, "entropy score")?;
         let (zmax, arg) = z.max_dim(1, true);
         let shifted = &z - &zmax;
-        let e = shifted.exp();
-        let s = e.scatter_value(1, &arg, 0.0).sum_dim_intlist(&[1i64][..], false, self.kind);
+        // The top class's e (exactly 1) zeroed in place: it is not in S, and its
+        // e_j s_j is 0 anyway (s = 0 there).
+        let mut e = shifted.exp();
+        let _ = e.scatter_value_(1, &arg, 0.0);
+        let s = e.sum_dim_intlist(&[1i64][..], false, self.kind);
         let es = (&e * &shifted).sum_dim_intlist(&[1i64][..], false, self.kind);
         Ok(es / (&s + 1.0) - s.log1p())
     }

@@ -146,6 +146,10 @@ fn in_kind(x: &Tensor, kind: Kind, f64_copy: impl FnOnce() -> Result<Tensor>, ct
 
 /// T logsumexp(z / T) per row.
 pub(crate) fn energy_of(z: &Tensor, t: f64) -> Tensor {
+    if t == 1.0 {
+        // The default: no [N, C] copy for a division by 1.
+        return z.logsumexp(&[1i64][..], false);
+    }
     (z / t).logsumexp(&[1i64][..], false) * t
 }
 
@@ -156,8 +160,11 @@ pub(crate) fn max_dim1(x: &Tensor) -> Tensor {
 /// log max-softmax, precise for confident samples: -log1p(sum_{j != argmax} exp(z_j - z_max)).
 pub(crate) fn log_msp(z: &Tensor) -> Tensor {
     let (zmax, arg) = z.max_dim(1, true);
-    let others = (z - &zmax).exp().scatter_value(1, &arg, 0.0).sum_dim_intlist(&[1i64][..], false, z.kind());
-    -others.log1p()
+    // In place after the subtraction: one [N, C] temporary instead of three.
+    let mut e = z - &zmax;
+    let _ = e.exp_();
+    let _ = e.scatter_value_(1, &arg, 0.0);
+    -e.sum_dim_intlist(&[1i64][..], false, z.kind()).log1p()
 }
 
 /// An error for a parameter outside its range.
