@@ -23,7 +23,7 @@ for f in src csrc assets build.rs; do ln -sfn "$repo/oodnc/$f" "$out/$f"; done
       -e 's/^torch-sys = "=0\.26\.0"/torch-sys = "=0.24.0"/' \
       -e 's/^edition\.workspace = true/edition = "2021"/' \
       -e 's/^license\.workspace = true/license = "MIT OR Apache-2.0"/' \
-      -e 's/^rust-version\.workspace = true/rust-version = "1.85"/' \
+      -e 's/^rust-version\.workspace = true/rust-version = "1.89"/' \
       "$repo/oodnc/Cargo.toml"
   echo
   echo '[workspace]'

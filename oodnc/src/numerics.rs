@@ -283,7 +283,7 @@ pub fn row_top_k(x: &Tensor, k: usize, shaping: RowShaping) -> RowTopK {
 
 /// Rows per OS thread for the row kernels: the libtorch thread count, at least
 /// 256 rows each.
-fn rows_per_thread(n: usize) -> usize {
+pub(crate) fn rows_per_thread(n: usize) -> usize {
     let threads = (tch::get_num_threads().max(1) as usize).min(n.div_ceil(256)).max(1);
     n.div_ceil(threads)
 }
@@ -300,6 +300,138 @@ pub fn with_f32_data<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> R {
     // owned here and outlives the slice, which is only read, during `f`.
     let data = unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) };
     f(data)
+}
+
+/// exp(x) in f32 for x <= 0 without a libm call, so that a loop of it
+/// vectorises: x = n ln 2 + r with |r| <= ln 2 / 2, Cephes' degree-6 minimax
+/// polynomial for exp(r) (relative error ~1e-7, within 2 ulp of the correctly
+/// rounded value), times 2^n built in the exponent bits. Below -87.3 (where
+/// exp leaves f32's normal range) it returns 0.
+#[inline(always)]
+pub fn exp_nonpositive_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let xc = x.max(-87.33);
+    // t's low mantissa bits hold round(xc log2 e) (in -126..=0), n its value as f32.
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    // 2^n from the integer in t's bits (no float-to-int conversion: vectorises).
+    let scale = f32::from_bits((t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127)) << 23);
+    if x < -87.33 {
+        0.0
+    } else {
+        y * scale
+    }
+}
+
+/// The negative predictive entropy sum_j p_j log p_j of each row of finite f32
+/// logits `[N, C]` (Entropy's f32 score, `[N]` f32), fused, without an `[N, C]`
+/// temporary: per row one pass for the max z_max, one computing, with
+/// s_j = z_j - z_max and e_j = exp(s_j), S = sum_{z_j != z_max} e_j,
+/// sum_j e_j s_j and the number m of entries equal to z_max (16 f32 lanes,
+/// flushed into f64 every 128 classes); then S += m - 1 (the other maxima's
+/// e_j = 1, exactly) and the score (sum_j e_j s_j) / (1 + S) - log1p(S).
+pub fn row_entropy(z: &Tensor) -> Tensor {
+    let (n, c) = (z.size()[0] as usize, z.size()[1] as usize);
+    let mut out = vec![0f32; n];
+    if n > 0 && c > 0 {
+        let rows_per = rows_per_thread(n);
+        with_f32_data(z, |data| {
+            std::thread::scope(|scope| {
+                for (rows, out) in data.chunks(rows_per * c).zip(out.chunks_mut(rows_per)) {
+                    scope.spawn(move || entropy_rows(rows, c, out));
+                }
+            });
+        });
+    }
+    Tensor::from_slice(&out)
+}
+
+/// [`row_entropy`] of consecutive rows, compiled for the widest vectors the CPU
+/// has (AVX-512, else AVX2 + FMA, else the baseline), chosen at run time.
+fn entropy_rows(rows: &[f32], c: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { entropy_rows_avx512(rows, c, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { entropy_rows_avx2(rows, c, out) };
+        }
+    }
+    entropy_rows_any(rows, c, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn entropy_rows_avx512(rows: &[f32], c: usize, out: &mut [f32]) {
+    entropy_rows_any(rows, c, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn entropy_rows_avx2(rows: &[f32], c: usize, out: &mut [f32]) {
+    entropy_rows_any(rows, c, out)
+}
+
+#[inline(always)]
+fn entropy_rows_any(rows: &[f32], c: usize, out: &mut [f32]) {
+    for (row, o) in rows.chunks_exact(c).zip(out.iter_mut()) {
+        *o = entropy_of_row(row);
+    }
+}
+
+/// One row of [`row_entropy`].
+#[inline(always)]
+fn entropy_of_row(row: &[f32]) -> f32 {
+    let blocks = row.chunks_exact(16);
+    let tail = blocks.remainder();
+    // The tail padded to a block with -inf (e = 0, not a maximum).
+    let mut last = [f32::NEG_INFINITY; 16];
+    last[..tail.len()].copy_from_slice(tail);
+    let full = || blocks.clone().map(|b| <&[f32; 16]>::try_from(b).unwrap_or(&last)).chain(std::iter::once(&last));
+    // The max over 16 lanes (no serial compare chain).
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    for block in full() {
+        for l in 0..16 {
+            lanes[l] = lanes[l].max(block[l]);
+        }
+    }
+    let top = lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let (mut sum, mut es, mut ties) = (0f64, 0f64, 0f64);
+    let (mut sum32, mut es32, mut ties32) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+    for (b, block) in full().enumerate() {
+        for l in 0..16 {
+            let v = block[l];
+            let s = (v - top).max(-3.0e38);
+            let at_top = v == top;
+            let e = if at_top { 0.0 } else { exp_nonpositive_f32(s) };
+            sum32[l] += e;
+            es32[l] += e * s;
+            ties32[l] += at_top as u8 as f32;
+        }
+        if b % 8 == 7 {
+            sum += sum32.iter().map(|&x| x as f64).sum::<f64>();
+            es += es32.iter().map(|&x| x as f64).sum::<f64>();
+            ties += ties32.iter().map(|&x| x as f64).sum::<f64>();
+            (sum32, es32, ties32) = ([0.0; 16], [0.0; 16], [0.0; 16]);
+        }
+    }
+    sum += sum32.iter().map(|&x| x as f64).sum::<f64>() + (ties + ties32.iter().map(|&x| x as f64).sum::<f64>() - 1.0);
+    es += es32.iter().map(|&x| x as f64).sum::<f64>();
+    (es / (1.0 + sum) - sum.ln_1p()) as f32
 }
 
 /// Per row i of a finite `[N, D]` f32 CPU tensor `x`, with `center` `[D]` and
@@ -424,6 +556,47 @@ fn top_k_rows(
                         0.0
                     };
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every compiled variant of the entropy kernel this CPU can run gives the
+    /// same scores (FMA may round the polynomial differently: 1e-6 relative).
+    #[test]
+    fn entropy_variants_agree() {
+        let mut state = 7u64;
+        let rows: Vec<f32> = (0..300 * 37)
+            .map(|_| {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 30.0
+            })
+            .collect();
+        let mut base = vec![0f32; 300];
+        entropy_rows_any(&rows, 37, &mut base);
+        let mut variants = vec![];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                let mut v = vec![0f32; 300];
+                // SAFETY: checked just above.
+                unsafe { entropy_rows_avx512(&rows, 37, &mut v) };
+                variants.push(("avx512", v));
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                let mut v = vec![0f32; 300];
+                // SAFETY: checked just above.
+                unsafe { entropy_rows_avx2(&rows, 37, &mut v) };
+                variants.push(("avx2", v));
+            }
+        }
+        for (name, v) in variants {
+            for (a, b) in v.iter().zip(&base) {
+                assert!((a - b).abs() <= 1e-6 * b.abs().max(1e-30), "{name}: {a} vs baseline {b}");
             }
         }
     }

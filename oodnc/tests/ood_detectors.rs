@@ -458,6 +458,65 @@ fn knn_bank_blocks_and_fast_path_match_an_f64_reference() {
 }
 
 #[test]
+fn knn_bf16_rerank_finds_the_same_neighbours_as_the_exact_search() {
+    use oodnc::ood::knn::{Bank, Search};
+    // Rows of very different norms (NNGuide's confidence-scaled bank), more
+    // queries than one block, and a cluster of near-duplicates that bf16 cannot
+    // tell apart (1e-4 apart, bf16 resolves ~4e-3): 12 of them (between k and
+    // the candidate cap: re-ranked) and 40 (over the cap: searched exactly).
+    tch::manual_seed(11);
+    let opts = (Kind::Float, tch::Device::Cpu);
+    let base = Tensor::randn([1, 32], opts);
+    let dup = |m: i64| &base + Tensor::randn([m, 32], opts) * 1e-4;
+    let scale = Tensor::rand([400, 1], opts) * 3.0 + 0.01;
+    let bank_v = Tensor::cat(&[Tensor::randn([400, 32], opts) * scale, dup(12), dup(40)], 0);
+    let queries = Tensor::cat(&[Tensor::randn([2000, 32], opts), dup(100)], 0);
+    let exact = Bank::with_search(&bank_v, tch::Device::Cpu, Search::Exact);
+    let rerank = Bank::with_search(&bank_v, tch::Device::Cpu, Search::Bf16Rerank);
+    assert_eq!((exact.search(), rerank.search()), (Search::Exact, Search::Bf16Rerank));
+    let reference = queries.to_kind(Kind::Double).matmul(&bank_v.to_kind(Kind::Double).tr());
+    let n = bank_v.size()[0];
+    let row_scale = reference.abs().amax(&[1i64][..], true) + 1.0;
+    for k in [1i64, 5, 10, 50, n] {
+        let want = reference.topk(k, 1, true, true).0;
+        // f32 similarities: compared relative to the row's largest |similarity| (up to ~50 here).
+        let rel = |got: Tensor, want: &Tensor| {
+            let got = got.to_kind(Kind::Double);
+            let diff = (got.view([queries.size()[0], -1]) - want.view([queries.size()[0], -1])).abs();
+            (diff / &row_scale).max().double_value(&[])
+        };
+        for (name, bank) in [("exact", &exact), ("bf16 rerank", &rerank)] {
+            let diff = rel(bank.top_sorted(&queries, k).unwrap(), &want);
+            assert!(diff < 2e-6, "{name}, k = {k}: sorted top differs by {diff}");
+            let kth = rel(bank.kth_largest(&queries, k).unwrap(), &want.select(1, k - 1));
+            assert!(kth < 2e-6, "{name}, k = {k}: k-th differs by {kth}");
+            let mean = rel(bank.top_k_mean(&queries, k).unwrap(), &want.mean_dim(&[1i64][..], false, Kind::Double));
+            assert!(mean < 2e-6, "{name}, k = {k}: mean differs by {mean}");
+        }
+    }
+    // A bank over 2048 rows, searched through its sample (every 2nd row): the
+    // rows near the queries are all off the sample, so the sample's estimate
+    // of the k-th is too low and the one-pass scan falls back to the whole row.
+    let near = &base + Tensor::randn([2048, 32], opts) * 0.3;
+    let far = Tensor::randn([2048, 32], opts);
+    let big = Tensor::stack(&[far, near], 1).view([4096, 32]);
+    let (exact, rerank) =
+        (Bank::with_search(&big, tch::Device::Cpu, Search::Exact), Bank::with_search(&big, tch::Device::Cpu, Search::Bf16Rerank));
+    let q2 = &base + Tensor::randn([300, 32], opts) * 0.3;
+    for k in [1i64, 50, 400] {
+        let want = q2.to_kind(Kind::Double).matmul(&big.to_kind(Kind::Double).tr()).topk(k, 1, true, true).0;
+        for (name, bank) in [("exact", &exact), ("bf16 rerank", &rerank)] {
+            let got = bank.top_sorted(&q2, k).unwrap().to_kind(Kind::Double);
+            let diff = ((got - &want).abs() / (want.abs() + 1.0)).max().double_value(&[]);
+            assert!(diff < 2e-6, "{name}, sampled bank, k = {k}: {diff}");
+        }
+    }
+    // A k outside 1..=N is a typed error, not a libtorch panic.
+    assert!(rerank.kth_largest(&q2, 4097).is_err());
+    assert!(exact.top_sorted(&queries, 0).is_err());
+}
+
+#[test]
 fn knn_grid_from_the_cached_top_similarities_equals_fresh_fits() {
     // After knn_prepare, every k up to k_max is read from the kept similarities;
     // each must equal a fit on fresh (uncached) copies.
@@ -773,6 +832,57 @@ fn entropy_in_f32_keeps_the_top_class_term_of_confident_samples() {
     for (x, y) in a.iter().zip(&r) {
         assert!((x - y).abs() < 1e-5 * y.abs(), "f32 {x} vs f64 {y}");
     }
+}
+
+#[test]
+fn entropy_row_kernel_and_its_exp_match_f64() {
+    // The vectorisable exp against f64's over [-87.3, 0], and 0 below.
+    let mut worst = 0f64;
+    for i in 0..=200_000 {
+        let x = -87.3 * i as f64 / 200_000.0;
+        let got = oodnc::numerics::exp_nonpositive_f32(x as f32) as f64;
+        let want = (x as f32 as f64).exp();
+        worst = worst.max((got - want).abs() / want);
+    }
+    assert!(worst < 3e-7, "relative error {worst}");
+    assert_eq!(oodnc::numerics::exp_nonpositive_f32(-100.0), 0.0);
+    assert_eq!(oodnc::numerics::exp_nonpositive_f32(0.0), 1.0);
+    // The fused kernel against the f64 definition -sum p log p: spread, confident,
+    // tied-top and single-class rows, C not a multiple of the 16-wide blocks.
+    tch::manual_seed(5);
+    let z = Tensor::randn([700, 37], (Kind::Float, tch::Device::Cpu)) * 4.0;
+    let _ = z.get(1).fill_(0.0);
+    let _ = z.get(2).get(36).fill_(40.0);
+    let _ = z.get(3).narrow(0, 20, 2).fill_(9.0);
+    let got = oodnc::numerics::row_entropy(&z).to_kind(Kind::Double);
+    let zd = z.to_kind(Kind::Double);
+    // Plain sum p log p in f64 where it is accurate (p_max < 0.999: log p_max is
+    // then not a rounding of log(1 - tiny)) ...
+    let p = zd.softmax(1, Kind::Double);
+    let plain = (&p * p.log()).sum_dim_intlist(&[1i64][..], false, Kind::Double);
+    let moderate = p.amax(&[1i64][..], false).lt(0.999);
+    // ... and everywhere the f64 form with log1p: sum_j p_j (s_j - log1p(S)),
+    // S = sum_{j != max} exp(s_j), computed class by class.
+    let (zmax, arg) = zd.max_dim(1, true);
+    let sh = &zd - &zmax;
+    let e = sh.exp().scatter_value(1, &arg, 0.0);
+    let big_s = e.sum_dim_intlist(&[1i64][..], true, Kind::Double);
+    let pk = e / (&big_s + 1.0);
+    let p_top = (&big_s + 1.0).reciprocal();
+    let careful = (&pk * (&sh - big_s.log1p())).sum_dim_intlist(&[1i64][..], false, Kind::Double) - (p_top * big_s.log1p()).view([-1]);
+    let gap = |want: &Tensor, mask: Option<&Tensor>| {
+        let r = (&got - want).abs() / want.abs().clamp_min(1e-30);
+        match mask {
+            Some(m) => r.masked_select(m).max().double_value(&[]),
+            None => r.max().double_value(&[]),
+        }
+    };
+    let (g1, g2) = (gap(&plain, Some(&moderate)), gap(&careful, None));
+    assert!(moderate.sum(Kind::Int64).int64_value(&[]) > 600, "the fixture has mostly moderate rows");
+    assert!(g1 < 2e-6 && g2 < 2e-6, "largest relative gaps: {g1} (plain, moderate rows), {g2} (careful form)");
+    assert!((got.double_value(&[1]) + 37f64.ln()).abs() < 1e-6, "uniform row: -log C");
+    let one = oodnc::numerics::row_entropy(&Tensor::from_slice(&[3.0f32, 1.0]).view([2, 1]));
+    assert_eq!(vec(&one), vec![0.0, 0.0]);
 }
 
 /// The f32 row kernels read the features in place: non-contiguous ones (a

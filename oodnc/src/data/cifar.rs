@@ -44,7 +44,7 @@ pub fn parse_records(path: &Path, bytes: &[u8], variant: Variant, num_classes: u
     if bytes.is_empty() {
         return Err(Error::format(path, "empty file"));
     }
-    if bytes.len() % rec != 0 {
+    if !bytes.len().is_multiple_of(rec) {
         return Err(Error::format(
             path,
             format!("size {} is not a multiple of the {rec}-byte {variant:?} record (truncated or wrong variant?)", bytes.len()),

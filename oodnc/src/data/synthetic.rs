@@ -217,7 +217,7 @@ fn id_class(c: usize, _classes: usize) -> ShapeClass {
 fn near_class(j: usize, classes: usize) -> ShapeClass {
     // Same family: an ID shape with a hue half a golden step away and a stretched aspect.
     let base = id_class((j * 7 + 3) % classes, classes);
-    ShapeClass { kind: base.kind, hue: (base.hue + 68.75) % 360.0, aspect: if j % 2 == 0 { 1.35 } else { 0.7 } }
+    ShapeClass { kind: base.kind, hue: (base.hue + 68.75) % 360.0, aspect: if j.is_multiple_of(2) { 1.35 } else { 0.7 } }
 }
 
 fn render_shape(rng: &mut SplitMix64, cls: ShapeClass) -> Vec<u8> {

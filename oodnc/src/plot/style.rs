@@ -127,7 +127,7 @@ pub fn log_ticks(lo: f64, hi: f64) -> (Vec<f64>, Vec<f64>) {
     let (k0, k1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
     let within = |mults: &[f64], step: usize| -> Vec<f64> {
         (k0..=k1)
-            .filter(|k| (k - k0) as usize % step == 0)
+            .filter(|k| ((k - k0) as usize).is_multiple_of(step))
             .flat_map(|k| mults.iter().map(move |m| m * 10f64.powi(k)))
             // Tolerance for the rounding of m * 10^k at the ends.
             .filter(|v| *v >= lo * (1.0 - 1e-9) && *v <= hi * (1.0 + 1e-9))

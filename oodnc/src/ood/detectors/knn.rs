@@ -155,7 +155,7 @@ pub fn prepare(f: &FeatureSet, bank: &Bank, k_max: i64, context: &str) -> Result
     Ok(())
 }
 
-/// Rows per block of queries (a `[block, N]` f32 similarity matrix is live at a time).
+/// Rows per block of queries (a `[block, N]` similarity matrix is live at a time).
 const BLOCK: i64 = 1024;
 
 /// A bank shared between fitted detectors (a Mutex: tensors are not `Sync`).
@@ -163,11 +163,80 @@ pub type SharedBank = std::sync::Arc<std::sync::Mutex<Bank>>;
 
 static NEXT_BANK_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// How a bank on the CPU finds each query's largest inner products. Both give
+/// the k largest of the f32 inner products (the same neighbours; the values
+/// agree to f32 rounding, ~1e-7): [`Search::Bf16Rerank`] only does less work
+/// where the CPU multiplies bf16 natively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Search {
+    /// Every query times every bank vector in f32 (oneDNN or BLAS), then `topk`.
+    Exact,
+    /// A certified two-stage search: every similarity in bf16 (twice the f32
+    /// rate on CPUs with AVX512-BF16), then every bank vector whose bf16
+    /// similarity lies within a proven error bound of the bf16 k-th largest is
+    /// re-scored exactly (f32 inputs, f64 accumulation) and the k largest kept.
+    ///
+    /// The product is shifted: each query row gets an extra entry -m (m a bf16
+    /// estimate of its k-th similarity, from a 1-in-(N/2048) sample of the bank)
+    /// and each bank row an extra 1, so the bf16 output is s - m, small near the
+    /// k-th, and its rounding costs little. With u = 2^-9 (bf16's unit round-off):
+    /// rounding the inputs costs at most (2u + u^2) sum_i |q_i b_i| <= (2u + u^2) ||q|| B
+    /// (B the largest bank norm; the shift column is exact), the f32 accumulation
+    /// at most 1.01 (d + 1) 2^-24 (1 + u)^2 (||q|| B + |m|) in any order; call
+    /// their sum E. The output x~ = fl(x) is within w |x~| of x, w = 2u / (1 - 2u)
+    /// (rounding or truncating). So every exact shifted similarity lies in
+    /// [g(x~), h(x~)], g(x) = x - w|x| - E, h(x) = x + w|x| + E, both increasing.
+    /// With t~ the bf16 k-th largest of the row, k vectors are >= g(t~), so
+    /// every one of the true k largest has h(x~) >= g(t~): those are the
+    /// candidates (the threshold h^-1(g(t~)) rounded down). A row with more
+    /// than max(4k, N / 64) candidates (near-duplicate bank vectors) is searched
+    /// exactly instead, so the work never exceeds the exact search by much.
+    Bf16Rerank,
+}
+
+impl Search {
+    /// [`Search::Bf16Rerank`] on a CPU with native bf16 dot products
+    /// (AVX512-BF16: AMD Zen 4 and later, Intel Cooper Lake / Sapphire Rapids
+    /// and later), else [`Search::Exact`] (GPUs: the f32 product is fast there).
+    pub fn auto(device: Device) -> Self {
+        if device == Device::Cpu && native_bf16() {
+            Search::Bf16Rerank
+        } else {
+            Search::Exact
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn native_bf16() -> bool {
+    std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn native_bf16() -> bool {
+    false
+}
+
+/// bf16's unit round-off, 2^-9.
+const BF16_U: f64 = 1.0 / 512.0;
+
+/// The bf16 copies [`Search::Bf16Rerank`] reads.
+struct Bf16Bank {
+    /// `[N, D + 1]`: the bank in bf16 and a column of ones (the shift).
+    shifted: Tensor,
+    /// `[S, D]`: every (N / 2048)-th row in bf16 (the k-th estimates).
+    sample: Tensor,
+    /// The largest row norm of the f32 bank.
+    max_norm: f64,
+}
+
 /// A bank of f32 vectors `[N, D]` on a device, ready for similarity queries.
 pub struct Bank {
     dense: Tensor,
     /// oneDNN copy of the bank (CPU only).
     onednn: Option<Tensor>,
+    /// The bf16 copies for [`Search::Bf16Rerank`] (CPU only).
+    bf16: Option<Bf16Bank>,
     device: Device,
     /// Unique for the process (never reused): the key of results cached elsewhere.
     id: u64,
@@ -175,17 +244,51 @@ pub struct Bank {
 
 impl std::fmt::Debug for Bank {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Bank({:?} on {:?}, oneDNN {})", self.dense.size(), self.device, self.onednn.is_some())
+        write!(f, "Bank({:?} on {:?}, oneDNN {}, {:?})", self.dense.size(), self.device, self.onednn.is_some(), self.search())
     }
 }
 
+/// What a search keeps of each query's k largest similarities.
+#[derive(Clone, Copy, PartialEq)]
+enum Keep {
+    Kth,
+    Sorted,
+    Mean,
+}
+
 impl Bank {
-    /// Moves `bank` (`[N, D]`) to `device` as f32.
+    /// Moves `bank` (`[N, D]`) to `device` as f32, searched as [`Search::auto`] says.
     pub fn new(bank: &Tensor, device: Device) -> Self {
+        Self::with_search(bank, device, Search::auto(device))
+    }
+
+    /// [`Bank::new`] with the search chosen (a bank off the CPU is always
+    /// searched exactly). [`Search::Bf16Rerank`] works on every CPU; without
+    /// native bf16 it is slower than [`Search::Exact`].
+    pub fn with_search(bank: &Tensor, device: Device, search: Search) -> Self {
         let dense = bank.to_kind(Kind::Float).to_device(device).contiguous();
         let onednn = if device == Device::Cpu && tch::utils::has_mkldnn() { dense.f_to_mkldnn(None).ok() } else { None };
+        let bf16 = (device == Device::Cpu && search == Search::Bf16Rerank && dense.numel() > 0).then(|| {
+            tch::no_grad(|| {
+                let max_norm = dense.to_kind(Kind::Double).norm_scalaropt_dim(2, &[1i64][..], false).max().double_value(&[]);
+                let b16 = dense.to_kind(Kind::BFloat16);
+                let ones = Tensor::ones([dense.size()[0], 1], (Kind::BFloat16, Device::Cpu));
+                let stride = (dense.size()[0] / 2048).max(1);
+                let sample = b16.slice(0, 0, None, stride).contiguous();
+                Bf16Bank { shifted: Tensor::cat(&[b16, ones], 1).contiguous(), sample, max_norm }
+            })
+        });
         let id = NEXT_BANK_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Bank { dense, onednn, device, id }
+        Bank { dense, onednn, bf16, device, id }
+    }
+
+    /// How this bank is searched.
+    pub fn search(&self) -> Search {
+        if self.bf16.is_some() {
+            Search::Bf16Rerank
+        } else {
+            Search::Exact
+        }
     }
 
     /// The bank's process-unique id.
@@ -203,7 +306,7 @@ impl Bank {
         self.len() == 0
     }
 
-    /// `[M, N]` inner products of a block of queries with the bank, dense, on the bank's device.
+    /// `[M, N]` f32 inner products of a block of queries with the bank, dense, on the bank's device.
     fn similarities(&self, q: &Tensor) -> Tensor {
         if let Some(w) = &self.onednn {
             let fast = q
@@ -218,49 +321,159 @@ impl Bank {
         q.matmul(&self.dense.tr())
     }
 
-    /// For each row of `queries` (`[M, D]`), the `k`-th largest inner product with
-    /// the bank (`k` in 1..=N), as f32 `[M]` on the CPU.
-    pub fn kth_largest(&self, queries: &Tensor, k: i64) -> Result<Tensor> {
+    /// The exact search of one block: `[M, k]` (sorted) or `[M]` (k-th, mean) on the CPU.
+    fn exact_block(&self, q: &Tensor, k: i64, keep: Keep) -> Tensor {
+        let sims = self.similarities(&q.to_device(self.device));
+        let top = sims.topk(k, 1, true, keep == Keep::Sorted).0;
+        match keep {
+            Keep::Kth => top.min_dim(1, false).0,
+            Keep::Sorted => top,
+            Keep::Mean => top.mean_dim(&[1i64][..], false, Kind::Float),
+        }
+        .to_device(Device::Cpu)
+    }
+
+    /// The certified bf16 search of one block of CPU f32 queries (see [`Search::Bf16Rerank`]).
+    fn rerank_block(&self, q: &Tensor, k: i64, keep: Keep) -> Tensor {
+        let Some(bb) = &self.bf16 else { return self.exact_block(q, k, keep) };
+        let q = q.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+        let (m, d, n, ku) = (q.size()[0] as usize, q.size()[1] as usize, self.len() as usize, k as usize);
+        let q16 = q.to_kind(Kind::BFloat16);
+        // From the sample: the shift m (an estimate of each row's k-th
+        // similarity) and a lower estimate (a cut below which the k-th
+        // almost never lies: the scan keeps what is above it in one pass).
+        let ns = bb.sample.size()[0];
+        let ks = ((k * ns + self.len() - 1) / self.len()).clamp(1, ns);
+        let lo = (4 * ks + 4).min(ns);
+        let est = q16.linear(&bb.sample, None::<Tensor>).topk(lo, 1, true, true).0;
+        let shift = est.narrow(1, ks - 1, 1);
+        let approx = Tensor::cat(&[q16, -&shift], 1).linear(&bb.shifted, None::<Tensor>).contiguous();
+        let low: Vec<f64> = Vec::try_from((est.select(1, lo - 1) - shift.view([-1])).to_kind(Kind::Double)).unwrap_or_default();
+        let shift: Vec<f64> = Vec::try_from(shift.view([-1]).to_kind(Kind::Double)).unwrap_or_default();
+        let qnorm: Vec<f64> = Vec::try_from(q.to_kind(Kind::Double).norm_scalaropt_dim(2, &[1i64][..], false)).unwrap_or_default();
+        let u = BF16_U;
+        let acc = 1.01 * (d as f64 + 1.0) * 2f64.powi(-24) * (1.0 + u).powi(2);
+        // Per row: E (the bound on everything but the output rounding) and the cut.
+        let bound: Vec<f64> = (0..m)
+            .map(|r| {
+                let big = qnorm[r] * bb.max_norm;
+                ((2.0 * u + u * u) * big + acc * (big + shift[r].abs())) * (1.0 + 1e-3) + 1e-30
+            })
+            .collect();
+        let cut: Vec<f32> = (0..m).map(|r| round_down_f32(low[r] - 3.0 * bound[r] - 1e-3)).collect();
+        let cap = (4 * ku).max(n / 64);
+        let buf_cap = (n / 16).max(8 * ku + 64);
+        let mut top = vec![0f32; m * ku];
+        let mut overflow = vec![false; m];
+        let rows_per = crate::numerics::rows_per_thread(m);
+        // SAFETY: `approx` is a contiguous bf16 CPU tensor of m * n elements,
+        // owned here and only read while the slice lives; a bf16 is 16 bits.
+        let a = unsafe { std::slice::from_raw_parts(approx.data_ptr() as *const u16, m * n) };
+        crate::numerics::with_f32_data(&q, |qd| {
+            crate::numerics::with_f32_data(&self.dense, |bd| {
+                std::thread::scope(|scope| {
+                    let chunks = a
+                        .chunks(rows_per * n)
+                        .zip(qd.chunks(rows_per * d))
+                        .zip(top.chunks_mut(rows_per * ku))
+                        .zip(overflow.chunks_mut(rows_per))
+                        .zip(bound.chunks(rows_per).zip(cut.chunks(rows_per)));
+                    for ((((ar, qr), tr), of), (bnd, ct)) in chunks {
+                        scope.spawn(move || {
+                            let desc = |x: &f32, y: &f32| y.total_cmp(x);
+                            let (mut buf, mut vals, mut cands) = (Vec::with_capacity(buf_cap), Vec::new(), Vec::with_capacity(cap));
+                            for (r, (arow, qrow)) in ar.chunks_exact(n).zip(qr.chunks_exact(d)).enumerate() {
+                                let dot = |j: usize| dot_f64(qrow, &bd[j * d..(j + 1) * d]) as f32;
+                                cands.clear();
+                                // One pass: what lies above the cut. When it holds the
+                                // k-th and the threshold is above the cut, it holds
+                                // every candidate.
+                                buf.clear();
+                                let held = above(arow, ct[r], buf_cap, |j, v| buf.push((v, j as u32)));
+                                let mut done = false;
+                                if held && buf.len() >= ku {
+                                    vals.clear();
+                                    vals.extend(buf.iter().map(|p| p.0));
+                                    vals.select_nth_unstable_by(ku - 1, desc);
+                                    let x = rerank_threshold(vals[ku - 1], bnd[r]);
+                                    if x >= ct[r] {
+                                        cands.extend(buf.iter().filter(|p| p.0 >= x).map(|p| dot(p.1 as usize)));
+                                        done = true;
+                                        of[r] = cands.len() > cap;
+                                    }
+                                }
+                                if !done {
+                                    // The cut was too high: the k-th from the whole row.
+                                    vals.clear();
+                                    vals.extend(arow.iter().map(|&h| bf16_value(h)));
+                                    vals.select_nth_unstable_by(ku - 1, desc);
+                                    let x = rerank_threshold(vals[ku - 1], bnd[r]);
+                                    of[r] = !above(arow, x, cap, |j, _| cands.push(dot(j)));
+                                }
+                                if of[r] {
+                                    continue;
+                                }
+                                if cands.len() > ku {
+                                    cands.select_nth_unstable_by(ku - 1, desc);
+                                }
+                                let kept = &mut cands[..ku];
+                                kept.sort_unstable_by(desc);
+                                tr[r * ku..(r + 1) * ku].copy_from_slice(kept);
+                            }
+                        });
+                    }
+                });
+            });
+        });
+        let mut top = Tensor::from_slice(&top).view([m as i64, k]);
+        let rows: Vec<i64> = overflow.iter().enumerate().filter(|(_, &o)| o).map(|(i, _)| i as i64).collect();
+        if !rows.is_empty() {
+            let idx = Tensor::from_slice(&rows);
+            let exact = self.exact_block(&q.index_select(0, &idx), k, Keep::Sorted);
+            let _ = top.index_copy_(0, &idx, &exact);
+        }
+        match keep {
+            Keep::Kth => top.select(1, k - 1).contiguous(),
+            Keep::Sorted => top,
+            Keep::Mean => top.mean_dim(&[1i64][..], false, Kind::Float),
+        }
+    }
+
+    /// The search over every block of `queries`, concatenated.
+    fn query(&self, queries: &Tensor, k: i64, keep: Keep) -> Result<Tensor> {
+        let (n, k_ok) = (self.len(), k >= 1 && k <= self.len());
+        if !k_ok {
+            return Err(Error::param("k", format!("{k} neighbours asked of a bank of {n} vectors (1..={n})")));
+        }
         let q = queries.to_kind(Kind::Float);
         let mut out = Vec::new();
         tch::no_grad(|| {
             for block in q.split(BLOCK, 0) {
-                let sims = self.similarities(&block.to_device(self.device));
-                // The k largest (unordered); the smallest of them is the k-th largest.
-                let (top, _) = sims.topk(k, 1, true, false);
-                out.push(top.min_dim(1, false).0.to_device(Device::Cpu));
+                out.push(match self.search() {
+                    Search::Bf16Rerank => self.rerank_block(&block, k, keep),
+                    Search::Exact => self.exact_block(&block, k, keep),
+                });
             }
         });
         Ok(Tensor::cat(&out, 0))
+    }
+
+    /// For each row of `queries` (`[M, D]`), the `k`-th largest inner product with
+    /// the bank (`k` in 1..=N), as f32 `[M]` on the CPU.
+    pub fn kth_largest(&self, queries: &Tensor, k: i64) -> Result<Tensor> {
+        self.query(queries, k, Keep::Kth)
     }
 
     /// For each row of `queries`, the `k` largest inner products with the bank in
     /// descending order, f32 `[M, k]` on the CPU (column j is the (j+1)-th largest).
     pub fn top_sorted(&self, queries: &Tensor, k: i64) -> Result<Tensor> {
-        let q = queries.to_kind(Kind::Float);
-        let mut out = Vec::new();
-        tch::no_grad(|| {
-            for block in q.split(BLOCK, 0) {
-                let sims = self.similarities(&block.to_device(self.device));
-                out.push(sims.topk(k, 1, true, true).0.to_device(Device::Cpu));
-            }
-        });
-        Ok(Tensor::cat(&out, 0))
+        self.query(queries, k, Keep::Sorted)
     }
 
     /// For each row of `queries`, the mean of its `k` largest inner products with
     /// the bank, f32 `[M]` on the CPU (NNGuide's guidance).
     pub fn top_k_mean(&self, queries: &Tensor, k: i64) -> Result<Tensor> {
-        let q = queries.to_kind(Kind::Float);
-        let mut out = Vec::new();
-        tch::no_grad(|| {
-            for block in q.split(BLOCK, 0) {
-                let sims = self.similarities(&block.to_device(self.device));
-                let (top, _) = sims.topk(k, 1, true, false);
-                out.push(top.mean_dim(&[1i64][..], false, Kind::Float).to_device(Device::Cpu));
-            }
-        });
-        Ok(Tensor::cat(&out, 0))
+        self.query(queries, k, Keep::Mean)
     }
 
     /// The device the bank lives on.
@@ -274,4 +487,66 @@ impl Bank {
         let q = queries.to_kind(Kind::Float).to_device(self.device);
         tch::no_grad(|| q.matmul(&self.dense.tr()).topk(k, 1, true, true).0.select(1, k - 1).to_device(Device::Cpu))
     }
+}
+
+/// The f32 value of a bf16 bit pattern.
+fn bf16_value(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// The largest f32 <= x.
+fn round_down_f32(x: f64) -> f32 {
+    let x32 = x as f32;
+    if (x32 as f64) > x {
+        x32.next_down()
+    } else {
+        x32
+    }
+}
+
+/// [`Search::Bf16Rerank`]'s candidate threshold on the shifted bf16 output x~,
+/// from the bf16 k-th largest `t` and the bound `e`: the smallest x~ with
+/// h(x~) >= g(t), rounded down to f32.
+fn rerank_threshold(t: f32, e: f64) -> f32 {
+    let u = BF16_U;
+    let w = 2.0 * u / (1.0 - 2.0 * u);
+    let t = t as f64;
+    // g(t) - e; h(x) = x + w|x| + e >= g(t)  <=>  x + w|x| >= g(t) - e.
+    let rhs = t - w * t.abs() - 2.0 * e;
+    round_down_f32(if rhs >= 0.0 { rhs / (1.0 + w) } else { rhs / (1.0 - w) })
+}
+
+/// Calls `take(j, value)` for every j with bf16 `row[j]` >= `threshold`, 64
+/// entries at a time through a bit mask; false (and stops) at the `cap + 1`-th.
+fn above(row: &[u16], threshold: f32, cap: usize, mut take: impl FnMut(usize, f32)) -> bool {
+    let mut count = 0;
+    for (c, chunk) in row.chunks(64).enumerate() {
+        let mut mask = 0u64;
+        for (l, &h) in chunk.iter().enumerate() {
+            mask |= ((bf16_value(h) >= threshold) as u64) << l;
+        }
+        while mask != 0 {
+            if count == cap {
+                return false;
+            }
+            let l = mask.trailing_zeros() as usize;
+            take(c * 64 + l, bf16_value(chunk[l]));
+            mask &= mask - 1;
+            count += 1;
+        }
+    }
+    true
+}
+
+/// The inner product of two f32 rows with f64 accumulation (8 independent lanes).
+fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| x as f64 * y as f64).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] as f64 * y[l] as f64;
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }

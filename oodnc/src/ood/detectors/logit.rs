@@ -158,6 +158,10 @@ impl Scorer for FittedLogit<Entropy> {
         // -(1 - p_max), which log_softmax rounds to 0 there; both parts are <= 0,
         // so nothing cancels. One exp per entry, no second softmax pass.
         let z = self.logits(f, "entropy score")?;
+        if self.kind == Kind::Float && z.device() == tch::Device::Cpu {
+            // The same formula in one fused pass per row (numerics::row_entropy).
+            return Ok(crate::numerics::row_entropy(&z));
+        }
         let (zmax, arg) = z.max_dim(1, true);
         let shifted = &z - &zmax;
         // The top class's e (exactly 1) zeroed in place: it is not in S, and its
