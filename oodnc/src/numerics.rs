@@ -342,6 +342,20 @@ pub fn exp_nonpositive_f32(x: f32) -> f32 {
 /// flushed into f64 every 128 classes); then S += m - 1 (the other maxima's
 /// e_j = 1, exactly) and the score (sum_j e_j s_j) / (1 + S) - log1p(S).
 pub fn row_entropy(z: &Tensor) -> Tensor {
+    softmax_rows::<ENTROPY>(z)
+}
+
+/// log max_j softmax(z)_j = -log1p(S) of each row of finite f32 logits `[N, C]`
+/// (MSP's f32 score, `[N]` f32), S as in [`row_entropy`], by the same kernel.
+pub fn row_log_msp(z: &Tensor) -> Tensor {
+    softmax_rows::<LOG_MSP>(z)
+}
+
+/// [`softmax_rows`]' statistic: the entropy (true) or log MSP (false).
+const ENTROPY: bool = true;
+const LOG_MSP: bool = false;
+
+fn softmax_rows<const STAT: bool>(z: &Tensor) -> Tensor {
     let (n, c) = (z.size()[0] as usize, z.size()[1] as usize);
     let mut out = vec![0f32; n];
     if n > 0 && c > 0 {
@@ -349,7 +363,7 @@ pub fn row_entropy(z: &Tensor) -> Tensor {
         with_f32_data(z, |data| {
             std::thread::scope(|scope| {
                 for (rows, out) in data.chunks(rows_per * c).zip(out.chunks_mut(rows_per)) {
-                    scope.spawn(move || entropy_rows(rows, c, out));
+                    scope.spawn(move || stat_rows::<STAT>(rows, c, out));
                 }
             });
         });
@@ -357,45 +371,46 @@ pub fn row_entropy(z: &Tensor) -> Tensor {
     Tensor::from_slice(&out)
 }
 
-/// [`row_entropy`] of consecutive rows, compiled for the widest vectors the CPU
+/// [`softmax_rows`] of consecutive rows, compiled for the widest vectors the CPU
 /// has (AVX-512, else AVX2 + FMA, else the baseline), chosen at run time.
-fn entropy_rows(rows: &[f32], c: usize, out: &mut [f32]) {
+fn stat_rows<const STAT: bool>(rows: &[f32], c: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { entropy_rows_avx512(rows, c, out) };
+            return unsafe { stat_rows_avx512::<STAT>(rows, c, out) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: as above.
-            return unsafe { entropy_rows_avx2(rows, c, out) };
+            return unsafe { stat_rows_avx2::<STAT>(rows, c, out) };
         }
     }
-    entropy_rows_any(rows, c, out)
+    stat_rows_any::<STAT>(rows, c, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn entropy_rows_avx512(rows: &[f32], c: usize, out: &mut [f32]) {
-    entropy_rows_any(rows, c, out)
+fn stat_rows_avx512<const STAT: bool>(rows: &[f32], c: usize, out: &mut [f32]) {
+    stat_rows_any::<STAT>(rows, c, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn entropy_rows_avx2(rows: &[f32], c: usize, out: &mut [f32]) {
-    entropy_rows_any(rows, c, out)
+fn stat_rows_avx2<const STAT: bool>(rows: &[f32], c: usize, out: &mut [f32]) {
+    stat_rows_any::<STAT>(rows, c, out)
 }
 
 #[inline(always)]
-fn entropy_rows_any(rows: &[f32], c: usize, out: &mut [f32]) {
+fn stat_rows_any<const STAT: bool>(rows: &[f32], c: usize, out: &mut [f32]) {
     for (row, o) in rows.chunks_exact(c).zip(out.iter_mut()) {
-        *o = entropy_of_row(row);
+        let (sum, es) = softmax_sums::<STAT>(row);
+        *o = if STAT { (es / (1.0 + sum) - sum.ln_1p()) as f32 } else { -sum.ln_1p() as f32 };
     }
 }
 
-/// One row of [`row_entropy`].
+/// One row's S (ties included) and, when `ES`, sum_j e_j s_j (see [`row_entropy`]).
 #[inline(always)]
-fn entropy_of_row(row: &[f32]) -> f32 {
+fn softmax_sums<const ES: bool>(row: &[f32]) -> (f64, f64) {
     let blocks = row.chunks_exact(16);
     let tail = blocks.remainder();
     // The tail padded to a block with -inf (e = 0, not a maximum).
@@ -419,7 +434,9 @@ fn entropy_of_row(row: &[f32]) -> f32 {
             let at_top = v == top;
             let e = if at_top { 0.0 } else { exp_nonpositive_f32(s) };
             sum32[l] += e;
-            es32[l] += e * s;
+            if ES {
+                es32[l] += e * s;
+            }
             ties32[l] += at_top as u8 as f32;
         }
         if b % 8 == 7 {
@@ -431,7 +448,7 @@ fn entropy_of_row(row: &[f32]) -> f32 {
     }
     sum += sum32.iter().map(|&x| x as f64).sum::<f64>() + (ties + ties32.iter().map(|&x| x as f64).sum::<f64>() - 1.0);
     es += es32.iter().map(|&x| x as f64).sum::<f64>();
-    (es / (1.0 + sum) - sum.ln_1p()) as f32
+    (sum, es)
 }
 
 /// Per row i of a finite `[N, D]` f32 CPU tensor `x`, with `center` `[D]` and
@@ -565,10 +582,10 @@ fn top_k_rows(
 mod tests {
     use super::*;
 
-    /// Every compiled variant of the entropy kernel this CPU can run gives the
+    /// Every compiled variant of the entropy and log-MSP kernels this CPU can run gives the
     /// same scores (FMA may round the polynomial differently: 1e-6 relative).
     #[test]
-    fn entropy_variants_agree() {
+    fn softmax_kernel_variants_agree() {
         let mut state = 7u64;
         let rows: Vec<f32> = (0..300 * 37)
             .map(|_| {
@@ -576,21 +593,30 @@ mod tests {
                 ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 30.0
             })
             .collect();
+        for_both_stats(&rows);
+    }
+
+    fn for_both_stats(rows: &[f32]) {
+        check::<ENTROPY>(rows);
+        check::<LOG_MSP>(rows);
+    }
+
+    fn check<const STAT: bool>(rows: &[f32]) {
         let mut base = vec![0f32; 300];
-        entropy_rows_any(&rows, 37, &mut base);
+        stat_rows_any::<STAT>(rows, 37, &mut base);
         let mut variants = vec![];
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 let mut v = vec![0f32; 300];
                 // SAFETY: checked just above.
-                unsafe { entropy_rows_avx512(&rows, 37, &mut v) };
+                unsafe { stat_rows_avx512::<STAT>(rows, 37, &mut v) };
                 variants.push(("avx512", v));
             }
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 let mut v = vec![0f32; 300];
                 // SAFETY: checked just above.
-                unsafe { entropy_rows_avx2(&rows, 37, &mut v) };
+                unsafe { stat_rows_avx2::<STAT>(rows, 37, &mut v) };
                 variants.push(("avx2", v));
             }
         }

@@ -835,7 +835,7 @@ fn entropy_in_f32_keeps_the_top_class_term_of_confident_samples() {
 }
 
 #[test]
-fn entropy_row_kernel_and_its_exp_match_f64() {
+fn entropy_and_msp_row_kernels_and_their_exp_match_f64() {
     // The vectorisable exp against f64's over [-87.3, 0], and 0 below.
     let mut worst = 0f64;
     for i in 0..=200_000 {
@@ -881,6 +881,14 @@ fn entropy_row_kernel_and_its_exp_match_f64() {
     assert!(moderate.sum(Kind::Int64).int64_value(&[]) > 600, "the fixture has mostly moderate rows");
     assert!(g1 < 2e-6 && g2 < 2e-6, "largest relative gaps: {g1} (plain, moderate rows), {g2} (careful form)");
     assert!((got.double_value(&[1]) + 37f64.ln()).abs() < 1e-6, "uniform row: -log C");
+    // log MSP by the same kernel: -log1p(S) against the f64 log-softmax where
+    // that is accurate, and against -log1p(S) in f64 everywhere.
+    let msp = oodnc::numerics::row_log_msp(&z).to_kind(Kind::Double);
+    let plain_msp = zd.log_softmax(1, Kind::Double).amax(&[1i64][..], false);
+    let careful_msp = -big_s.view([-1]).log1p();
+    let r1 = ((&msp - &plain_msp).abs() / plain_msp.abs().clamp_min(1e-30)).masked_select(&moderate).max().double_value(&[]);
+    let r2 = ((&msp - &careful_msp).abs() / careful_msp.abs().clamp_min(1e-30)).max().double_value(&[]);
+    assert!(r1 < 2e-6 && r2 < 2e-6, "log MSP: largest relative gaps {r1} (plain), {r2} (careful)");
     let one = oodnc::numerics::row_entropy(&Tensor::from_slice(&[3.0f32, 1.0]).view([2, 1]));
     assert_eq!(vec(&one), vec![0.0, 0.0]);
 }

@@ -1,15 +1,15 @@
-//! The KNN detector and its bank: exact k-th largest inner product against a
-//! bank of vectors, batched over queries.
+//! The KNN detector and its bank: the k largest inner products against a bank
+//! of vectors, batched over queries, exact (the neighbours of the f32 product).
 //!
-//! On a GPU: one `matmul` per block of queries. On a CPU: the product goes
-//! through oneDNN (`mkldnn_linear`) when libtorch has it: measured on the 2-core
-//! AMD machine it runs the f32 product at ~330 GFLOP/s against ~180 for the BLAS
-//! behind `matmul` (both exact f32 products, only the summation order differs).
-//! Either way the k-th largest value of each row is taken by `topk` on the block.
+//! On a GPU: one `matmul` per block of queries, then `topk`. On a CPU with
+//! native bf16 dot products (AVX512-BF16): the certified two-stage search of
+//! [`Search::Bf16Rerank`] (bf16 product, exact re-rank of the candidates a
+//! proven error bound leaves). On other CPUs: the f32 product through oneDNN
+//! (`mkldnn_linear`) when libtorch has it, else BLAS, then `topk`.
 
 use super::Head;
 use crate::error::{Error, Result};
-use crate::features::{normalize_rows, FeatureId, FeatureSet};
+use crate::features::{FeatureId, FeatureSet};
 use crate::numerics::check_2d;
 use crate::ood::detector::{FitData, GridContext, ParamReader, ParamValue, Registered, Scorer};
 use tch::{Device, Kind, Tensor};
@@ -121,9 +121,17 @@ pub fn bank(train: &FeatureSet, device: Device, context: &str) -> Result<SharedB
             return Ok(m.bank);
         }
     }
-    let bank = std::sync::Arc::new(std::sync::Mutex::new(Bank::new(&normalize_rows(&train.penultimate_f64(context)?), device)));
+    let bank = std::sync::Arc::new(std::sync::Mutex::new(Bank::new(&unit_rows(train, context)?, device)));
     train.memo_put("knn.bank", BankMemo { key, bank: bank.clone() });
     Ok(bank)
+}
+
+/// `f`'s penultimate features with each row scaled to unit L2 norm, in f32
+/// (the precision the bank searches in; no f64 copy), checked finite.
+fn unit_rows(f: &FeatureSet, context: &str) -> Result<Tensor> {
+    let x = f.penultimate.to_kind(Kind::Float);
+    crate::numerics::check_finite(&x, context)?;
+    Ok(&x / x.norm_scalaropt_dim(2, &[1i64][..], true).clamp_min(1e-12))
 }
 
 /// For each sample of `f`, its `k`-th largest cosine similarity to `bank`
@@ -136,7 +144,7 @@ pub fn kth_similarity(f: &FeatureSet, bank: &Bank, k: i64, context: &str) -> Res
             return Ok(m.top.select(1, k - 1));
         }
     }
-    bank.kth_largest(&normalize_rows(&f.penultimate_f64(context)?), k)
+    bank.kth_largest(&unit_rows(f, context)?, k)
 }
 
 /// Computes and keeps `f`'s `k_max` largest similarities to `bank`, so that
@@ -150,7 +158,7 @@ pub fn prepare(f: &FeatureSet, bank: &Bank, k_max: i64, context: &str) -> Result
             return Ok(());
         }
     }
-    let top = bank.top_sorted(&normalize_rows(&f.penultimate_f64(context)?), k_max)?;
+    let top = bank.top_sorted(&unit_rows(f, context)?, k_max)?;
     f.memo_put("knn.top", TopMemo { key, top });
     Ok(())
 }
