@@ -189,6 +189,20 @@ impl FeatureSet {
         Ok(m)
     }
 
+    /// The mean of `penultimate` (`[1, D]` f64), the same values as
+    /// [`global_moments`](Self::global_moments)`.mean`: taken from the moments
+    /// when they are cached, else computed alone (no covariance, for detectors
+    /// that need only the mean).
+    pub fn global_mean(&self, context: &str) -> Result<Tensor> {
+        let key = TensorKey::of(&self.penultimate);
+        if let Some((k, m)) = self.f64_cache.global.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            if *k == key {
+                return Ok(m.mean.shallow_clone());
+            }
+        }
+        Ok(self.penultimate_f64(context)?.mean_dim(&[0i64][..], true, Kind::Double))
+    }
+
     /// Class means, counts and tied covariance of `penultimate` under `labels`
     /// for `classes` classes (f64; computed once, cached).
     pub fn class_moments(&self, classes: i64, context: &str) -> Result<Arc<ClassMoments>> {

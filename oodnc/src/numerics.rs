@@ -108,7 +108,7 @@ pub fn sq_dists(a: &Tensor, b: &Tensor) -> Tensor {
 /// Mean and covariance of a feature set: `mean` `[1, D]` and
 /// `cov = (1/N) sum_i (h_i - mean)(h_i - mean)^T` `[D, D]`, f64. Shared by the
 /// detectors that fit on the same training features (RMDS, ViM, Residual, NECO,
-/// DICE, fDBD), see [`crate::features::FeatureSet::global_moments`].
+/// fDBD; DICE reads only the mean), see [`crate::features::FeatureSet::global_moments`].
 #[derive(Debug)]
 pub struct GlobalMoments {
     pub n: i64,

@@ -54,7 +54,7 @@ impl Registered for Dice {
         let h = Head::of(data, Self::NAME)?;
         let (w, d, ctx) = (h.w, h.d, h.ctx);
         check_2d(&data.train.penultimate, Some(d), &ctx)?;
-        let mean_h = data.train.global_moments(&ctx)?.mean.reshape([d]);
+        let mean_h = data.train.global_mean(&ctx)?.reshape([d]);
         let contrib = &w * mean_h.unsqueeze(0);
         let thresh = percentile(&contrib, self.p);
         let wm = &w * contrib.gt(thresh).to_kind(Kind::Double);

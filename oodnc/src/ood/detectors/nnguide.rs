@@ -1,7 +1,7 @@
 //! NNGuide and Relation: scores guided by similarities to the whole ID training bank.
 
 use super::knn::Bank;
-use super::{energy_of, feats, Head};
+use super::{energy_of, feats, feats_in, Head};
 use crate::error::{Error, Result};
 use crate::features::FeatureSet;
 use crate::numerics::check_2d;
@@ -51,11 +51,16 @@ pub struct FittedNnGuide {
     pub weight: Tensor,
     pub bias: Tensor,
     pub k: i64,
+    /// The working precision of the energies.
+    pub kind: Kind,
 }
 
 impl Registered for NnGuide {
     const NAME: &'static str = "nnguide";
     const SUMMARY: &'static str = "energy times the mean top-k similarity to an energy-scaled ID bank (Park et al. 2023)";
+    /// The energies (the head's product and logsumexp) in f32 under `Auto`;
+    /// the similarities are f32 either way.
+    const AUTO_F32: bool = true;
     type Fitted = FittedNnGuide;
     fn read(r: &mut ParamReader) -> Result<Self> {
         Ok(NnGuide { k: r.int("k", Self::default().k)? })
@@ -76,29 +81,29 @@ impl Registered for NnGuide {
         NnGuide { k: Self::default().k.min(ctx.n.max(1)) }
     }
     fn fit(&self, data: &FitData) -> Result<FittedNnGuide> {
-        let h = Head::of(data, Self::NAME)?;
-        check_2d(&data.train.penultimate, Some(h.d), &h.ctx)?;
+        let kind = data.precision.kind();
+        let h = Head::of_kind(data, Self::NAME, kind)?;
         let n = data.train.len() as i64;
         if self.k > n {
             return Err(Error::param("nnguide.k", format!("{} neighbours but only {n} training samples", self.k)));
         }
-        let x = data.train.penultimate_f64(&h.ctx)?;
+        let x = feats_in(data.train, h.d, &h.ctx, kind)?;
         let e = energy_of(&(x.matmul(&h.w.tr()) + &h.b), 1.0).to_kind(Kind::Float);
         // F.normalize: x / max(||x||, 1e-12).
         let xf = x.to_kind(Kind::Float);
         let unit = &xf / xf.norm_scalaropt_dim(2, &[1i64][..], true).clamp_min(1e-12);
         let bank = Bank::new(&(unit * e.unsqueeze(1)), crate::device::best_device());
-        Ok(FittedNnGuide { bank, weight: h.w, bias: h.b, k: self.k })
+        Ok(FittedNnGuide { bank, weight: h.w, bias: h.b, k: self.k, kind })
     }
 }
 
 impl Scorer for FittedNnGuide {
     fn score(&self, f: &FeatureSet) -> Result<Tensor> {
-        let x = feats(f, self.weight.size()[1], "nnguide score")?;
+        let x = feats_in(f, self.weight.size()[1], "nnguide score", self.kind)?;
         let e = energy_of(&(x.matmul(&self.weight.tr()) + &self.bias), 1.0);
         let xf = f.penultimate.to_kind(Kind::Float);
         let q = &xf / xf.norm_scalaropt_dim(2, &[1i64][..], true).clamp_min(1e-12);
-        let guidance = self.bank.top_k_mean(&q, self.k)?.to_kind(Kind::Double);
+        let guidance = self.bank.top_k_mean(&q, self.k)?.to_kind(self.kind);
         Ok(guidance * e)
     }
 }
