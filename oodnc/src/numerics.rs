@@ -351,11 +351,19 @@ pub fn row_log_msp(z: &Tensor) -> Tensor {
     softmax_rows::<LOG_MSP>(z)
 }
 
-/// [`softmax_rows`]' statistic: the entropy (true) or log MSP (false).
-const ENTROPY: bool = true;
-const LOG_MSP: bool = false;
+/// logsumexp_j z_j = z_max + log1p(S) of each row of finite f32 logits `[N, C]`
+/// (Energy's f32 score at T = 1, `[N]` f32), S as in [`row_entropy`], by the
+/// same kernel (f64 for the last step, so no f32 cancellation).
+pub fn row_logsumexp(z: &Tensor) -> Tensor {
+    softmax_rows::<LOGSUMEXP>(z)
+}
 
-fn softmax_rows<const STAT: bool>(z: &Tensor) -> Tensor {
+/// [`softmax_rows`]' statistic: the entropy, log MSP or logsumexp.
+const ENTROPY: u8 = 0;
+const LOG_MSP: u8 = 1;
+const LOGSUMEXP: u8 = 2;
+
+fn softmax_rows<const STAT: u8>(z: &Tensor) -> Tensor {
     let (n, c) = (z.size()[0] as usize, z.size()[1] as usize);
     let mut out = vec![0f32; n];
     if n > 0 && c > 0 {
@@ -373,7 +381,7 @@ fn softmax_rows<const STAT: bool>(z: &Tensor) -> Tensor {
 
 /// [`softmax_rows`] of consecutive rows, compiled for the widest vectors the CPU
 /// has (AVX-512, else AVX2 + FMA, else the baseline), chosen at run time.
-fn stat_rows<const STAT: bool>(rows: &[f32], c: usize, out: &mut [f32]) {
+fn stat_rows<const STAT: u8>(rows: &[f32], c: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
@@ -390,27 +398,31 @@ fn stat_rows<const STAT: bool>(rows: &[f32], c: usize, out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn stat_rows_avx512<const STAT: bool>(rows: &[f32], c: usize, out: &mut [f32]) {
+fn stat_rows_avx512<const STAT: u8>(rows: &[f32], c: usize, out: &mut [f32]) {
     stat_rows_any::<STAT>(rows, c, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn stat_rows_avx2<const STAT: bool>(rows: &[f32], c: usize, out: &mut [f32]) {
+fn stat_rows_avx2<const STAT: u8>(rows: &[f32], c: usize, out: &mut [f32]) {
     stat_rows_any::<STAT>(rows, c, out)
 }
 
 #[inline(always)]
-fn stat_rows_any<const STAT: bool>(rows: &[f32], c: usize, out: &mut [f32]) {
+fn stat_rows_any<const STAT: u8>(rows: &[f32], c: usize, out: &mut [f32]) {
     for (row, o) in rows.chunks_exact(c).zip(out.iter_mut()) {
-        let (sum, es) = softmax_sums::<STAT>(row);
-        *o = if STAT { (es / (1.0 + sum) - sum.ln_1p()) as f32 } else { -sum.ln_1p() as f32 };
+        let (top, sum, es) = softmax_sums::<STAT>(row);
+        *o = match STAT {
+            ENTROPY => (es / (1.0 + sum) - sum.ln_1p()) as f32,
+            LOG_MSP => -sum.ln_1p() as f32,
+            _ => (top as f64 + sum.ln_1p()) as f32,
+        };
     }
 }
 
-/// One row's S (ties included) and, when `ES`, sum_j e_j s_j (see [`row_entropy`]).
+/// One row's max, S (ties included) and, for the entropy, sum_j e_j s_j (see [`row_entropy`]).
 #[inline(always)]
-fn softmax_sums<const ES: bool>(row: &[f32]) -> (f64, f64) {
+fn softmax_sums<const STAT: u8>(row: &[f32]) -> (f32, f64, f64) {
     let blocks = row.chunks_exact(16);
     let tail = blocks.remainder();
     // The tail padded to a block with -inf (e = 0, not a maximum).
@@ -434,7 +446,7 @@ fn softmax_sums<const ES: bool>(row: &[f32]) -> (f64, f64) {
             let at_top = v == top;
             let e = if at_top { 0.0 } else { exp_nonpositive_f32(s) };
             sum32[l] += e;
-            if ES {
+            if STAT == ENTROPY {
                 es32[l] += e * s;
             }
             ties32[l] += at_top as u8 as f32;
@@ -448,7 +460,7 @@ fn softmax_sums<const ES: bool>(row: &[f32]) -> (f64, f64) {
     }
     sum += sum32.iter().map(|&x| x as f64).sum::<f64>() + (ties + ties32.iter().map(|&x| x as f64).sum::<f64>() - 1.0);
     es += es32.iter().map(|&x| x as f64).sum::<f64>();
-    (sum, es)
+    (top, sum, es)
 }
 
 /// Per row i of a finite `[N, D]` f32 CPU tensor `x`, with `center` `[D]` and
@@ -599,9 +611,10 @@ mod tests {
     fn for_both_stats(rows: &[f32]) {
         check::<ENTROPY>(rows);
         check::<LOG_MSP>(rows);
+        check::<LOGSUMEXP>(rows);
     }
 
-    fn check<const STAT: bool>(rows: &[f32]) {
+    fn check<const STAT: u8>(rows: &[f32]) {
         let mut base = vec![0f32; 300];
         stat_rows_any::<STAT>(rows, 37, &mut base);
         let mut variants = vec![];

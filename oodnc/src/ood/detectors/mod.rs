@@ -146,6 +146,10 @@ fn in_kind(x: &Tensor, kind: Kind, f64_copy: impl FnOnce() -> Result<Tensor>, ct
 
 /// T logsumexp(z / T) per row.
 pub(crate) fn energy_of(z: &Tensor, t: f64) -> Tensor {
+    if t == 1.0 && z.kind() == Kind::Float && z.device() == tch::Device::Cpu && z.dim() == 2 {
+        // One fused pass per row: max + log1p(sum of the others' exp).
+        return crate::numerics::row_logsumexp(z);
+    }
     if t == 1.0 {
         // The default: no [N, C] copy for a division by 1.
         return z.logsumexp(&[1i64][..], false);
@@ -154,7 +158,8 @@ pub(crate) fn energy_of(z: &Tensor, t: f64) -> Tensor {
 }
 
 pub(crate) fn max_dim1(x: &Tensor) -> Tensor {
-    x.max_dim(1, false).0
+    // The values only (no argmax indices to compute and allocate).
+    x.amax(&[1i64][..], false)
 }
 
 /// log max-softmax, precise for confident samples: -log1p(sum_{j != argmax} exp(z_j - z_max)).
