@@ -351,17 +351,9 @@ pub fn row_log_msp(z: &Tensor) -> Tensor {
     softmax_rows::<LOG_MSP>(z)
 }
 
-/// logsumexp_j z_j = z_max + log1p(S) of each row of finite f32 logits `[N, C]`
-/// (Energy's f32 score at T = 1, `[N]` f32), S as in [`row_entropy`], by the
-/// same kernel (f64 for the last step, so no f32 cancellation).
-pub fn row_logsumexp(z: &Tensor) -> Tensor {
-    softmax_rows::<LOGSUMEXP>(z)
-}
-
-/// [`softmax_rows`]' statistic: the entropy, log MSP or logsumexp.
+/// [`softmax_rows`]' statistic: the entropy or log MSP.
 const ENTROPY: u8 = 0;
 const LOG_MSP: u8 = 1;
-const LOGSUMEXP: u8 = 2;
 
 fn softmax_rows<const STAT: u8>(z: &Tensor) -> Tensor {
     let (n, c) = (z.size()[0] as usize, z.size()[1] as usize);
@@ -411,18 +403,14 @@ fn stat_rows_avx2<const STAT: u8>(rows: &[f32], c: usize, out: &mut [f32]) {
 #[inline(always)]
 fn stat_rows_any<const STAT: u8>(rows: &[f32], c: usize, out: &mut [f32]) {
     for (row, o) in rows.chunks_exact(c).zip(out.iter_mut()) {
-        let (top, sum, es) = softmax_sums::<STAT>(row);
-        *o = match STAT {
-            ENTROPY => (es / (1.0 + sum) - sum.ln_1p()) as f32,
-            LOG_MSP => -sum.ln_1p() as f32,
-            _ => (top as f64 + sum.ln_1p()) as f32,
-        };
+        let (sum, es) = softmax_sums::<STAT>(row);
+        *o = if STAT == ENTROPY { (es / (1.0 + sum) - sum.ln_1p()) as f32 } else { -sum.ln_1p() as f32 };
     }
 }
 
-/// One row's max, S (ties included) and, for the entropy, sum_j e_j s_j (see [`row_entropy`]).
+/// One row's S (ties included) and, for the entropy, sum_j e_j s_j (see [`row_entropy`]).
 #[inline(always)]
-fn softmax_sums<const STAT: u8>(row: &[f32]) -> (f32, f64, f64) {
+fn softmax_sums<const STAT: u8>(row: &[f32]) -> (f64, f64) {
     let blocks = row.chunks_exact(16);
     let tail = blocks.remainder();
     // The tail padded to a block with -inf (e = 0, not a maximum).
@@ -460,7 +448,7 @@ fn softmax_sums<const STAT: u8>(row: &[f32]) -> (f32, f64, f64) {
     }
     sum += sum32.iter().map(|&x| x as f64).sum::<f64>() + (ties + ties32.iter().map(|&x| x as f64).sum::<f64>() - 1.0);
     es += es32.iter().map(|&x| x as f64).sum::<f64>();
-    (top, sum, es)
+    (sum, es)
 }
 
 /// Per row i of a finite `[N, D]` f32 CPU tensor `x`, with `center` `[D]` and
@@ -611,7 +599,6 @@ mod tests {
     fn for_both_stats(rows: &[f32]) {
         check::<ENTROPY>(rows);
         check::<LOG_MSP>(rows);
-        check::<LOGSUMEXP>(rows);
     }
 
     fn check<const STAT: u8>(rows: &[f32]) {

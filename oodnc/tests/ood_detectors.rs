@@ -889,11 +889,6 @@ fn softmax_row_kernels_and_their_exp_match_f64() {
     let r1 = ((&msp - &plain_msp).abs() / plain_msp.abs().clamp_min(1e-30)).masked_select(&moderate).max().double_value(&[]);
     let r2 = ((&msp - &careful_msp).abs() / careful_msp.abs().clamp_min(1e-30)).max().double_value(&[]);
     assert!(r1 < 2e-6 && r2 < 2e-6, "log MSP: largest relative gaps {r1} (plain), {r2} (careful)");
-    // logsumexp (Energy at T = 1) by the same kernel, against f64's.
-    let lse = oodnc::numerics::row_logsumexp(&z).to_kind(Kind::Double);
-    let want_lse = zd.logsumexp(&[1i64][..], false);
-    let r3 = ((&lse - &want_lse).abs() / want_lse.abs().clamp_min(1.0)).max().double_value(&[]);
-    assert!(r3 < 2e-7, "logsumexp: largest gap {r3}");
     let one = oodnc::numerics::row_entropy(&Tensor::from_slice(&[3.0f32, 1.0]).view([2, 1]));
     assert_eq!(vec(&one), vec![0.0, 0.0]);
 }

@@ -146,10 +146,6 @@ fn in_kind(x: &Tensor, kind: Kind, f64_copy: impl FnOnce() -> Result<Tensor>, ct
 
 /// T logsumexp(z / T) per row.
 pub(crate) fn energy_of(z: &Tensor, t: f64) -> Tensor {
-    if t == 1.0 && z.kind() == Kind::Float && z.device() == tch::Device::Cpu && z.dim() == 2 {
-        // One fused pass per row: max + log1p(sum of the others' exp).
-        return crate::numerics::row_logsumexp(z);
-    }
     if t == 1.0 {
         // The default: no [N, C] copy for a division by 1.
         return z.logsumexp(&[1i64][..], false);
