@@ -10,7 +10,10 @@ through Debug, a tensor op, a Markdown table through `s.show`), and reports:
 - per trivial cell: median and p90 of the wall time from execute request to reply.
 
 Each evcxr setting is measured in the same run (a baseline in the same conditions):
-- `shipped`: the evcxr.toml that `make setup` writes (.jupyter/evcxr/evcxr.toml);
+- `shipped`: the evcxr.toml that `make setup` writes (.jupyter/evcxr/evcxr.toml)
+  and the notebooks' set-up cell (oodnc through its shared-library facade oodnc-nb);
+- `direct-crate`: the same with `:dep` on the oodnc crate itself (each cell links
+  the static libraries of its whole dependency graph);
 - `evcxr-defaults`: evcxr's own defaults except the optimisation level (variables
   preserved on panic, dependencies linked statically into every cell);
 - `no-preserve`: variables not preserved on panic (no extra build to tell whether
@@ -42,7 +45,10 @@ from nbclient.exceptions import CellExecutionError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SETUP = ':dep oodnc = { path = "%s" }\nuse oodnc::prelude::*;\nlet s = Session::new()?;' % os.path.join(REPO, "oodnc")
+# The set-up cell of the notebooks (oodnc through its shared-library facade,
+# oodnc-nb) and, for comparison, the same with the crate itself (static rlibs).
+SETUP = ':dep oodnc = { path = "%s", package = "oodnc_nb" }\nuse oodnc::prelude::*;\nlet s = Session::new()?;' % os.path.join(REPO, "oodnc-nb")
+SETUP_DIRECT = ':dep oodnc = { path = "%s" }\nuse oodnc::prelude::*;\nlet s = Session::new()?;' % os.path.join(REPO, "oodnc")
 
 TRIVIAL = [
     "let x = 1 + 1;",
@@ -60,18 +66,20 @@ TRIVIAL = [
 ]
 
 # name: (evcxr.toml text or None for the shipped one, whether dependencies are built
-# differently from the shipped setting, so that a warm run needs a work dir of its own)
+# differently from the shipped setting, so that a warm run needs a work dir of its own,
+# the set-up cell)
 SETTINGS = {
-    "shipped": (None, False),
-    "evcxr-defaults": ('[evcxr]\nopt_level = "0"\npreserve_vars_on_panic = true\nallow_static_linking = true\n', False),
-    "no-preserve": ('[evcxr]\nopt_level = "0"\npreserve_vars_on_panic = false\nallow_static_linking = true\n', False),
+    "shipped": (None, False, SETUP),
+    "direct-crate": (None, False, SETUP_DIRECT),
+    "evcxr-defaults": ('[evcxr]\nopt_level = "0"\npreserve_vars_on_panic = true\nallow_static_linking = true\n', False, SETUP),
+    "no-preserve": ('[evcxr]\nopt_level = "0"\npreserve_vars_on_panic = false\nallow_static_linking = true\n', False, SETUP),
 }
 
 
-def make_notebook():
+def make_notebook(setup):
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "rust", "display_name": "Rust (oodnc)", "language": "rust"}
-    nb.cells = [nbformat.v4.new_code_cell(SETUP)] + [nbformat.v4.new_code_cell(c) for c in TRIVIAL]
+    nb.cells = [nbformat.v4.new_code_cell(setup)] + [nbformat.v4.new_code_cell(c) for c in TRIVIAL]
     return nb
 
 
@@ -97,9 +105,9 @@ def kernel_spec(tmp, name, work, config_text):
     return name
 
 
-def run_once(kernel, workdir, timeout):
+def run_once(kernel, workdir, timeout, setup):
     """(set-up seconds from kernel start, [seconds per trivial cell])."""
-    nb = make_notebook()
+    nb = make_notebook(setup)
     started, took = {}, {}
     client = NotebookClient(
         nb,
@@ -157,7 +165,7 @@ def main():
             # Warm: the kernel's own persistent work dir (the settings compared change
             # nothing in how dependencies are built, so they share its build cache);
             # cold: a fresh one inside tmp, removed at the end.
-            config_text, own_build = SETTINGS[name]
+            config_text, own_build, setup = SETTINGS[name]
             if args.cold:
                 work = os.path.join(tmp, "work-" + name)
             elif own_build:
@@ -167,12 +175,12 @@ def main():
             kernel = kernel_spec(tmp, "lat-" + name, work, config_text)
             if not args.cold:
                 print(f"[{name}] warm-up pass (untimed; compiles oodnc in the kernel's work dir if it is not built yet)", flush=True)
-                run_once(kernel, workdir, args.timeout)
+                run_once(kernel, workdir, args.timeout, setup)
             print(f"[{name}] timed pass", flush=True)
-            setup, cells = run_once(kernel, workdir, args.timeout)
+            setup_s, cells = run_once(kernel, workdir, args.timeout, setup)
             results[name] = {
                 "mode": "cold" if args.cold else "warm",
-                "setup_s": setup,
+                "setup_s": setup_s,
                 "cell_median_s": statistics.median(cells),
                 "cell_p90_s": p90(cells),
                 "cells_s": cells,

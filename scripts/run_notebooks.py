@@ -3,7 +3,7 @@
 
 Used by `make demo` (the six notebooks) and by the tests. For each notebook:
 - runs every cell with the notebook's folder as the working directory (so
-  `:dep oodnc = { path = "../oodnc" }` resolves), using the kernel named in the
+  `:dep oodnc = { path = "../oodnc-nb", package = "oodnc_nb" }` resolves), using the kernel named in the
   notebook (our `rust` kernel through JUPYTER_PATH, see the Makefile);
 - prints one line per cell with its duration, so long runs show progress;
 - writes the executed copy to --out (also when a cell fails, for inspection);

@@ -9,7 +9,7 @@
 //! The one set-up cell of every notebook:
 //!
 //! ```text
-//! :dep oodnc = { path = "../oodnc" }
+//! :dep oodnc = { path = "../oodnc-nb", package = "oodnc_nb" }
 //! use oodnc::prelude::*;
 //! let s = Session::new()?;
 //! ```

@@ -1,7 +1,7 @@
 //! Everything a notebook needs, in one `use`:
 //!
 //! ```text
-//! :dep oodnc = { path = "../oodnc" }
+//! :dep oodnc = { path = "../oodnc-nb", package = "oodnc_nb" }
 //! use oodnc::prelude::*;
 //! let s = Session::new()?;
 //! ```
