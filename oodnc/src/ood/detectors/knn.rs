@@ -197,8 +197,10 @@ pub enum Search {
     /// With t~ the bf16 k-th largest of the row, k vectors are >= g(t~), so
     /// every one of the true k largest has h(x~) >= g(t~): those are the
     /// candidates (the threshold h^-1(g(t~)) rounded down). A row with more
-    /// than max(4k, N / 64) candidates (near-duplicate bank vectors) is searched
-    /// exactly instead, so the work never exceeds the exact search by much.
+    /// than max(4k, N / 64) candidates (near-duplicate bank vectors) takes its
+    /// candidates from the f32 product instead (error at most 1.01 (d + 2) 2^-24
+    /// ||q|| B), re-scored by the same f64 dot: every returned value is computed
+    /// the same way, whatever path its row took.
     Bf16Rerank,
 }
 
@@ -435,13 +437,42 @@ impl Bank {
                 });
             });
         });
-        let mut top = Tensor::from_slice(&top).view([m as i64, k]);
-        let rows: Vec<i64> = overflow.iter().enumerate().filter(|(_, &o)| o).map(|(i, _)| i as i64).collect();
+        // Rows with too many bf16 candidates: candidates from the f32 product instead
+        // (its error is at most 1.01 (d + 2) 2^-24 ||q|| B in any order), re-scored by
+        // the same f64 dot, so that every value this search returns is computed the
+        // same way whichever path a row took (a grid of k, then one k, agree exactly).
+        let rows: Vec<usize> = overflow.iter().enumerate().filter(|(_, &o)| o).map(|(i, _)| i).collect();
         if !rows.is_empty() {
-            let idx = Tensor::from_slice(&rows);
-            let exact = self.exact_block(&q.index_select(0, &idx), k, Keep::Sorted);
-            let _ = top.index_copy_(0, &idx, &exact);
+            let idx = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>());
+            let sims = self.similarities(&q.index_select(0, &idx)).to_device(Device::Cpu).contiguous();
+            let kth32: Vec<f32> = Vec::try_from(sims.topk(k, 1, true, false).0.min_dim(1, false).0).unwrap_or_default();
+            let f32_bound = 1.01 * (d as f64 + 2.0) * 2f64.powi(-24) * (1.0 + 1e-3);
+            crate::numerics::with_f32_data(&q, |qd| {
+                crate::numerics::with_f32_data(&self.dense, |bd| {
+                    crate::numerics::with_f32_data(&sims, |sd| {
+                        for (i, &r) in rows.iter().enumerate() {
+                            let qrow = &qd[r * d..(r + 1) * d];
+                            let srow = &sd[i * n..(i + 1) * n];
+                            let thr = round_down_f32(kth32[i] as f64 - 2.0 * f32_bound * qnorm[r] * bb.max_norm);
+                            let mut cands: Vec<f32> = Vec::new();
+                            for (j, &v) in srow.iter().enumerate() {
+                                if v >= thr {
+                                    cands.push(dot_f64(qrow, &bd[j * d..(j + 1) * d]) as f32);
+                                }
+                            }
+                            let desc = |x: &f32, y: &f32| y.total_cmp(x);
+                            if cands.len() > ku {
+                                cands.select_nth_unstable_by(ku - 1, desc);
+                            }
+                            let kept = &mut cands[..ku];
+                            kept.sort_unstable_by(desc);
+                            top[r * ku..(r + 1) * ku].copy_from_slice(kept);
+                        }
+                    });
+                });
+            });
         }
+        let top = Tensor::from_slice(&top).view([m as i64, k]);
         match keep {
             Keep::Kth => top.select(1, k - 1).contiguous(),
             Keep::Sorted => top,
