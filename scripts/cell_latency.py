@@ -12,6 +12,10 @@ through Debug, a tensor op, a Markdown table through `s.show`), and reports:
 Each evcxr setting is measured in the same run (a baseline in the same conditions):
 - `shipped`: the evcxr.toml that `make setup` writes (.jupyter/evcxr/evcxr.toml)
   and the notebooks' set-up cell (oodnc through its shared-library facade oodnc-nb);
+- `deps-opt0`: the same with oodnc and its dependencies built at opt-level 0 in
+  the kernel's work dir (OODNC_DEPS_OPT_LEVEL=0; the shipped kernel builds them at
+  opt-level 2 and each cell at 0): the dylib then exports every generic instance
+  (~270k dynamic symbols) that each cell's link and monomorphisation walk through;
 - `direct-crate`: the same with `:dep` on the oodnc crate itself (each cell links
   the static libraries of its whole dependency graph);
 - `evcxr-defaults`: evcxr's own defaults except the optimisation level (variables
@@ -65,33 +69,63 @@ TRIVIAL = [
     "let z = y + 1;",
 ]
 
+# Rust-side work inside a cell (not counted as trivial): a KNN fit and score and five
+# AUROC/FPR computations, timed inside the cell; run twice after the trivial cells.
+WORK = r'''{
+use oodnc::features::FeatureSet;
+use oodnc::ood::{ood_metrics, FitData, DetectorSpec};
+use oodnc::tch::{Device, Kind, Tensor};
+let t0 = std::time::Instant::now();
+oodnc::tch::manual_seed(0);
+let (n, d, c, m) = (20000i64, 128i64, 10i64, 5000i64);
+let f = (Kind::Float, Device::Cpu);
+let y = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(c);
+let h = Tensor::randn([n, d], f).relu();
+let w = Tensor::randn([c, d], f);
+let b = Tensor::zeros([c], f);
+let train = FeatureSet::new("train", h.matmul(&w.tr()), h.shallow_clone(), y)?;
+let th = Tensor::randn([m, d], f).relu();
+let test = FeatureSet::new("test", th.matmul(&w.tr()), th.shallow_clone(), Tensor::zeros([m], (Kind::Int64, Device::Cpu)))?;
+let data = FitData::new(&train, None, &w, &b);
+let knn = DetectorSpec::new("knn", &[("k", 50.0)])?.fit(&data)?.score_vec(&test)?;
+let t1 = t0.elapsed().as_secs_f64();
+let xs: Vec<f64> = (0..400000u64).map(|i| ((i * 7919) % 1000003) as f64).collect();
+let mut auc = 0.0;
+for _ in 0..5 { auc += ood_metrics(&xs[..200000], &xs[200000..])?.auroc; }
+let t2 = t0.elapsed().as_secs_f64() - t1;
+format!("knn fit+score {:.2} s, 5x ood_metrics(200k vs 200k) {:.2} s [{} {:.3}]", t1, t2, knn.len(), auc)
+}'''
+
+
 # name: (evcxr.toml text or None for the shipped one, whether dependencies are built
 # differently from the shipped setting, so that a warm run needs a work dir of its own,
-# the set-up cell)
+# the set-up cell, extra kernel environment)
 SETTINGS = {
-    "shipped": (None, False, SETUP),
-    "direct-crate": (None, False, SETUP_DIRECT),
-    "evcxr-defaults": ('[evcxr]\nopt_level = "0"\npreserve_vars_on_panic = true\nallow_static_linking = true\n', False, SETUP),
-    "no-preserve": ('[evcxr]\nopt_level = "0"\npreserve_vars_on_panic = false\nallow_static_linking = true\n', False, SETUP),
+    "shipped": (None, False, SETUP, {}),
+    "deps-opt0": (None, True, SETUP, {"OODNC_DEPS_OPT_LEVEL": "0"}),
+    "direct-crate": (None, False, SETUP_DIRECT, {}),
+    "evcxr-defaults": ('[evcxr]\nopt_level = "0"\npreserve_vars_on_panic = true\nallow_static_linking = true\n', False, SETUP, {}),
+    "no-preserve": ('[evcxr]\nopt_level = "0"\npreserve_vars_on_panic = false\nallow_static_linking = true\n', False, SETUP, {}),
 }
 
 
 def make_notebook(setup):
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "rust", "display_name": "Rust (oodnc)", "language": "rust"}
-    nb.cells = [nbformat.v4.new_code_cell(setup)] + [nbformat.v4.new_code_cell(c) for c in TRIVIAL]
+    nb.cells = [nbformat.v4.new_code_cell(setup)] + [nbformat.v4.new_code_cell(c) for c in TRIVIAL + [WORK, WORK]]
     return nb
 
 
-def kernel_spec(tmp, name, work, config_text):
+def kernel_spec(tmp, name, work, config_text, env=None):
     """A copy of this clone's kernel spec under tmp/kernels/<name>, with its own evcxr
-    work dir and, when config_text is given, its own evcxr.toml."""
+    work dir, extra environment `env` and, when config_text is given, its own evcxr.toml."""
     src = os.path.join(REPO, ".jupyter", "kernels", "rust", "kernel.json")
     if not os.path.exists(src):
         sys.exit(f"error: {src} missing; run `make setup` first")
     with open(src) as f:
         spec = json.load(f)
     spec["env"]["OODNC_EVCXR_WORK"] = work
+    spec["env"].update(env or {})
     if config_text is not None:
         cfg = os.path.join(tmp, "config-" + name)
         os.makedirs(cfg, exist_ok=True)
@@ -130,7 +164,9 @@ def run_once(kernel, workdir, timeout, setup):
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     if errors:
         sys.exit("error: a latency cell failed:\n" + "\n".join(e.get("evalue", "") for e in errors))
-    return boot + took[0], [took[i] for i in range(1, len(nb.cells))]
+    n = 1 + len(TRIVIAL)
+    work = [str(o.get("data", {}).get("text/plain", "")).strip('"') for c in nb.cells[n:] for o in c.get("outputs", [])]
+    return boot + took[0], [took[i] for i in range(1, n)], work
 
 
 def p90(xs):
@@ -165,25 +201,26 @@ def main():
             # Warm: the kernel's own persistent work dir (the settings compared change
             # nothing in how dependencies are built, so they share its build cache);
             # cold: a fresh one inside tmp, removed at the end.
-            config_text, own_build, setup = SETTINGS[name]
+            config_text, own_build, setup, env = SETTINGS[name]
             if args.cold:
                 work = os.path.join(tmp, "work-" + name)
             elif own_build:
                 work = os.path.join(os.path.dirname(shared_work), "latency-" + name)
             else:
                 work = shared_work
-            kernel = kernel_spec(tmp, "lat-" + name, work, config_text)
+            kernel = kernel_spec(tmp, "lat-" + name, work, config_text, env)
             if not args.cold:
                 print(f"[{name}] warm-up pass (untimed; compiles oodnc in the kernel's work dir if it is not built yet)", flush=True)
                 run_once(kernel, workdir, args.timeout, setup)
             print(f"[{name}] timed pass", flush=True)
-            setup_s, cells = run_once(kernel, workdir, args.timeout, setup)
+            setup_s, cells, work_out = run_once(kernel, workdir, args.timeout, setup)
             results[name] = {
                 "mode": "cold" if args.cold else "warm",
                 "setup_s": setup_s,
                 "cell_median_s": statistics.median(cells),
                 "cell_p90_s": p90(cells),
                 "cells_s": cells,
+                "work": work_out,
             }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -193,6 +230,9 @@ def main():
     print(f"{'setting':<16} {'set-up (first output)':>22} {'median cell':>12} {'p90 cell':>9}")
     for name, r in results.items():
         print(f"{name:<16} {r['setup_s']:>20.1f} s {r['cell_median_s']:>10.2f} s {r['cell_p90_s']:>7.2f} s")
+    print("Rust-side work in a cell (KNN 20000x128 train / 5000 test; 5 AUROC/FPR on 200k + 200k scores), twice:")
+    for name, r in results.items():
+        print(f"  {name:<16} " + "; ".join(r["work"]))
     if "evcxr-defaults" in results:
         b = results["evcxr-defaults"]
         for name, a in results.items():

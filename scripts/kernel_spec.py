@@ -39,8 +39,11 @@ def main() -> int:
 
     config_dir = os.path.join(repo, ".jupyter", "evcxr")
     os.makedirs(config_dir, exist_ok=True)
-    # evcxr reads evcxr.toml from EVCXR_CONFIG_DIR. opt_level 0: the heavy work
-    # runs inside libtorch, and a cold notebook build is much shorter (see README).
+    # evcxr reads evcxr.toml from EVCXR_CONFIG_DIR. opt_level 0 is the level of each
+    # cell's own code (a few lines: compiles fastest); oodnc and its dependencies are
+    # built at opt-level 2 through the work dir's cargo config that scripts/rust-kernel
+    # writes (OODNC_DEPS_OPT_LEVEL), which also keeps every cell's link small (README,
+    # "Notebook cell latency").
     with open(os.path.join(config_dir, "evcxr.toml"), "w") as f:
         f.write('[evcxr]\nopt_level = "0"\n')
 

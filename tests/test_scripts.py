@@ -70,3 +70,46 @@ def test_export_refuses_a_failed_or_unexecuted_run(tmp_path):
     nbformat.write(nb, src)
     res = subprocess.run([sys.executable, EXPORT, "--out", str(tmp_path / "out"), str(src)], capture_output=True, text=True)
     assert res.returncode != 0 and "not executed" in res.stderr, res.stderr
+
+
+KERNEL = os.path.join(REPO, "scripts", "rust-kernel")
+MARK = "# Written by oodnc's scripts/rust-kernel at every kernel start."
+
+
+def _kernel(work, **env):
+    """Runs scripts/rust-kernel with a stand-in for evcxr_jupyter (prints its slot)."""
+    fake = work.parent / "fake-evcxr"
+    fake.write_text('#!/bin/sh\necho "slot=$EVCXR_TMPDIR"\n')
+    fake.chmod(0o755)
+    full = dict(os.environ, OODNC_EVCXR_WORK=str(work), OODNC_EVCXR_JUPYTER=str(fake), **env)
+    if "OODNC_DEPS_OPT_LEVEL" not in env:
+        full.pop("OODNC_DEPS_OPT_LEVEL", None)
+    return subprocess.run(["bash", KERNEL, "conn.json"], capture_output=True, text=True, env=full)
+
+
+def test_rust_kernel_builds_notebook_dependencies_optimised(tmp_path):
+    work = tmp_path / "work"
+    res = _kernel(work)
+    assert res.returncode == 0, res.stderr
+    assert "slot=" + str(work / "slot-0") in res.stdout
+    cfg = (work / ".cargo" / "config.toml").read_text()
+    assert cfg.splitlines()[0] == MARK
+    assert "[profile.dev.package.\"*\"]\nopt-level = 2\n" in cfg
+    # A level chosen by the user replaces oodnc's own file; a bad one is refused.
+    res = _kernel(work, OODNC_DEPS_OPT_LEVEL="0")
+    assert res.returncode == 0, res.stderr
+    assert "opt-level = 0" in (work / ".cargo" / "config.toml").read_text()
+    res = _kernel(work, OODNC_DEPS_OPT_LEVEL="fast")
+    assert res.returncode == 1 and "OODNC_DEPS_OPT_LEVEL=fast" in res.stderr
+
+
+def test_rust_kernel_never_overwrites_a_cargo_config_it_did_not_write(tmp_path):
+    work = tmp_path / "work"
+    (work / ".cargo").mkdir(parents=True)
+    mine = '[build]\njobs = 1\n'
+    (work / ".cargo" / "config.toml").write_text(mine)
+    res = _kernel(work)
+    assert res.returncode == 1
+    assert str(work / ".cargo" / "config.toml") in res.stderr and "not written by oodnc" in res.stderr
+    assert (work / ".cargo" / "config.toml").read_text() == mine
+    assert "slot=" not in res.stdout

@@ -8,6 +8,12 @@
 //! `make bench-cells` (the real kernel, same run): the median trivial cell takes
 //! about two thirds of the time (see the README, "Notebook cell latency").
 //!
+//! The kernel builds it, oodnc and their dependencies at opt-level 2 (each cell
+//! at 0; `scripts/rust-kernel`): a `dylib` built at opt-level 0 exports every
+//! generic instance it holds (~270k symbols) that each cell's compile walks and
+//! links against. `build.rs` exports libtorch's C wrapper from the library, so a
+//! cell may instantiate generic tch functions of its own.
+//!
 //! Nothing is added or changed: every item is `oodnc`'s, under the same paths,
 //! because the notebooks import it under the name `oodnc`:
 //!
