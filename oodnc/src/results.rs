@@ -5,6 +5,9 @@
 
 use crate::error::{Error, Result};
 use polars::prelude::*;
+use polars_io::csv::read::CsvReadOptions;
+use polars_io::csv::write::CsvWriter;
+use polars_io::{SerReader, SerWriter};
 use std::path::Path;
 
 /// One result: `metric` of `key` (a detector or a layer) on `dataset` at `epoch`.
@@ -97,7 +100,6 @@ pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
 
 /// Reads a Parquet file written by [`write_parquet`].
 pub fn read_parquet(path: &Path) -> Result<DataFrame> {
-    use polars_io::SerReader;
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     polars_io::parquet::read::ParquetReader::new(f).finish().map_err(|e| Error::format(path, format!("unreadable Parquet file ({e})")))
 }
