@@ -4,18 +4,19 @@
 //! torch-sys (a direct dependency for this reason) exports the folder it
 //! linked against as `DEP_TCH_LIBTORCH_LIB`.
 //!
-//! It also compiles two small C shims over libtorch: `csrc/amp.cpp`, the
+//! It also compiles three small C shims over libtorch: `csrc/amp.cpp`, the
 //! per-device autocast state used by `oodnc::amp` (bf16 mixed precision,
-//! declared without headers), and `csrc/optim.cpp`, the fused SGD kernel and
-//! set-to-none gradient clearing used by `oodnc::train::Sgd` (against
-//! libtorch's headers, found beside the `lib/` folder torch-sys reports).
+//! declared without headers), `csrc/optim.cpp`, the fused SGD kernel and
+//! set-to-none gradient clearing used by `oodnc::train::Sgd`, and
+//! `csrc/parallel.cpp`, libtorch's `at::parallel_for` for the Rust row kernels
+//! of `oodnc::numerics` (the last two against libtorch's headers, found beside
+//! the `lib/` folder torch-sys reports).
 
 use std::path::Path;
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc/amp.cpp");
     cc::Build::new().cpp(true).std("c++17").warnings(true).file("csrc/amp.cpp").compile("oodnc_amp");
-    println!("cargo:rerun-if-changed=csrc/optim.cpp");
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").unwrap_or_default();
     let include = Path::new(&lib).join("..").join("include");
     if !include.join("ATen").join("ops").join("_fused_sgd.h").is_file() {
@@ -25,15 +26,21 @@ fn main() {
             include.display()
         );
     }
-    cc::Build::new()
-        .cpp(true)
-        // libtorch 2.13's headers need C++17 and use a few C++20 extensions.
-        .std("c++20")
-        // As system headers: their own warnings are not ours.
-        .flag("-isystem")
-        .flag(include.to_string_lossy().as_ref())
-        .file("csrc/optim.cpp")
-        .compile("oodnc_optim");
+    // libtorch 2.13's headers need C++17 and use a few C++20 extensions; they are
+    // included as system headers (their own warnings are not ours).
+    let against_headers = |file: &str, name: &str, flags: &[&str]| {
+        println!("cargo:rerun-if-changed={file}");
+        let mut build = cc::Build::new();
+        build.cpp(true).std("c++20").flag("-isystem").flag(include.to_string_lossy().as_ref());
+        for f in flags {
+            build.flag(f);
+        }
+        build.file(file).compile(name);
+    };
+    against_headers("csrc/optim.cpp", "oodnc_optim", &[]);
+    // at::parallel_for's OpenMP backend is inline in the headers: compiled with
+    // -fopenmp, against the libgomp that libtorch itself loads (below).
+    against_headers("csrc/parallel.cpp", "oodnc_parallel", &["-fopenmp"]);
     // The tch / libtorch pair this build is for, shown by `oodnc info`: the main
     // manifest's pin unless a build variant (scripts/torch211_variant.sh) says otherwise.
     for (key, default) in [("OODNC_TCH_VERSION", "0.26.0"), ("OODNC_TORCH_VERSION", "2.13.0")] {
@@ -52,6 +59,14 @@ fn main() {
             println!("cargo:rustc-link-search=native={lib}");
             println!("cargo:rustc-link-lib=dylib=torch_cpu");
             println!("cargo:rustc-link-lib=dylib=c10");
+            // The OpenMP runtime of csrc/parallel.cpp: the very file libtorch
+            // loads (pip wheels ship it beside libtorch_cpu), so that there is one
+            // thread pool; the system's otherwise.
+            if Path::new(&lib).join("libgomp.so.1").is_file() {
+                println!("cargo:rustc-link-lib=dylib:+verbatim=libgomp.so.1");
+            } else {
+                println!("cargo:rustc-link-lib=dylib=gomp");
+            }
             println!("cargo:rustc-env=OODNC_LIBTORCH_LIB={lib}");
         }
         _ => {

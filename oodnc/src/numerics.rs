@@ -251,41 +251,98 @@ pub fn row_top_k(x: &Tensor, k: usize, shaping: RowShaping) -> RowTopK {
     if n == 0 || d == 0 {
         return out;
     }
-    let rows_per = rows_per_thread(n);
     let shaped = (shaping != RowShaping::None).then(|| Tensor::empty([n as i64, d as i64], (Kind::Float, tch::Device::Cpu)));
     // SAFETY: a fresh contiguous f32 CPU tensor of n * d elements, not shared:
     // this is the only view of its memory while the kernel fills it; every
     // element is written (each shaping assigns every entry of its row).
-    let mut shaped_data: Option<&mut [f32]> =
+    let shaped_data: Option<&mut [f32]> =
         shaped.as_ref().map(|t| unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n * d) });
+    let shaped_parts = shaped_data.map(Disjoint::new);
+    let (thr, sum, top, ge) =
+        (Disjoint::new(&mut out.threshold), Disjoint::new(&mut out.sum), Disjoint::new(&mut out.top_sum), Disjoint::new(&mut out.ge_sum));
     with_f32_data(x, |data| {
-        let mut shaped_chunks: Vec<&mut [f32]> = match shaped_data.as_mut() {
-            Some(s) => s.chunks_mut(rows_per * d).collect(),
-            None => Vec::new(),
-        };
-        std::thread::scope(|scope| {
-            let chunks = data
-                .chunks(rows_per * d)
-                .zip(out.threshold.chunks_mut(rows_per))
-                .zip(out.sum.chunks_mut(rows_per))
-                .zip(out.top_sum.chunks_mut(rows_per))
-                .zip(out.ge_sum.chunks_mut(rows_per));
-            let mut shaped_iter = shaped_chunks.iter_mut();
-            for ((((rows, thr), sum), top), ge) in chunks {
-                let shaped = shaped_iter.next().map(|s| &mut **s);
-                scope.spawn(move || top_k_rows(rows, d, k, shaping, thr, sum, top, ge, shaped));
-            }
-        });
+        parallel_for(n, ROW_GRAIN, |b, e| {
+            // SAFETY: parallel_for's ranges do not overlap (nor, times d, their rows).
+            let (thr, sum, top, ge) = unsafe { (thr.part(b, e), sum.part(b, e), top.part(b, e), ge.part(b, e)) };
+            let shaped = shaped_parts.as_ref().map(|s| unsafe { s.part(b * d, e * d) });
+            top_k_rows(&data[b * d..e * d], d, k, shaping, thr, sum, top, ge, shaped)
+        })
     });
     out.shaped = shaped;
     out
 }
 
-/// Rows per OS thread for the row kernels: the libtorch thread count, at least
-/// 256 rows each.
-pub(crate) fn rows_per_thread(n: usize) -> usize {
-    let threads = (tch::get_num_threads().max(1) as usize).min(n.div_ceil(256)).max(1);
-    n.div_ceil(threads)
+/// The fewest rows a row kernel gives one thread.
+pub(crate) const ROW_GRAIN: usize = 256;
+
+extern "C" {
+    // csrc/parallel.cpp: at::parallel_for(0, n, grain, f(ctx, begin, end)).
+    fn oodnc_parallel_for(n: i64, grain: i64, f: extern "C" fn(*mut std::ffi::c_void, i64, i64), ctx: *mut std::ffi::c_void);
+}
+
+/// Runs `f(begin, end)` over consecutive ranges covering `0..n` (one per
+/// thread, of equal lengths but the last; no more threads than n / `grain`
+/// rounded up), in parallel on libtorch's own
+/// intra-op threads (`at::parallel_for`, so as many as `tch::get_num_threads`):
+/// threads of our own would compete with libtorch's OpenMP workers, which spin
+/// for a while after each parallel libtorch operation (on 2 cores a row kernel
+/// gained nothing from a second thread of its own). A call from inside a
+/// parallel region runs inline. A panic in `f` is raised again here, once every
+/// range has run.
+pub(crate) fn parallel_for<F: Fn(usize, usize) + Sync>(n: usize, grain: usize, f: F) {
+    struct Ctx<'a, F> {
+        f: &'a F,
+        panic: std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    }
+    extern "C" fn call<F: Fn(usize, usize) + Sync>(ctx: *mut std::ffi::c_void, begin: i64, end: i64) {
+        // SAFETY: `ctx` is the `Ctx<F>` below, alive for the whole call of
+        // oodnc_parallel_for, and only read (through shared references).
+        let ctx = unsafe { &*(ctx as *const Ctx<'_, F>) };
+        // No unwinding into C++: the panic is kept and raised after the join.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (ctx.f)(begin as usize, end as usize)));
+        if let Err(p) = run {
+            ctx.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(p);
+        }
+    }
+    if n == 0 {
+        return;
+    }
+    let ctx = Ctx { f: &f, panic: std::sync::Mutex::new(None) };
+    // SAFETY: `call::<F>` matches the C signature, never unwinds, and `ctx`
+    // outlives the call, which returns only when every range has run.
+    unsafe { oodnc_parallel_for(n as i64, grain.max(1) as i64, call::<F>, &ctx as *const Ctx<'_, F> as *mut std::ffi::c_void) };
+    if let Some(p) = ctx.panic.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        std::panic::resume_unwind(p);
+    }
+}
+
+/// A mutable slice that [`parallel_for`]'s ranges write to side by side: each
+/// takes the part matching its own range, and the ranges never overlap.
+pub(crate) struct Disjoint<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: shared across threads only to hand out non-overlapping parts (see `part`).
+unsafe impl<T: Send> Sync for Disjoint<'_, T> {}
+
+impl<'a, T> Disjoint<'a, T> {
+    pub(crate) fn new(s: &'a mut [T]) -> Self {
+        Disjoint { ptr: s.as_mut_ptr(), len: s.len(), _borrow: std::marker::PhantomData }
+    }
+
+    /// Elements `begin..end`.
+    ///
+    /// # Safety
+    /// No two parts in use at the same time may overlap (ranges from one
+    /// [`parallel_for`] call, scaled by the same row length, never do).
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn part(&self, begin: usize, end: usize) -> &mut [T] {
+        assert!(begin <= end && end <= self.len, "part {begin}..{end} of {}", self.len);
+        // SAFETY: in bounds (checked); exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(begin), end - begin) }
+    }
 }
 
 /// Runs `f` on the elements of `x` as f32, row-major, without copying them when
@@ -334,83 +391,126 @@ pub fn exp_nonpositive_f32(x: f32) -> f32 {
     }
 }
 
-/// The negative predictive entropy sum_j p_j log p_j of each row of finite f32
-/// logits `[N, C]` (Entropy's f32 score, `[N]` f32), fused, without an `[N, C]`
+/// The negative predictive entropy sum_j p_j log p_j of each row of f32 logits
+/// `[N, C]` (Entropy's f32 score, `[N]` f32), fused, without an `[N, C]`
 /// temporary: per row one pass for the max z_max, one computing, with
 /// s_j = z_j - z_max and e_j = exp(s_j), S = sum_{z_j != z_max} e_j,
 /// sum_j e_j s_j and the number m of entries equal to z_max (16 f32 lanes,
 /// flushed into f64 every 128 classes); then S += m - 1 (the other maxima's
 /// e_j = 1, exactly) and the score (sum_j e_j s_j) / (1 + S) - log1p(S).
+/// A row holding a NaN or an infinity scores NaN (see [`logit_rows`]).
 pub fn row_entropy(z: &Tensor) -> Tensor {
-    softmax_rows::<ENTROPY>(z)
+    logit_rows(z, RowStat::Entropy)
 }
 
-/// log max_j softmax(z)_j = -log1p(S) of each row of finite f32 logits `[N, C]`
+/// log max_j softmax(z)_j = -log1p(S) of each row of f32 logits `[N, C]`
 /// (MSP's f32 score, `[N]` f32), S as in [`row_entropy`], by the same kernel.
 pub fn row_log_msp(z: &Tensor) -> Tensor {
-    softmax_rows::<LOG_MSP>(z)
+    logit_rows(z, RowStat::LogMsp)
 }
 
-/// [`softmax_rows`]' statistic: the entropy or log MSP.
+/// A statistic of each row of logits that [`logit_rows`] computes in one fused pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RowStat {
+    /// sum_j p_j log p_j (Entropy), see [`row_entropy`].
+    Entropy,
+    /// log max_j p_j = -log1p(S) (MSP), see [`row_log_msp`].
+    LogMsp,
+    /// T logsumexp(z / T) = z_max + T log1p(S_T), S_T = sum_{j != argmax}
+    /// exp((z_j - z_max) / T) (Energy at temperature T > 0).
+    LogSumExp { t: f64 },
+    /// max_j z_j (MaxLogit): the max pass alone.
+    Max,
+}
+
+/// `stat` of each row of a `[N, C]` tensor of logits, as f32 `[N]`: one read of
+/// the logits in place when they already are a contiguous f32 CPU tensor (else
+/// of a converted copy), split over the libtorch thread count, compiled for the
+/// widest vectors the CPU has. The max pass also tests every entry for
+/// finiteness, so no separate pass is needed to reject bad features: a row
+/// holding a NaN or an infinity scores NaN (callers turn that into an error
+/// naming the feature set).
+pub fn logit_rows(z: &Tensor, stat: RowStat) -> Tensor {
+    match stat {
+        RowStat::Entropy => stat_tensor::<ENTROPY>(z, 1.0),
+        RowStat::LogMsp => stat_tensor::<LOG_MSP>(z, 1.0),
+        RowStat::LogSumExp { t } => stat_tensor::<LOG_SUM_EXP>(z, t),
+        RowStat::Max => stat_tensor::<MAX>(z, 1.0),
+    }
+}
+
+/// [`logit_rows`]' statistic, as a const parameter (one compiled kernel each).
 const ENTROPY: u8 = 0;
 const LOG_MSP: u8 = 1;
+const LOG_SUM_EXP: u8 = 2;
+const MAX: u8 = 3;
 
-fn softmax_rows<const STAT: u8>(z: &Tensor) -> Tensor {
+fn stat_tensor<const STAT: u8>(z: &Tensor, t: f64) -> Tensor {
     let (n, c) = (z.size()[0] as usize, z.size()[1] as usize);
     let mut out = vec![0f32; n];
     if n > 0 && c > 0 {
-        let rows_per = rows_per_thread(n);
+        let shared = Disjoint::new(&mut out);
         with_f32_data(z, |data| {
-            std::thread::scope(|scope| {
-                for (rows, out) in data.chunks(rows_per * c).zip(out.chunks_mut(rows_per)) {
-                    scope.spawn(move || stat_rows::<STAT>(rows, c, out));
-                }
-            });
+            parallel_for(n, ROW_GRAIN, |begin, end| {
+                // SAFETY: parallel_for's ranges do not overlap.
+                let out = unsafe { shared.part(begin, end) };
+                stat_rows::<STAT>(&data[begin * c..end * c], c, t, out)
+            })
         });
     }
     Tensor::from_slice(&out)
 }
 
-/// [`softmax_rows`] of consecutive rows, compiled for the widest vectors the CPU
+/// [`logit_rows`] of consecutive rows, compiled for the widest vectors the CPU
 /// has (AVX-512, else AVX2 + FMA, else the baseline), chosen at run time.
-fn stat_rows<const STAT: u8>(rows: &[f32], c: usize, out: &mut [f32]) {
+fn stat_rows<const STAT: u8>(rows: &[f32], c: usize, t: f64, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { stat_rows_avx512::<STAT>(rows, c, out) };
+            return unsafe { stat_rows_avx512::<STAT>(rows, c, t, out) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: as above.
-            return unsafe { stat_rows_avx2::<STAT>(rows, c, out) };
+            return unsafe { stat_rows_avx2::<STAT>(rows, c, t, out) };
         }
     }
-    stat_rows_any::<STAT>(rows, c, out)
+    stat_rows_any::<STAT>(rows, c, t, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn stat_rows_avx512<const STAT: u8>(rows: &[f32], c: usize, out: &mut [f32]) {
-    stat_rows_any::<STAT>(rows, c, out)
+fn stat_rows_avx512<const STAT: u8>(rows: &[f32], c: usize, t: f64, out: &mut [f32]) {
+    stat_rows_any::<STAT>(rows, c, t, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn stat_rows_avx2<const STAT: u8>(rows: &[f32], c: usize, out: &mut [f32]) {
-    stat_rows_any::<STAT>(rows, c, out)
+fn stat_rows_avx2<const STAT: u8>(rows: &[f32], c: usize, t: f64, out: &mut [f32]) {
+    stat_rows_any::<STAT>(rows, c, t, out)
 }
 
 #[inline(always)]
-fn stat_rows_any<const STAT: u8>(rows: &[f32], c: usize, out: &mut [f32]) {
+fn stat_rows_any<const STAT: u8>(rows: &[f32], c: usize, t: f64, out: &mut [f32]) {
+    let inv_t = (1.0 / t) as f32;
     for (row, o) in rows.chunks_exact(c).zip(out.iter_mut()) {
-        let (sum, es) = softmax_sums::<STAT>(row);
-        *o = if STAT == ENTROPY { (es / (1.0 + sum) - sum.ln_1p()) as f32 } else { -sum.ln_1p() as f32 };
+        let (top, finite, sum, es) = softmax_sums::<STAT>(row, inv_t);
+        *o = match STAT {
+            _ if !finite => f32::NAN,
+            MAX => top,
+            ENTROPY => (es / (1.0 + sum) - sum.ln_1p()) as f32,
+            LOG_MSP => -sum.ln_1p() as f32,
+            _ => (top as f64 + t * sum.ln_1p()) as f32,
+        };
     }
 }
 
-/// One row's S (ties included) and, for the entropy, sum_j e_j s_j (see [`row_entropy`]).
+/// One row's max z_max, whether every entry is finite, S (ties included) and,
+/// for the entropy, sum_j e_j s_j (see [`row_entropy`]), with
+/// s_j = (z_j - z_max) / T (S_T for the log-sum-exp; T = 1 otherwise).
+/// Finiteness: 0 v is 0 for a finite v, NaN for a NaN or an infinity.
 #[inline(always)]
-fn softmax_sums<const STAT: u8>(row: &[f32]) -> (f64, f64) {
+fn softmax_sums<const STAT: u8>(row: &[f32], inv_t: f32) -> (f32, bool, f64, f64) {
     let blocks = row.chunks_exact(16);
     let tail = blocks.remainder();
     // The tail padded to a block with -inf (e = 0, not a maximum).
@@ -419,18 +519,28 @@ fn softmax_sums<const STAT: u8>(row: &[f32]) -> (f64, f64) {
     let full = || blocks.clone().map(|b| <&[f32; 16]>::try_from(b).unwrap_or(&last)).chain(std::iter::once(&last));
     // The max over 16 lanes (no serial compare chain).
     let mut lanes = [f32::NEG_INFINITY; 16];
-    for block in full() {
+    let mut zero = [0f32; 16];
+    for block in blocks.clone().map(|b| <&[f32; 16]>::try_from(b).unwrap_or(&last)) {
         for l in 0..16 {
             lanes[l] = lanes[l].max(block[l]);
+            zero[l] += block[l] * 0.0;
         }
     }
-    let top = lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut top = lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut finite = zero.iter().all(|&z| z == 0.0);
+    for &v in tail {
+        top = top.max(v);
+        finite &= v.is_finite();
+    }
+    if STAT == MAX || !finite {
+        return (top, finite, 0.0, 0.0);
+    }
     let (mut sum, mut es, mut ties) = (0f64, 0f64, 0f64);
     let (mut sum32, mut es32, mut ties32) = ([0f32; 16], [0f32; 16], [0f32; 16]);
     for (b, block) in full().enumerate() {
         for l in 0..16 {
             let v = block[l];
-            let s = (v - top).max(-3.0e38);
+            let s = ((v - top) * inv_t).max(-3.0e38);
             let at_top = v == top;
             let e = if at_top { 0.0 } else { exp_nonpositive_f32(s) };
             sum32[l] += e;
@@ -448,7 +558,7 @@ fn softmax_sums<const STAT: u8>(row: &[f32]) -> (f64, f64) {
     }
     sum += sum32.iter().map(|&x| x as f64).sum::<f64>() + (ties + ties32.iter().map(|&x| x as f64).sum::<f64>() - 1.0);
     es += es32.iter().map(|&x| x as f64).sum::<f64>();
-    (sum, es)
+    (top, true, sum, es)
 }
 
 /// Per row i of a finite `[N, D]` f32 CPU tensor `x`, with `center` `[D]` and
@@ -477,37 +587,28 @@ pub fn centred_rows(x: &Tensor, center: &Tensor, table: Option<(&Tensor, &Tensor
         ),
         None => (Vec::new(), Vec::new()),
     };
-    let rows_per = rows_per_thread(n);
+    let (dist, dot, l1) = (Disjoint::new(&mut out.dist), Disjoint::new(&mut out.dot), Disjoint::new(&mut out.l1));
     with_f32_data(x, |data| {
-        std::thread::scope(|scope| {
-            let chunks = data
-                .chunks(rows_per * d)
-                .zip(out.dist.chunks_mut(rows_per))
-                .zip(out.dot.chunks_mut(rows_per))
-                .zip(out.l1.chunks_mut(rows_per))
-                .enumerate();
-            for (ci, (((rows, dist), dot), l1)) in chunks {
-                let (c, tab, idx) = (&c, &tab, &idx);
-                scope.spawn(move || {
-                    for (r, row) in rows.chunks_exact(d).enumerate() {
-                        let w = idx.get(ci * rows_per + r).map(|&k| &tab[k as usize * d..(k as usize + 1) * d]);
-                        let (mut sq, mut dt, mut a) = (0.0f64, 0.0f64, 0.0f64);
-                        for j in 0..d {
-                            let v = row[j] as f64;
-                            let centred = v - c[j];
-                            sq += centred * centred;
-                            a += v.abs();
-                            if let Some(w) = w {
-                                dt += centred * w[j];
-                            }
-                        }
-                        dist[r] = sq.sqrt();
-                        dot[r] = dt;
-                        l1[r] = a;
+        parallel_for(n, ROW_GRAIN, |b, e| {
+            // SAFETY: parallel_for's ranges do not overlap.
+            let (dist, dot, l1) = unsafe { (dist.part(b, e), dot.part(b, e), l1.part(b, e)) };
+            for (r, row) in data[b * d..e * d].chunks_exact(d).enumerate() {
+                let w = idx.get(b + r).map(|&k| &tab[k as usize * d..(k as usize + 1) * d]);
+                let (mut sq, mut dt, mut a) = (0.0f64, 0.0f64, 0.0f64);
+                for j in 0..d {
+                    let v = row[j] as f64;
+                    let centred = v - c[j];
+                    sq += centred * centred;
+                    a += v.abs();
+                    if let Some(w) = w {
+                        dt += centred * w[j];
                     }
-                });
+                }
+                dist[r] = sq.sqrt();
+                dot[r] = dt;
+                l1[r] = a;
             }
-        });
+        })
     });
     out
 }
@@ -584,6 +685,41 @@ mod tests {
 
     /// Every compiled variant of the entropy and log-MSP kernels this CPU can run gives the
     /// same scores (FMA may round the polynomial differently: 1e-6 relative).
+    /// parallel_for's ranges cover 0..n once, no more of them than n / grain
+    /// rounded up; a panic in one range comes back to the
+    /// caller (not through C++) after the others ran.
+    #[test]
+    fn parallel_for_covers_each_row_once_and_returns_panics() {
+        for (n, grain) in [(1usize, 256usize), (255, 256), (257, 256), (10_000, 256), (10_000, 1)] {
+            let mut seen = vec![0u8; n];
+            let parts = Disjoint::new(&mut seen);
+            let ranges = std::sync::Mutex::new(Vec::new());
+            parallel_for(n, grain, |b, e| {
+                ranges.lock().unwrap().push((b, e));
+                // SAFETY: parallel_for's ranges do not overlap.
+                for x in unsafe { parts.part(b, e) } {
+                    *x += 1;
+                }
+            });
+            assert!(seen.iter().all(|&x| x == 1), "n = {n}: a row missed or seen twice");
+            let mut ranges = ranges.into_inner().unwrap();
+            ranges.sort();
+            assert!(ranges.len() <= n.div_ceil(grain), "n = {n}, grain = {grain}: {ranges:?}");
+            for (i, &(b, e)) in ranges.iter().enumerate() {
+                assert!(b < e && (i == 0 || ranges[i - 1].1 == b), "n = {n}: {ranges:?}");
+            }
+        }
+        let ran = std::sync::atomic::AtomicUsize::new(0);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            parallel_for(4096, 256, |b, _| {
+                ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                assert!(b != 0, "boom");
+            })
+        }));
+        assert!(r.is_err(), "the panic of the first range is raised again");
+        assert!(ran.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    }
+
     #[test]
     fn softmax_kernel_variants_agree() {
         let mut state = 7u64;
@@ -593,30 +729,33 @@ mod tests {
                 ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 30.0
             })
             .collect();
-        for_both_stats(&rows);
+        for_every_stat(&rows);
     }
 
-    fn for_both_stats(rows: &[f32]) {
-        check::<ENTROPY>(rows);
-        check::<LOG_MSP>(rows);
+    fn for_every_stat(rows: &[f32]) {
+        check::<ENTROPY>(rows, 1.0);
+        check::<LOG_MSP>(rows, 1.0);
+        check::<LOG_SUM_EXP>(rows, 1.0);
+        check::<LOG_SUM_EXP>(rows, 2.0);
+        check::<MAX>(rows, 1.0);
     }
 
-    fn check<const STAT: u8>(rows: &[f32]) {
+    fn check<const STAT: u8>(rows: &[f32], t: f64) {
         let mut base = vec![0f32; 300];
-        stat_rows_any::<STAT>(rows, 37, &mut base);
+        stat_rows_any::<STAT>(rows, 37, t, &mut base);
         let mut variants = vec![];
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 let mut v = vec![0f32; 300];
                 // SAFETY: checked just above.
-                unsafe { stat_rows_avx512::<STAT>(rows, 37, &mut v) };
+                unsafe { stat_rows_avx512::<STAT>(rows, 37, t, &mut v) };
                 variants.push(("avx512", v));
             }
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 let mut v = vec![0f32; 300];
                 // SAFETY: checked just above.
-                unsafe { stat_rows_avx2::<STAT>(rows, 37, &mut v) };
+                unsafe { stat_rows_avx2::<STAT>(rows, 37, t, &mut v) };
                 variants.push(("avx2", v));
             }
         }

@@ -893,6 +893,44 @@ fn softmax_row_kernels_and_their_exp_match_f64() {
     assert_eq!(vec(&one), vec![0.0, 0.0]);
 }
 
+/// The fused logit kernel's other statistics: T logsumexp(z / T) against the
+/// f64 definition at every temperature of Energy's grid, the max exactly, and a
+/// NaN or an infinity anywhere in a row (in a 16-wide block or in the tail)
+/// giving that row NaN under every statistic, the other rows untouched.
+#[test]
+fn fused_logit_kernel_log_sum_exp_max_and_non_finite_rows() {
+    use oodnc::numerics::{logit_rows, RowStat};
+    tch::manual_seed(6);
+    let z = Tensor::randn([500, 37], (Kind::Float, tch::Device::Cpu)) * 5.0;
+    let _ = z.get(1).fill_(0.0);
+    let _ = z.get(2).get(36).fill_(60.0);
+    let _ = z.get(3).narrow(0, 20, 2).fill_(9.0);
+    let zd = z.to_kind(Kind::Double);
+    for t in [0.5, 1.0, 2.0, 5.0] {
+        let got = logit_rows(&z, RowStat::LogSumExp { t }).to_kind(Kind::Double);
+        let want = (&zd / t).logsumexp(&[1i64][..], false) * t;
+        let rel = ((&got - &want).abs() / want.abs().clamp_min(1e-3)).max().double_value(&[]);
+        assert!(rel < 2e-6, "T = {t}: largest relative gap {rel}");
+    }
+    assert_eq!(vec(&logit_rows(&z, RowStat::Max)), vec(&z.amax(&[1i64][..], false)));
+    let bad = z.copy();
+    let _ = bad.get(10).get(3).fill_(f64::NAN);
+    let _ = bad.get(11).get(17).fill_(f64::INFINITY);
+    let _ = bad.get(12).get(35).fill_(f64::NEG_INFINITY);
+    let _ = bad.get(13).get(0).fill_(f64::NAN);
+    let _ = bad.get(13).get(36).fill_(f64::INFINITY);
+    for stat in [RowStat::Entropy, RowStat::LogMsp, RowStat::LogSumExp { t: 1.0 }, RowStat::LogSumExp { t: 2.0 }, RowStat::Max] {
+        let (good, got) = (vec(&logit_rows(&z, stat)), vec(&logit_rows(&bad, stat)));
+        for (i, (a, b)) in good.iter().zip(&got).enumerate() {
+            if (10..14).contains(&i) {
+                assert!(b.is_nan(), "{stat:?}: row {i} with a non-finite entry scored {b}");
+            } else {
+                assert_eq!(a.to_bits(), b.to_bits(), "{stat:?}: row {i}");
+            }
+        }
+    }
+}
+
 /// The f32 row kernels read the features in place: non-contiguous ones (a
 /// transposed tensor, a strided slice) give the same scores as contiguous copies
 /// (to f32 rounding: the head's matrix product may sum in another order for a

@@ -377,62 +377,55 @@ impl Bank {
         let buf_cap = (n / 16).max(8 * ku + 64);
         let mut top = vec![0f32; m * ku];
         let mut overflow = vec![false; m];
-        let rows_per = crate::numerics::rows_per_thread(m);
         // SAFETY: `approx` is a contiguous bf16 CPU tensor of m * n elements,
         // owned here and only read while the slice lives; a bf16 is 16 bits.
         let a = unsafe { std::slice::from_raw_parts(approx.data_ptr() as *const u16, m * n) };
+        let (top_parts, overflow_parts) = (crate::numerics::Disjoint::new(&mut top), crate::numerics::Disjoint::new(&mut overflow));
         crate::numerics::with_f32_data(&q, |qd| {
             crate::numerics::with_f32_data(&self.dense, |bd| {
-                std::thread::scope(|scope| {
-                    let chunks = a
-                        .chunks(rows_per * n)
-                        .zip(qd.chunks(rows_per * d))
-                        .zip(top.chunks_mut(rows_per * ku))
-                        .zip(overflow.chunks_mut(rows_per))
-                        .zip(bound.chunks(rows_per).zip(cut.chunks(rows_per)));
-                    for ((((ar, qr), tr), of), (bnd, ct)) in chunks {
-                        scope.spawn(move || {
-                            let desc = |x: &f32, y: &f32| y.total_cmp(x);
-                            let (mut buf, mut vals, mut cands) = (Vec::with_capacity(buf_cap), Vec::new(), Vec::with_capacity(cap));
-                            for (r, (arow, qrow)) in ar.chunks_exact(n).zip(qr.chunks_exact(d)).enumerate() {
-                                let dot = |j: usize| dot_f64(qrow, &bd[j * d..(j + 1) * d]) as f32;
-                                cands.clear();
-                                // One pass: what lies above the cut. When it holds the
-                                // k-th and the threshold is above the cut, it holds
-                                // every candidate.
-                                buf.clear();
-                                let held = above(arow, ct[r], buf_cap, |j, v| buf.push((v, j as u32)));
-                                let mut done = false;
-                                if held && buf.len() >= ku {
-                                    vals.clear();
-                                    vals.extend(buf.iter().map(|p| p.0));
-                                    vals.select_nth_unstable_by(ku - 1, desc);
-                                    let x = rerank_threshold(vals[ku - 1], bnd[r]);
-                                    if x >= ct[r] {
-                                        cands.extend(buf.iter().filter(|p| p.0 >= x).map(|p| dot(p.1 as usize)));
-                                        done = true;
-                                        of[r] = cands.len() > cap;
-                                    }
-                                }
-                                if !done {
-                                    // The cut was too high: the k-th from the whole row.
-                                    vals.clear();
-                                    vals.extend(arow.iter().map(|&h| bf16_value(h)));
-                                    vals.select_nth_unstable_by(ku - 1, desc);
-                                    let x = rerank_threshold(vals[ku - 1], bnd[r]);
-                                    of[r] = !above(arow, x, cap, |j, _| cands.push(dot(j)));
-                                }
-                                if of[r] {
-                                    continue;
-                                }
-                                if cands.len() > ku {
-                                    cands.select_nth_unstable_by(ku - 1, desc);
-                                }
-                                let kept = &mut cands[..ku];
-                                kept.sort_unstable_by(desc);
-                                tr[r * ku..(r + 1) * ku].copy_from_slice(kept);
+                crate::numerics::parallel_for(m, crate::numerics::ROW_GRAIN, |b, e| {
+                    let (ar, qr, bnd, ct) = (&a[b * n..e * n], &qd[b * d..e * d], &bound[b..e], &cut[b..e]);
+                    // SAFETY: parallel_for's ranges do not overlap (nor, times ku, their rows).
+                    let (tr, of) = unsafe { (top_parts.part(b * ku, e * ku), overflow_parts.part(b, e)) };
+                    let desc = |x: &f32, y: &f32| y.total_cmp(x);
+                    let (mut buf, mut vals, mut cands) = (Vec::with_capacity(buf_cap), Vec::new(), Vec::with_capacity(cap));
+                    for (r, (arow, qrow)) in ar.chunks_exact(n).zip(qr.chunks_exact(d)).enumerate() {
+                        let dot = |j: usize| dot_f64(qrow, &bd[j * d..(j + 1) * d]) as f32;
+                        cands.clear();
+                        // One pass: what lies above the cut. When it holds the
+                        // k-th and the threshold is above the cut, it holds
+                        // every candidate.
+                        buf.clear();
+                        let held = above(arow, ct[r], buf_cap, |j, v| buf.push((v, j as u32)));
+                        let mut done = false;
+                        if held && buf.len() >= ku {
+                            vals.clear();
+                            vals.extend(buf.iter().map(|p| p.0));
+                            vals.select_nth_unstable_by(ku - 1, desc);
+                            let x = rerank_threshold(vals[ku - 1], bnd[r]);
+                            if x >= ct[r] {
+                                cands.extend(buf.iter().filter(|p| p.0 >= x).map(|p| dot(p.1 as usize)));
+                                done = true;
+                                of[r] = cands.len() > cap;
                             }
-                        });
+                        }
+                        if !done {
+                            // The cut was too high: the k-th from the whole row.
+                            vals.clear();
+                            vals.extend(arow.iter().map(|&h| bf16_value(h)));
+                            vals.select_nth_unstable_by(ku - 1, desc);
+                            let x = rerank_threshold(vals[ku - 1], bnd[r]);
+                            of[r] = !above(arow, x, cap, |j, _| cands.push(dot(j)));
+                        }
+                        if of[r] {
+                            continue;
+                        }
+                        if cands.len() > ku {
+                            cands.select_nth_unstable_by(ku - 1, desc);
+                        }
+                        let kept = &mut cands[..ku];
+                        kept.sort_unstable_by(desc);
+                        tr[r * ku..(r + 1) * ku].copy_from_slice(kept);
                     }
                 });
             });

@@ -4,10 +4,14 @@
 //! [`Precision::Auto`](crate::ood::Precision) (one softmax or log-sum-exp per
 //! row of C values: the f32 rounding is ~1e-7 relative, far below the gaps
 //! between samples' scores), f64 under `F64`. GEN is always f64 (see its `fit`).
+//! In f32 on a CPU the four read the logits once, in place, through one fused
+//! row kernel ([`crate::numerics::logit_rows`]) whose max pass also rejects
+//! NaN and infinite logits, so no separate finiteness pass is made.
 
 use super::{energy_of, log_msp, logits_in, max_dim1, Head};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::features::FeatureSet;
+use crate::numerics::{check_2d, logit_rows, RowStat};
 use crate::ood::detector::{FitData, GridContext, ParamReader, ParamValue, Registered, Scorer};
 use tch::{Kind, Tensor};
 
@@ -27,6 +31,24 @@ fn fit_logit<T: Clone>(d: &T, data: &FitData, name: &str) -> Result<FittedLogit<
 impl<T> FittedLogit<T> {
     fn logits(&self, f: &FeatureSet, ctx: &str) -> Result<Tensor> {
         logits_in(f, self.classes, ctx, self.kind)
+    }
+
+    /// `stat` of each row of `f`'s logits by the fused f32 kernel
+    /// ([`logit_rows`]) when this detector computes in f32 on CPU features, else
+    /// `None` (the caller's libtorch path). The shape is checked, and the kernel's
+    /// one read of the logits also rejects non-finite ones (no separate pass).
+    fn fused(&self, f: &FeatureSet, ctx: &str, stat: RowStat) -> Result<Option<Tensor>> {
+        if self.kind != Kind::Float || f.logits.device() != tch::Device::Cpu {
+            return Ok(None);
+        }
+        check_2d(&f.logits, Some(self.classes), ctx)?;
+        let s = logit_rows(&f.logits, stat);
+        // NaN marks a row with a NaN or an infinity (an overflow to inf from
+        // finite logits is left to the caller's check of the scores).
+        if bool::try_from(s.isnan().any()).unwrap_or(true) {
+            return Err(Error::data(ctx, "features contain NaN or infinite values"));
+        }
+        Ok(Some(s))
     }
 }
 
@@ -54,7 +76,10 @@ impl Registered for Msp {
 
 impl Scorer for FittedLogit<Msp> {
     fn score(&self, f: &FeatureSet) -> Result<Tensor> {
-        Ok(log_msp(&self.logits(f, "msp score")?))
+        match self.fused(f, "msp score", RowStat::LogMsp)? {
+            Some(s) => Ok(s),
+            None => Ok(log_msp(&self.logits(f, "msp score")?)),
+        }
     }
 }
 
@@ -79,7 +104,10 @@ impl Registered for MaxLogit {
 
 impl Scorer for FittedLogit<MaxLogit> {
     fn score(&self, f: &FeatureSet) -> Result<Tensor> {
-        Ok(max_dim1(&self.logits(f, "maxlogit score")?))
+        match self.fused(f, "maxlogit score", RowStat::Max)? {
+            Some(s) => Ok(s),
+            None => Ok(max_dim1(&self.logits(f, "maxlogit score")?)),
+        }
     }
 }
 
@@ -126,7 +154,11 @@ impl Registered for Energy {
 
 impl Scorer for FittedLogit<Energy> {
     fn score(&self, f: &FeatureSet) -> Result<Tensor> {
-        Ok(energy_of(&self.logits(f, "energy score")?, self.detector.t))
+        let t = self.detector.t;
+        match self.fused(f, "energy score", RowStat::LogSumExp { t })? {
+            Some(s) => Ok(s),
+            None => Ok(energy_of(&self.logits(f, "energy score")?, t)),
+        }
     }
 }
 
@@ -157,11 +189,11 @@ impl Scorer for FittedLogit<Entropy> {
         // Exact in f32 for confident samples: log1p(S) keeps the top class's term
         // -(1 - p_max), which log_softmax rounds to 0 there; both parts are <= 0,
         // so nothing cancels. One exp per entry, no second softmax pass.
-        let z = self.logits(f, "entropy score")?;
-        if self.kind == Kind::Float && z.device() == tch::Device::Cpu {
-            // The same formula in one fused pass per row (numerics::row_entropy).
-            return Ok(crate::numerics::row_entropy(&z));
+        // In f32 on a CPU: the same formula in one fused pass per row (numerics::row_entropy).
+        if let Some(s) = self.fused(f, "entropy score", RowStat::Entropy)? {
+            return Ok(s);
         }
+        let z = self.logits(f, "entropy score")?;
         let (zmax, arg) = z.max_dim(1, true);
         let shifted = &z - &zmax;
         // The top class's e (exactly 1) zeroed in place: it is not in S, and its
