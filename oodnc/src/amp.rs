@@ -30,7 +30,8 @@ extern "C" {
 }
 
 /// Numeric precision of the training forward/backward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// bf16 autocast on CUDA (when `gpu_fast_path` is on), f32 elsewhere.

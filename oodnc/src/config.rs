@@ -51,7 +51,8 @@ pub struct ExtraOod {
 }
 
 /// The on-disk format of an extra OOD set.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum ExtraFormat {
     /// `<path>/<class>/<images>` or a flat folder of images (JPEG/PNG), resized
@@ -101,7 +102,8 @@ pub struct TrainConfig {
 }
 
 /// A switch whose `auto` position depends on the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Toggle {
     #[default]

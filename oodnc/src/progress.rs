@@ -1,13 +1,54 @@
 //! Progress for long loops: an indicatif bar on a terminal, plain periodic lines
 //! elsewhere (notebooks, CI logs), so Jupyter shows readable text with an ETA
-//! instead of terminal control codes.
+//! instead of terminal control codes. Without the `bars` feature (the notebooks'
+//! build), plain lines everywhere.
 
-use std::io::IsTerminal;
 use std::time::{Duration, Instant};
+
+#[cfg(feature = "bars")]
+use indicatif::ProgressBar as Bar;
+
+/// No terminal bar without the `bars` feature: the type has no values.
+#[cfg(not(feature = "bars"))]
+enum Bar {}
+
+#[cfg(not(feature = "bars"))]
+impl Bar {
+    fn set_message(&self, _: String) {
+        match *self {}
+    }
+    fn inc(&self, _: u64) {
+        match *self {}
+    }
+    fn finish_and_clear(&self) {
+        match *self {}
+    }
+}
+
+/// A bar when stderr is a terminal (and the `bars` feature is on).
+#[cfg(feature = "bars")]
+fn terminal_bar(label: &str, total: u64) -> Option<Bar> {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{prefix} [{bar:28}] {pos}/{len} {msg} {per_sec} ETA {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b.set_prefix(label.to_string());
+        b
+    })
+}
+
+#[cfg(not(feature = "bars"))]
+fn terminal_bar(_: &str, _: u64) -> Option<Bar> {
+    None
+}
 
 /// Reports progress of `total` steps.
 pub struct Progress {
-    bar: Option<indicatif::ProgressBar>,
+    bar: Option<Bar>,
     label: String,
     total: u64,
     done: u64,
@@ -21,16 +62,7 @@ impl Progress {
     pub fn new(label: impl Into<String>, total: u64) -> Self {
         let label = label.into();
         let quiet = std::env::var("OODNC_QUIET").is_ok();
-        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            let b = indicatif::ProgressBar::new(total);
-            b.set_style(
-                indicatif::ProgressStyle::with_template("{prefix} [{bar:28}] {pos}/{len} {msg} {per_sec} ETA {eta}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            );
-            b.set_prefix(label.clone());
-            b
-        });
+        let bar = if quiet { None } else { terminal_bar(&label, total) };
         let every = if quiet { Duration::from_secs(u64::MAX / 4) } else { Duration::from_secs(10) };
         Progress { bar, label, total, done: 0, start: Instant::now(), last_line: Instant::now(), every }
     }

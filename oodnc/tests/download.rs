@@ -1,6 +1,7 @@
 //! Downloads against a local HTTP server on 127.0.0.1 started by the test,
 //! serving archives the test builds: a good one, a truncated one, one with a
 //! wrong checksum, and a missing one. Also resume with `Range`.
+#![cfg(feature = "download")]
 
 mod common;
 

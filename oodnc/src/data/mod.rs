@@ -15,6 +15,7 @@
 //! ```
 
 pub mod cifar;
+#[cfg(feature = "download")]
 pub mod download;
 pub mod dtd;
 pub mod image_folder;
