@@ -113,7 +113,7 @@ test: setup lint test-rust test-notebooks
 lint: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
-	# The library as the notebooks build it (oodnc-nb: no CLI, no downloader).
+	# The library as the notebooks build it (oodnc-nb: no CLI, no downloader, no Parquet).
 	cargo clippy -p oodnc --lib --no-default-features --quiet -- -D warnings
 
 test-rust: setup

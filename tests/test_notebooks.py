@@ -56,6 +56,8 @@ def test_smoke_notebook_runs_crate_tch_and_inline_figure(tmp_path):
     assert "14" in text  # the tch op: sum of squares of [1, 2, 3]
     # generic tch calls instantiated by the cell itself load (oodnc-nb exports libtch)
     assert "u8 sum 6, f32 cumsum 2" in text
+    # the kernel's oodnc has no `parquet` feature: refused with a typed error, CSV works
+    assert "parquet refused, csv rows 1" in text
     assert any("image/png" in o.get("data", {}) for o in outputs)
 
 

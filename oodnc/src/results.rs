@@ -88,7 +88,9 @@ pub fn write_csv(df: &mut DataFrame, path: &Path) -> Result<()> {
 }
 
 /// Writes a DataFrame as Parquet (zstd-compressed, atomically): what pandas,
-/// polars, pyarrow, DuckDB and R's arrow read directly.
+/// polars, pyarrow, DuckDB and R's arrow read directly. Needs the `parquet`
+/// feature (on by default; the notebooks' kernel builds without it).
+#[cfg(feature = "parquet")]
 pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
     let mut buf = Vec::new();
     polars_io::parquet::write::ParquetWriter::new(&mut buf)
@@ -98,19 +100,29 @@ pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<()> {
     crate::util::write_atomic(path, &buf)
 }
 
-/// Reads a Parquet file written by [`write_parquet`].
+/// Reads a Parquet file written by [`write_parquet`] (`parquet` feature).
+#[cfg(feature = "parquet")]
 pub fn read_parquet(path: &Path) -> Result<DataFrame> {
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     polars_io::parquet::read::ParquetReader::new(f).finish().map_err(|e| Error::format(path, format!("unreadable Parquet file ({e})")))
 }
 
 /// Writes `df` as Parquet when `path` ends in `.parquet`, as CSV otherwise.
+/// Built without the `parquet` feature (the notebooks' kernel), a `.parquet`
+/// path is refused with [`Error::InvalidParam`] naming it, and nothing is written.
 pub fn write_table(df: &mut DataFrame, path: &Path) -> Result<()> {
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet")) {
-        write_parquet(df, path)
-    } else {
-        write_csv(df, path)
+        #[cfg(feature = "parquet")]
+        return write_parquet(df, path);
+        #[cfg(not(feature = "parquet"))]
+        return Err(Error::InvalidParam {
+            name: format!("table file {}", path.display()),
+            reason: "this build of oodnc has no Parquet support (the `parquet` feature, on by default, is off in the \
+                     notebooks' kernel); write a .csv file here, or use the `oodnc` command line, which has it"
+                .into(),
+        });
     }
+    write_csv(df, path)
 }
 
 /// Reads a long-form CSV written by [`write_csv`].
@@ -135,6 +147,7 @@ pub fn read_csv(path: &Path) -> Result<DataFrame> {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "parquet")]
     #[test]
     fn parquet_and_csv_round_trip_the_same_frame() {
         let rows = vec![
@@ -153,6 +166,25 @@ mod tests {
         let back_csv = read_csv(&csv).unwrap();
         assert_eq!(back_csv.height(), 2);
         assert!(read_parquet(&csv).unwrap_err().to_string().contains("unreadable Parquet"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// The notebooks' build (no `parquet` feature): a `.parquet` path is a typed
+    /// error naming the file, nothing is written, and CSV still works.
+    #[cfg(not(feature = "parquet"))]
+    #[test]
+    fn parquet_path_without_the_feature_is_refused_and_csv_still_works() {
+        let mut df = to_frame(&[Row::point(1, "msp", "svhn", "auroc", 0.5)], TableKind::Ood).unwrap();
+        let d = std::env::temp_dir().join(format!("oodnc-results-nopq-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let pq = d.join("t.parquet");
+        let e = write_table(&mut df, &pq).unwrap_err();
+        assert!(matches!(e, Error::InvalidParam { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains("t.parquet") && msg.contains("`parquet` feature") && msg.contains(".csv"), "{msg}");
+        assert!(!pq.exists());
+        write_table(&mut df, &d.join("t.csv")).unwrap();
+        assert_eq!(read_csv(&d.join("t.csv")).unwrap().height(), 1);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

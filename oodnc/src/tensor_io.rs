@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -85,7 +85,8 @@ impl Encoded {
             let v = TensorView::new(*dt, shape.clone(), bytes).map_err(|e| Error::format(path, e.to_string()))?;
             views.push((name.clone(), v));
         }
-        let meta: HashMap<String, String> = self.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        // The map type is safetensors' own (hashbrown's without its `std` feature).
+        let meta = self.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| Error::format(path, e.to_string()))?;
         crate::util::write_atomic(path, &bytes)
     }
