@@ -12,7 +12,9 @@
 # Set-up installs, once per machine and reused by every clone:
 #   - a Python venv keyed by torch and Python version, with the PyPI torch wheel that
 #     matches our tch pin (requirements.txt), JupyterLab, nbconvert, nbclient;
-#   - evcxr_jupyter (pinned) for the Rust kernel;
+#   - evcxr_jupyter (pinned) for the Rust kernel, built from its published source with
+#     oodnc's patch (scripts/evcxr/: rust-analyzer's caches primed on all cores, which
+#     takes a third off a notebook's first output; scripts/build-evcxr.sh);
 # and, per clone: the .venv and .libtorch links (read by .cargo/config.toml) and the
 # kernel spec in .jupyter/ (used through JUPYTER_PATH, so another `rust` kernel the
 # user may have installed does not shadow ours).
@@ -29,7 +31,9 @@ PYVER := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])
 VENV ?= $(OODNC_CACHE)/venv-torch$(TORCH_VERSION)-py$(PYVER)
 REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-12)
 VENV_STAMP := $(VENV)/.oodnc-requirements-$(REQ_HASH)
-EVCXR_ROOT := $(OODNC_CACHE)/evcxr-$(EVCXR_VERSION)
+# Keyed by the patches and the script that applies them: a changed patch builds anew.
+EVCXR_PATCH_HASH := $(shell cat scripts/build-evcxr.sh scripts/evcxr/*.patch | sha256sum | cut -c1-10)
+EVCXR_ROOT := $(OODNC_CACHE)/evcxr-$(EVCXR_VERSION)-oodnc-$(EVCXR_PATCH_HASH)
 EVCXR := $(EVCXR_ROOT)/bin/evcxr_jupyter
 KERNEL_JSON := .jupyter/kernels/rust/kernel.json
 LIBTORCH_LINK := .libtorch
@@ -76,13 +80,8 @@ $(LIBTORCH_LINK): $(VENV_STAMP) .venv
 evcxr: $(EVCXR)
 
 $(EVCXR):
-	@if cargo install --list 2>/dev/null | grep -q '^evcxr_jupyter v$(EVCXR_VERSION):' && command -v evcxr_jupyter >/dev/null 2>&1; then \
-	  echo ">> reusing $$(command -v evcxr_jupyter) ($(EVCXR_VERSION))"; \
-	  mkdir -p "$(EVCXR_ROOT)/bin" && ln -sfn "$$(command -v evcxr_jupyter)" "$@"; \
-	else \
-	  echo ">> cargo install evcxr_jupyter $(EVCXR_VERSION) (about 6 minutes on 2 cores)"; \
-	  cargo install --locked evcxr_jupyter --version $(EVCXR_VERSION) --root "$(EVCXR_ROOT)"; \
-	fi
+	@echo ">> evcxr_jupyter $(EVCXR_VERSION) with oodnc's patch, into $(EVCXR_ROOT) (about 6 minutes on 2 cores, once per machine)"
+	scripts/build-evcxr.sh $(EVCXR_VERSION) "$(EVCXR_ROOT)"
 
 kernel: $(KERNEL_JSON)
 

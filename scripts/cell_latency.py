@@ -12,6 +12,8 @@ through Debug, a tensor op, a Markdown table through `s.show`), and reports:
 Each evcxr setting is measured in the same run (a baseline in the same conditions):
 - `shipped`: the evcxr.toml that `make setup` writes (.jupyter/evcxr/evcxr.toml)
   and the notebooks' set-up cell (oodnc through its shared-library facade oodnc-nb);
+- `no-prime`: the same without oodnc's patch to evcxr (EVCXR_PRIME_THREADS=1: its
+  rust-analyzer computes the crate graph's def maps lazily on one thread, as upstream);
 - `deps-opt0`: the same with oodnc and its dependencies built at opt-level 0 in
   the kernel's work dir (OODNC_DEPS_OPT_LEVEL=0; the shipped kernel builds them at
   opt-level 2 and each cell at 0): the dylib then exports every generic instance
@@ -102,6 +104,7 @@ format!("knn fit+score {:.2} s, 5x ood_metrics(200k vs 200k) {:.2} s [{} {:.3}]"
 # the set-up cell, extra kernel environment)
 SETTINGS = {
     "shipped": (None, False, SETUP, {}),
+    "no-prime": (None, False, SETUP, {"EVCXR_PRIME_THREADS": "1"}),
     "deps-opt0": (None, True, SETUP, {"OODNC_DEPS_OPT_LEVEL": "0"}),
     "direct-crate": (None, False, SETUP_DIRECT, {}),
     "evcxr-defaults": ('[evcxr]\nopt_level = "0"\npreserve_vars_on_panic = true\nallow_static_linking = true\n', False, SETUP, {}),

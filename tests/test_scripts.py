@@ -113,3 +113,22 @@ def test_rust_kernel_never_overwrites_a_cargo_config_it_did_not_write(tmp_path):
     assert str(work / ".cargo" / "config.toml") in res.stderr and "not written by oodnc" in res.stderr
     assert (work / ".cargo" / "config.toml").read_text() == mine
     assert "slot=" not in res.stdout
+
+
+def test_kernel_runs_evcxr_with_oodncs_patch():
+    """make setup builds evcxr_jupyter from its published source with scripts/evcxr/*.patch
+    (scripts/build-evcxr.sh); the kernel spec starts that build, not another evcxr_jupyter."""
+    import json
+
+    with open(os.path.join(REPO, ".jupyter", "kernels", "rust", "kernel.json")) as f:
+        binary = json.load(f)["env"]["OODNC_EVCXR_JUPYTER"]
+    assert "-oodnc-" in binary, binary
+    with open(binary, "rb") as f:
+        exe = f.read()
+    # The patch's switch (read by the patched evcxr only) is compiled into the binary.
+    assert b"EVCXR_PRIME_THREADS" in exe
+    # Every patch applies to the pinned source and says what it does.
+    for patch in glob.glob(os.path.join(REPO, "scripts", "evcxr", "*.patch")):
+        with open(patch) as f:
+            text = f.read()
+        assert text.startswith("oodnc's patch to evcxr") and "\n--- a/src/" in text, patch
