@@ -40,6 +40,11 @@ DIFFERENCES = {
     "vra": "pytorch-ood's VRA is per dimension on the training split (oodnc's per_dim = 1); oodnc's default is OpenOOD's",
     "entropy": "pytorch-ood clips probabilities to [1e-7, 1] before the log (an absolute difference below 1e-6)",
     "she": "pytorch-ood refuses a class without a correct prediction; oodnc falls back to all of that class's samples",
+    "openmax": (
+        "pytorch-ood fits its Weibull by Nelder-Mead (scipy's exponweib.fit) where oodnc solves the likelihood "
+        "equation (shapes agree to ~1e-7); it measures the distance to a class only if that class is some "
+        "sample's argmax in the batch (0 otherwise: batch-dependent); its class means use every sample (correct = 0)"
+    ),
 }
 
 
@@ -113,6 +118,10 @@ def build(name, p, W, b):
     if name == "nnguide":
         d = pd.NNGuide(None, head, k=int(p["k"]))
         return (lambda h, z, y: d.fit_features(h, y)), (lambda h, z: d.predict_features(h))
+    if name == "openmax" and int(p.get("correct", 1)) == 0:
+        # pytorch-ood's class means and tails use every training sample of a class (oodnc's correct = 0).
+        d = pd.OpenMax(None, tailsize=int(p["tail"]), alpha=int(p["alpha"]), euclid_weight=p["w"])
+        return (lambda h, z, y: d.fit_logits(z, y)), (lambda h, z: d.predict_logits(z))
     if name == "gradnorm":
         d = pd.GradNorm(head, param_filter=lambda n: n == "weight", temperature=p["t"], micro_batch_size=256)
         return none, lambda h, z: d.predict(h)

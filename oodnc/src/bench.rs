@@ -297,7 +297,14 @@ pub fn ood(device: Device, n_train: i64, dim: i64, classes: i64, n_test: i64, n_
     let mut timed_names: Vec<&str> = Vec::new();
     for d in detectors {
         // The paper's defaults, fitted to the sizes (ViM's dim below a small --dim).
-        let spec = DetectorSpec::defaults(d, dim, classes, n_train)?;
+        let mut spec = DetectorSpec::defaults(d, dim, classes, n_train)?;
+        if *d == "openmax" {
+            // What pytorch-ood computes: class means and tails over every training sample.
+            let mut p: Vec<(&str, f64)> = spec.params().iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            p.retain(|(k, _)| *k != "correct");
+            p.push(("correct", 0.0));
+            spec = DetectorSpec::new(d, &p)?;
+        }
         let timed = || -> Result<(f64, usize)> {
             let mut times = Vec::new();
             let mut reps = min_reps;

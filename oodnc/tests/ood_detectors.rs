@@ -192,6 +192,8 @@ fn matches_numpy_and_scikit_learn() {
         ("lts", vec![("p", 20.0)]),
         ("lts", vec![("p", 5.0), ("score", 1.0)]),
         ("mahalanobis_layers", vec![]),
+        ("openmax", vec![]),
+        ("openmax", vec![("tail", 5.0), ("alpha", 2.0), ("w", 0.3), ("correct", 0.0)]),
         ("react", vec![("p", 80.0), ("score", 1.0)]),
         ("ash_s", vec![("p", 50.0), ("score", 2.0)]),
     ]
@@ -218,6 +220,8 @@ fn matches_numpy_and_scikit_learn() {
         let tol = match spec.name() {
             "tempscale" => 1e-4,
             "knn" | "nnguide" | "relation" => 1e-5,
+            // scipy solves the Weibull likelihood equation with its own root finder (~1e-8 apart).
+            "openmax" => 1e-6,
             _ => 1e-7,
         };
         let diff = ours.iter().zip(&ref_).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale;
@@ -663,10 +667,15 @@ fn matches_pytorch_ood() {
         ("vra", vec![("lo", 5.0), ("hi", 95.0), ("per_dim", 1.0)]),
         ("nnguide", vec![("k", 5.0)]),
         ("gradnorm", vec![("t", 2.0)]),
+        ("openmax", vec![("tail", 10.0), ("alpha", 3.0), ("w", 0.5), ("correct", 0.0)]),
     ]
     .iter()
     .map(|(n, p)| DetectorSpec::new(n, p).unwrap())
     .collect();
+    // pytorch-ood's OpenMax measures the distance to a class only when that class is the
+    // argmax of some scored sample (0 otherwise): every class is one here, so it agrees.
+    let argmax = f.test.logits.argmax(1, false).bincount::<Tensor>(None, 4);
+    assert!(bool::try_from(argmax.gt(0).all()).unwrap(), "a class is no test sample's argmax: {argmax:?}");
     let t = TempDir::new("ood-peer");
     let (inp, json) = pack_for_python(&f, &specs, &t);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../python/ood_peer.py");
@@ -690,6 +699,11 @@ fn matches_pytorch_ood() {
             let tol = match (precision, spec.name()) {
                 // pytorch-ood clips probabilities at 1e-7 before the log: absolute, not relative.
                 (_, "entropy") => 1e-5 / scale,
+                // Its Weibull shape comes from Nelder-Mead (~1e-7 of the likelihood's root), and the
+                // shape (k ~ 10^3 after libMR's translation by 10 000) multiplies that error; in
+                // float32 the translated distances themselves keep only ~1e-3 of their 10 000.
+                ("float64", "openmax") => 5e-6,
+                ("float32", "openmax") => 2e-3,
                 ("float64", _) if !f32_inside => 1e-9,
                 // The Mahalanobis family inverts a summed covariance with a ridge, in f32.
                 (_, "mahalanobis" | "rmds") => 1e-4,
@@ -947,4 +961,43 @@ fn row_kernels_read_non_contiguous_features() {
         let scale = r.iter().map(|x| x.abs()).fold(1e-12, f64::max);
         assert!(a.iter().zip(&r).all(|(x, y)| (x - y).abs() < 1e-6 * scale), "{name}: {a:?} vs {r:?}");
     }
+}
+
+/// OpenMax's tail model against an independent fit: scipy's `weibull_min.fit` with the
+/// location fixed at 0 (it solves the same likelihood equation with its own root finder) on
+/// the tail libMR translates by 10 000; then the CDF at a few distances. Also the
+/// degenerate tail (one value: a step) and the parameter checks.
+#[test]
+fn openmax_weibull_tail_is_the_maximum_likelihood_fit() {
+    use oodnc::ood::detectors::openmax::{WeibullTail, TRANSLATION};
+    let mut g = SplitMix64::new(7);
+    let dists: Vec<f64> = randn(&mut g, 60).iter().map(|z| (2.0 + z).abs() * 1.5).collect();
+    let tail_fit = WeibullTail::fit_high(&dists, 20, "test").unwrap();
+    let mut sorted = dists.clone();
+    sorted.sort_by(f64::total_cmp);
+    let tail: Vec<String> = sorted[40..].iter().map(|d| format!("{:.17e}", d + TRANSLATION - sorted[40])).collect();
+    let probes = [sorted[40] - 1.0, sorted[45], sorted[55], sorted[59] + 0.5];
+    let code = "import sys, json\nfrom scipy.stats import weibull_min\nx = json.loads(sys.argv[1]); q = json.loads(sys.argv[2])\n\
+                k, loc, lam = weibull_min.fit(x, floc=0)\nprint(json.dumps([k, lam] + [float(weibull_min.cdf(v, k, scale=lam)) for v in q]))";
+    let q: Vec<f64> = probes.iter().map(|d| d + TRANSLATION - sorted[40]).collect();
+    let out = run_python(code, &[&format!("[{}]", tail.join(",")), &serde_json::to_string(&q).unwrap()]);
+    let r: Vec<f64> = serde_json::from_str(out.trim()).unwrap();
+    let k = tail_fit.shape.unwrap();
+    assert!((k - r[0]).abs() < 1e-6 * r[0], "shape {k} vs scipy {}", r[0]);
+    assert!((tail_fit.scale - r[1]).abs() < 1e-9 * r[1], "scale {} vs scipy {}", tail_fit.scale, r[1]);
+    for (d, want) in probes.iter().zip(&r[2..]) {
+        assert!((tail_fit.cdf(*d) - want).abs() < 1e-6, "cdf({d}) {} vs scipy {want}", tail_fit.cdf(*d));
+    }
+    // A tail of one repeated value: a step at it; below the translated origin, 0.
+    let step = WeibullTail::fit_high(&[3.0, 3.0, 3.0, 1.0], 3, "test").unwrap();
+    assert_eq!((step.shape, step.cdf(2.9), step.cdf(3.0), step.cdf(-20_000.0)), (None, 0.0, 1.0, 0.0));
+    for (k, v, want) in [("tail", 1.0, "openmax.tail"), ("alpha", 0.0, "openmax.alpha"), ("w", 1.5, "openmax.w")] {
+        let e = DetectorSpec::new("openmax", &[(k, v)]).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    // On the fixture: finite scores, minus a probability.
+    let f = fixture(4, 6, 20);
+    let fitted = fit(&DetectorSpec::new("openmax", &[]).unwrap(), &f).unwrap();
+    let s = vec(&fitted.score(&f.test).unwrap());
+    assert!(s.iter().all(|x| x.is_finite() && *x <= 0.0 && *x >= -1.0), "{s:?}");
 }

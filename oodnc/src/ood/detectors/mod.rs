@@ -19,6 +19,7 @@ pub mod mahalanobis_layers;
 pub mod nci;
 pub mod neco;
 pub mod nnguide;
+pub mod openmax;
 pub mod shaping;
 pub mod she;
 pub mod tempscale;
@@ -63,6 +64,7 @@ pub static REGISTRY: &[Entry] = &[
     entry::<nnguide::Relation>(),
     entry::<shaping::Lts>(),
     entry::<mahalanobis_layers::MahalanobisLayers>(),
+    entry::<openmax::OpenMax>(),
 ];
 
 /// The registry line of `name`, or an error listing the known names.
