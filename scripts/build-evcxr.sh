@@ -69,9 +69,15 @@ unpack evcxr "$sha_evcxr"
 unpack evcxr_jupyter "$sha_jupyter"
 
 # 2. oodnc's patches to evcxr; evcxr_jupyter takes that copy instead of the registry's.
+#    With `patch` when the machine has it, else with git (which cloned this repository),
+#    kept from looking for a repository above the unpacked source.
 for p in "$repo"/scripts/evcxr/*.patch; do
   echo ">> evcxr $version: applying $(basename "$p")"
-  patch --quiet --forward -p1 -d "$work/evcxr-$version" < "$p"
+  if command -v patch >/dev/null 2>&1; then
+    patch --quiet --forward -p1 -d "$work/evcxr-$version" < "$p"
+  else
+    (cd "$work/evcxr-$version" && GIT_CEILING_DIRECTORIES="$work" git apply -p1 "$p")
+  fi
 done
 printf '\n[patch.crates-io]\nevcxr = { path = "../evcxr-%s" }\n' "$version" >> "$work/evcxr_jupyter-$version/Cargo.toml"
 
