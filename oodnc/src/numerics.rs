@@ -563,7 +563,7 @@ fn softmax_sums<const STAT: u8>(row: &[f32], inv_t: f32) -> (f32, bool, f64, f64
 
 /// Per row i of a finite `[N, D]` f32 CPU tensor `x`, with `center` `[D]` and
 /// `rows` `[N, D']` (the row of `table` `[R, D]` that `index[i]` picks):
-/// ||x_i - center|| (L2), (x_i - center) . table[index[i]] and ||x_i||_1, in one
+/// ||x_i - center|| (L2), (x_i - center) . table\[index\[i\]\] and ||x_i||_1, in one
 /// pass with f64 accumulation and no `[N, D]` temporary (NCI's and fDBD's norms).
 #[derive(Debug)]
 pub struct CentredRows {

@@ -172,7 +172,7 @@ pub fn hsl_to_rgb(h: f64, s: f64, l: f64) -> (u8, u8, u8) {
     (to(r), to(g), to(b))
 }
 
-/// Reads a whole file, mapping a missing file to [`Error::Missing`] with a hint.
+/// Reads a whole file, mapping a missing file to [`Error::Missing`](crate::Error::Missing) with a hint.
 pub fn read_file(path: &std::path::Path, what: &str, hint: &str) -> Result<Vec<u8>> {
     match std::fs::read(path) {
         Ok(b) => Ok(b),

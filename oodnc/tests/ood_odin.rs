@@ -1,9 +1,9 @@
-//! ODIN against an independent per-image formulation in pixel space, its
-//! defining property (the perturbation raises the score), selection and bad input.
+//! ODIN and i-ODIN against independent per-image formulations in pixel space,
+//! ODIN's defining property (the perturbation raises the score), selection and bad input.
 
 use oodnc::data::Dataset;
 use oodnc::model::{ResNet18, ResNetConfig};
-use oodnc::ood::odin::{score, scores, select, OdinParams, EPSILONS, TEMPERATURES};
+use oodnc::ood::odin::{perturbed_scores, score, scores, select, OdinParams, Perturb, EPSILONS, TEMPERATURES};
 use oodnc::Error;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -27,21 +27,69 @@ fn dataset(n: i64, seed: i64, name: &str) -> Dataset {
     }
 }
 
+fn mean_std() -> (Tensor, Tensor) {
+    let mean = Tensor::from_slice(&oodnc::data::CIFAR100_MEAN.map(|v| v as f32)).view([1, 3, 1, 1]);
+    let std = Tensor::from_slice(&oodnc::data::CIFAR100_STD.map(|v| v as f32)).view([1, 3, 1, 1]);
+    (mean, std)
+}
+
+/// log max softmax(f(normalise(pixels)) / T) of a `[1, 3, 32, 32]` image in [0, 1].
+fn log_s(m: &ResNet18, pix: &Tensor, t: f64) -> Tensor {
+    let (mean, std) = mean_std();
+    let z = m.forward_t(&((pix - &mean) / &std), false).unwrap().to_kind(Kind::Double) / t;
+    z.log_softmax(1, Kind::Double).max()
+}
+
+/// The pixels of one u8 image in [0, 1], and the gradient of log S with respect to them.
+fn pixel_gradient(m: &ResNet18, img_u8: &Tensor, t: f64) -> (Tensor, Tensor) {
+    let pix = (img_u8.unsqueeze(0).to_kind(Kind::Float) / 255.0).set_requires_grad(true);
+    let g = Tensor::run_backward(&[log_s(m, &pix, t)], &[&pix], false, false).remove(0);
+    (pix.detach(), g)
+}
+
 /// ODIN for one image, written independently: pixels in [0, 1], normalisation
 /// done here, gradient taken with respect to the pixels, perturbation applied in
 /// pixel space, batch of one.
 fn odin_by_hand(m: &ResNet18, img_u8: &Tensor, t: f64, eps: f64) -> f64 {
-    let mean = Tensor::from_slice(&oodnc::data::CIFAR100_MEAN.map(|v| v as f32)).view([1, 3, 1, 1]);
-    let std = Tensor::from_slice(&oodnc::data::CIFAR100_STD.map(|v| v as f32)).view([1, 3, 1, 1]);
-    let pix = (img_u8.unsqueeze(0).to_kind(Kind::Float) / 255.0).set_requires_grad(true);
-    let z = m.forward_t(&((&pix - &mean) / &std), false).unwrap().to_kind(Kind::Double) / t;
-    let target = z.log_softmax(1, Kind::Double).max();
-    let g = Tensor::run_backward(&[target], &[&pix], false, false).remove(0);
-    let moved = pix.detach() + g.sign() * eps;
-    tch::no_grad(|| {
-        let z = m.forward_t(&((&moved - &mean) / &std), false).unwrap().to_kind(Kind::Double) / t;
-        z.log_softmax(1, Kind::Double).max().double_value(&[])
-    })
+    let (pix, g) = pixel_gradient(m, img_u8, t);
+    tch::no_grad(|| log_s(m, &(pix + g.sign() * eps), t).double_value(&[]))
+}
+
+/// i-ODIN for one image, written independently: the gradient of log S with respect to
+/// the pixels, the most sensitive element of the network's input (|d/dx| = |d/dpixel| * std_c),
+/// moved alone by eps pixels.
+fn iodin_by_hand(m: &ResNet18, img_u8: &Tensor, t: f64, eps: f64) -> f64 {
+    let (_, std) = mean_std();
+    let (pix, g) = pixel_gradient(m, img_u8, t);
+    let sensitivity = (&g * &std).abs().flatten(0, -1);
+    let at = sensitivity.argmax(0, false).int64_value(&[]);
+    let step = Tensor::zeros([3 * 32 * 32], (Kind::Float, CPU));
+    let _ = step.get(at).fill_(g.flatten(0, -1).get(at).sign().double_value(&[]) * eps);
+    tch::no_grad(|| log_s(m, &(pix + step.view([1, 3, 32, 32])), t).double_value(&[]))
+}
+
+#[test]
+fn iodin_matches_a_per_image_formulation() {
+    let (_vs, m) = model();
+    let data = dataset(5, 3, "x");
+    for (t, eps) in [(1.0, 0.0014), (1000.0, 0.0028), (10.0, 0.05)] {
+        let ours = perturbed_scores(&m, &data, t, &[eps], Perturb::Single, CPU, 3).unwrap().remove(0);
+        let plain = perturbed_scores(&m, &data, t, &[0.0], Perturb::Single, CPU, 3).unwrap().remove(0);
+        let full = scores(&m, &data, t, &[eps], CPU, 3).unwrap().remove(0);
+        for (i, o) in Vec::<f64>::try_from(&ours).unwrap().iter().enumerate() {
+            let r = iodin_by_hand(&m, &data.images.get(i as i64), t, eps);
+            assert!((o - r).abs() <= 1e-6 * r.abs().max(1e-3), "T {t} eps {eps} image {i}: {o} vs {r}");
+        }
+        // One element moves the score less than ODIN's step on every element (by far, at a
+        // large eps), and in the same direction.
+        let gain1 = Vec::<f64>::try_from(&ours - &plain).unwrap();
+        let gain_all = Vec::<f64>::try_from(&full - &plain).unwrap();
+        if eps >= 0.05 {
+            for (a, b) in gain1.iter().zip(&gain_all) {
+                assert!(*a >= -1e-9 && a.abs() < b.abs(), "i-ODIN gain {a} against ODIN's {b}");
+            }
+        }
+    }
 }
 
 #[test]

@@ -106,6 +106,22 @@ fn the_ci_study_end_to_end_through_run() {
     let before = oodnc::results::read_csv(&run.table(Table::OodMetrics)).unwrap().height();
     oodnc::ood::pipeline::study(&run, &[last], &["msp"], 0, cpu).unwrap();
     assert_eq!(oodnc::results::read_csv(&run.table(Table::OodMetrics)).unwrap().height(), before);
+    // The model-based detectors (the network on the images) by name through the same study, merged in.
+    let model = ["iodin", "rankfeat", "gram", "mahalanobis_noise"];
+    let ms = oodnc::ood::pipeline::study(&run, &[last], &model, 0, cpu).unwrap();
+    let mrows = oodnc::report::long_rows(&ms.frame, "detector").unwrap();
+    for p in protocols {
+        for d in model {
+            for o in &sets.ood {
+                let auroc = mrows.iter().find(|r| r.protocol == p.name() && r.key == d && r.dataset == o.name && r.metric == "auroc");
+                assert!(auroc.is_some_and(|r| (0.0..=1.0).contains(&r.value)), "{p} {d} on {}", o.name);
+            }
+        }
+    }
+    let after = oodnc::results::read_csv(&run.table(Table::OodMetrics)).unwrap();
+    assert!(after.height() > before, "the model-based rows are added to the table");
+    let sel = oodnc::run_figures::read_selections(run.dir()).unwrap();
+    assert!(model.iter().all(|d| sel.iter().any(|s| s.detector == *d && s.protocol == study.headline)));
     // Fitted state is typed and inspectable; estimated values are apart from the hyperparameters.
     let val = run.features(last, &sets.id_val, ExtractOptions::default(), cpu).unwrap();
     let fitted = spec.fit(&FitData::new(&train, Some(&val), &w, &b)).unwrap();

@@ -56,10 +56,10 @@ enum Command {
         /// all | last | a comma-separated list
         #[arg(long, default_value = "all")]
         epochs: String,
-        /// Comma-separated detector names; "all" (the 21 feature-based ones) and "seed"
-        /// (the original's six) expand. "odin" (model-based: the network runs with input
-        /// gradients on every image, slow on a CPU for the full model) only when named,
-        /// e.g. --detectors all,odin.
+        /// Comma-separated detector names; "all" (every feature-based one) and "seed"
+        /// (the original's six) expand. The model-based ones (odin, iodin, rankfeat, gram:
+        /// the network runs on every image, slow on a CPU for the full model) only when
+        /// named, one by one or as "model", e.g. --detectors all,model.
         #[arg(long, default_value = "all")]
         detectors: String,
         /// Bootstrap replicates for the confidence intervals (0 = none).
@@ -615,6 +615,7 @@ fn run(cli: Cli) -> oodnc::Result<()> {
                 match d {
                     "all" => names.extend(oodnc::ood::detector_names()),
                     "seed" => names.extend(oodnc::ood::SEED_SIX),
+                    "model" => names.extend(oodnc::ood::model_detectors::names()),
                     other => names.push(other),
                 }
             }

@@ -245,6 +245,67 @@ impl ResNet18 {
         Ok(Taps { maps, penultimate, logits })
     }
 
+    /// The output of stage `stage` (1..=4, i.e. `layer{stage}`, its second
+    /// BasicBlock), `[B, C_s, H_s, W_s]` post-ReLU: where RankFeat cuts the network.
+    pub fn stage_output_t(&self, x: &Tensor, stage: usize, train: bool) -> Result<Tensor> {
+        Self::check_stage(stage)?;
+        self.tap_output_t(x, 2 * stage, train)
+    }
+
+    /// The map of tap `tap` of [`TAP_NAMES`] (0 = the stem, `k` = the k-th
+    /// BasicBlock, up to 8), running only the network up to it.
+    pub fn tap_output_t(&self, x: &Tensor, tap: usize, train: bool) -> Result<Tensor> {
+        use nn::ModuleT;
+        self.check_input(x)?;
+        if tap > self.blocks.len() {
+            return Err(Error::param("tap", format!("{tap} is not a map tap (0 = stem .. {} = {})", self.blocks.len(), TAP_NAMES[8])));
+        }
+        let mut h = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
+        for b in &self.blocks[..tap] {
+            h = b.forward_t(&h, train);
+        }
+        Ok(h)
+    }
+
+    /// The stage-`to` map from a stage-`from` map `h` (`1 <= from <= to <= 4`):
+    /// runs stages `from + 1 ..= to`.
+    pub fn stage_output_t_from(&self, h: &Tensor, from: usize, to: usize, train: bool) -> Result<Tensor> {
+        use nn::ModuleT;
+        Self::check_stage(from)?;
+        Self::check_stage(to)?;
+        if from > to {
+            return Err(Error::param("stage", format!("from stage {from} to stage {to}: the network runs forward only")));
+        }
+        let mut h = h.shallow_clone();
+        for b in &self.blocks[2 * from..2 * to] {
+            h = b.forward_t(&h, train);
+        }
+        Ok(h)
+    }
+
+    /// Logits from a stage-`stage` map `h` (as [`stage_output_t`](Self::stage_output_t)
+    /// gives, possibly edited): the later stages, the pool and the classifier.
+    pub fn forward_from_stage_t(&self, h: &Tensor, stage: usize, train: bool) -> Result<Tensor> {
+        use nn::ModuleT;
+        Self::check_stage(stage)?;
+        let want = self.config.widths()[stage - 1];
+        if h.dim() != 4 || h.size()[1] != want {
+            return Err(Error::shape(format!("stage {stage} map"), format!("{:?}, expected [B, {want}, H, W]", h.size())));
+        }
+        let mut h = h.shallow_clone();
+        for b in &self.blocks[2 * stage..] {
+            h = b.forward_t(&h, train);
+        }
+        Ok(self.pool(&h).apply(&self.fc))
+    }
+
+    fn check_stage(stage: usize) -> Result<()> {
+        if !(1..=4).contains(&stage) {
+            return Err(Error::param("stage", format!("{stage} is not a stage of the ResNet-18 (1..=4)")));
+        }
+        Ok(())
+    }
+
     /// The classifier weight `W` `[C, D]` and bias `[C]`.
     pub fn head(&self) -> (Tensor, Tensor) {
         let b = self

@@ -9,8 +9,9 @@
 //! state) plus one line in [`super::detectors::REGISTRY`]; see
 //! `docs/adding-a-detector.md`.
 //!
-//! Model-based detectors (ODIN) need the network and the images rather than
-//! features: they implement the sibling trait [`ModelDetector`].
+//! Model-based detectors (ODIN, i-ODIN, RankFeat, Gram) need the network and
+//! the images rather than features: they implement the sibling trait
+//! [`ModelDetector`](super::model_detectors::ModelDetector).
 
 use crate::error::{Error, Result};
 use crate::features::FeatureSet;
@@ -398,18 +399,4 @@ impl Fitted {
     pub fn score_vec(&self, f: &FeatureSet) -> Result<Vec<f64>> {
         Ok(Vec::<f64>::try_from(self.score(f)?.to_kind(tch::Kind::Double))?)
     }
-}
-
-/// A detector that needs the network and the images (not only features), e.g.
-/// ODIN. Its hyperparameters are chosen on ID-val against OOD-val like the
-/// others; [`super::pipeline`] runs it by name.
-pub trait ModelDetector {
-    /// Registry name.
-    const NAME: &'static str;
-    /// Parameter names, as in tables.
-    const PARAMS: &'static [&'static str];
-    /// One line: what it computes, and the paper.
-    const SUMMARY: &'static str;
-    /// Whether it reads the layer taps of the features (the OOD study then extracts them).
-    const NEEDS_TAPS: bool = false;
 }

@@ -10,8 +10,9 @@
 //! fitted on ID training features and the classifier head into an inspectable
 //! fitted type. The registry ([`detectors::REGISTRY`], one line per detector)
 //! serves the by-name [`DetectorSpec`] that the CLI, notebooks and tables use.
-//! ODIN, which needs the model and the images rather than features, is a
-//! [`ModelDetector`] in [`odin`]; [`pipeline::run`] takes it by the name `odin`.
+//! The detectors that need the model and the images rather than features
+//! (ODIN, i-ODIN, RankFeat, Gram) are [`ModelDetector`]s in [`model_detectors`],
+//! with their own registry; [`pipeline::run`] takes them by name too.
 //!
 //! ```no_run
 //! use oodnc::ood::{detectors::vim::{FittedVim, Vim}, Detector, FitData, Fitted};
@@ -28,7 +29,9 @@ pub mod eval;
 /// The numerics helpers, at their old path (they live in [`crate::numerics`]).
 pub use crate::numerics as linalg;
 pub mod metrics;
-pub mod odin;
+pub mod model_detectors;
+/// ODIN and i-ODIN, at their old path (they live in [`model_detectors::odin`]).
+pub use model_detectors::odin;
 pub mod pipeline;
 pub mod protocol;
 pub mod significance;
@@ -36,10 +39,11 @@ pub mod significance;
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 
-pub use detector::{Detector, FitData, Fitted, GridContext, ModelDetector, ParamValue, Precision, Registered, Scorer};
+pub use detector::{Detector, FitData, Fitted, GridContext, ParamValue, Precision, Registered, Scorer};
 pub use detectors::knn;
 pub use eval::{evaluate, select_hyperparameters, EvalInputs, Selection};
 pub use metrics::{ood_metrics, OodMetrics};
+pub use model_detectors::{ModelDetector, ModelScorer};
 pub use protocol::{OodConfig, Protocol};
 
 /// A detector by name with its hyperparameters, checked: what the CLI,
@@ -62,7 +66,7 @@ pub fn detector_names() -> Vec<&'static str> {
 /// detector, then of the model-based ones.
 pub fn detector_summaries() -> Vec<(&'static str, Vec<&'static str>, &'static str)> {
     let mut v: Vec<_> = detectors::REGISTRY.iter().map(|e| (e.name, (e.param_names)(), e.summary)).collect();
-    v.push((odin::Odin::NAME, odin::Odin::PARAMS.to_vec(), odin::Odin::SUMMARY));
+    v.extend(model_detectors::REGISTRY.iter().map(|d| (d.name(), d.param_names().to_vec(), d.summary())));
     v
 }
 
@@ -76,13 +80,12 @@ fn to_map(d: &dyn Detector) -> BTreeMap<String, f64> {
 impl DetectorSpec {
     /// A detector with hyperparameters; unknown names, unknown or out-of-range
     /// parameters are errors listing the valid ones. Missing parameters take
-    /// their defaults. Model-based detectors (`odin`) are accepted too; they
+    /// their defaults. Model-based detectors ([`model_detectors`]) are accepted too; they
     /// are run by [`pipeline`], not by [`fit`](Self::fit).
     pub fn new(name: &str, params: &[(&str, f64)]) -> Result<Self> {
         let given: BTreeMap<String, f64> = params.iter().map(|&(k, v)| (k.to_string(), v)).collect();
-        if name == odin::Odin::NAME {
-            let p = odin::Odin::from_map(&given)?;
-            return Ok(DetectorSpec { name: name.into(), params: p.to_map() });
+        if let Some(m) = model_detectors::find(name) {
+            return Ok(DetectorSpec { name: name.into(), params: m.check(&given)? });
         }
         let d = (detectors::lookup(name)?.build)(&given)?;
         Ok(DetectorSpec { name: name.into(), params: to_map(d.as_ref()) })
@@ -114,10 +117,10 @@ impl DetectorSpec {
 
     /// The typed, checked detector behind this spec.
     pub fn detector(&self) -> Result<Box<dyn Detector>> {
-        if self.name == odin::Odin::NAME {
+        if model_detectors::find(&self.name).is_some() {
             return Err(Error::data(
-                "odin",
-                "is model-based (it needs the network and the images): run it through `ood::pipeline` or `ood::odin`",
+                self.name.clone(),
+                "is model-based (it needs the network and the images): run it through `ood::pipeline` or `ood::model_detectors`",
             ));
         }
         (detectors::lookup(&self.name)?.build)(&self.params)

@@ -99,9 +99,9 @@ pub fn epoch_features(run_dir: &Path, epoch: i64, sets: &EvalSets, opts: Extract
 /// `detectors`, with `reps` bootstrap replicates, under every selection
 /// protocol of the run's `ood.protocols` (see [`super::protocol`]); writes
 /// `ood/metrics.csv`, `ood/selection.json` and `ood/significance.csv` in the
-/// run folder. `detectors` are names of the feature-based registry and,
-/// optionally, `odin` (model-based: it runs the network with input gradients
-/// on the images, see [`super::odin`]).
+/// run folder. `detectors` are names of the feature-based registry and of the
+/// model-based one ([`super::model_detectors`]: `odin`, `iodin`, `rankfeat`,
+/// `gram`; they run the network on the images).
 ///
 /// The tables are merged, never shrunk: rows (epoch, protocol, detector,
 /// dataset) and selections (epoch, protocol, detector) this call computed
@@ -118,7 +118,11 @@ fn check_detectors(detectors: &[&str]) -> Result<()> {
     if detectors.is_empty() {
         return Err(Error::param(
             "--detectors",
-            format!("is empty; name at least one: all, seed, odin, or any of {}", super::detector_names().join(", ")),
+            format!(
+                "is empty; name at least one: all, seed, model, or any of {}, {}",
+                super::detector_names().join(", "),
+                super::model_detectors::names().join(", ")
+            ),
         ));
     }
     for d in detectors {
@@ -135,8 +139,8 @@ pub fn study(run: &crate::run::Run, epochs: &[i64], detectors: &[&str], reps: us
     let protocols = cfg.ood.protocols.clone();
     let _lock = run.lock_tables()?;
     let epochs = run.select_epochs(epochs)?;
-    let with_odin = detectors.contains(&ODIN);
-    let feature_detectors: Vec<&str> = detectors.iter().copied().filter(|d| *d != ODIN).collect();
+    let model_detectors: Vec<&dyn super::ModelDetector> = detectors.iter().filter_map(|d| super::model_detectors::find(d)).collect();
+    let feature_detectors: Vec<&str> = detectors.iter().copied().filter(|d| super::model_detectors::find(d).is_none()).collect();
     let sets = run.eval_sets()?;
     let mut rows: Vec<Row> = Vec::new();
     let mut selections = Vec::new();
@@ -160,13 +164,17 @@ pub fn study(run: &crate::run::Run, epochs: &[i64], detectors: &[&str], reps: us
             selections.extend(st.selections(epoch));
             prog.inc(1, || format!("epoch {epoch} {d}"));
         }
-        if with_odin {
-            let st = odin_study(run_dir, epoch, &sets, &protocols, cfg.ood.uninformative_below, device)?;
-            let (mut r, mut sc) = st.evaluate(epoch, &correct, reps, cfg.seed)?;
-            rows.append(&mut r);
-            scores.append(&mut sc);
-            selections.extend(st.selections(epoch));
-            prog.inc(1, || format!("epoch {epoch} odin"));
+        if !model_detectors.is_empty() {
+            let (_vs, model, _) = crate::run::load_run_model(run_dir, epoch, device)?;
+            let msets = model_sets(&sets, &protocols)?;
+            for det in &model_detectors {
+                let st = super::model_detectors::study(*det, &model, &msets, &protocols, cfg.ood.uninformative_below, device, 256)?;
+                let (mut r, mut sc) = st.evaluate(epoch, &correct, reps, cfg.seed)?;
+                rows.append(&mut r);
+                scores.append(&mut sc);
+                selections.extend(st.selections(epoch));
+                prog.inc(1, || format!("epoch {epoch} {}", det.name()));
+            }
         }
     }
     prog.finish();
@@ -197,21 +205,9 @@ pub fn study(run: &crate::run::Run, epochs: &[i64], detectors: &[&str], reps: us
     Ok(OodStudy { frame, rows, headline: cfg.ood.headline, selections, scores, csv })
 }
 
-/// Name of the model-based detector in `detectors` lists.
-pub const ODIN: &str = <super::odin::Odin as super::ModelDetector>::NAME;
-
-/// ODIN at one checkpoint under every protocol: its grid of (T, eps) and its
-/// defaults scored on every set (see [`super::odin::candidates`]), then chosen
-/// like the feature-based detectors (a spec named `odin` with `t` and `epsilon`).
-pub fn odin_study(
-    run_dir: &Path,
-    epoch: i64,
-    sets: &EvalSets,
-    protocols: &[Protocol],
-    uninformative_below: f64,
-    device: Device,
-) -> Result<super::eval::DetectorStudy> {
-    let (_vs, model, _) = crate::run::load_run_model(run_dir, epoch, device)?;
+/// The sets a model-based study scores: ID train (fitting), ID-val, each
+/// validation protocol's OOD set, ID test and the OOD test sets.
+pub fn model_sets<'a>(sets: &'a EvalSets, protocols: &[Protocol]) -> Result<super::model_detectors::ModelSets<'a>> {
     let mut val = Vec::new();
     for &p in protocols {
         match p {
@@ -222,12 +218,7 @@ pub fn odin_study(
             _ => {}
         }
     }
-    let candidates = super::odin::candidates(&model, &sets.id_val, &val, &sets.id_test, &sets.ood, device, 256)?;
-    let defaults = candidates.iter().position(|c| !c.in_grid).unwrap_or(0);
-    let choices =
-        protocols.iter().map(|&p| super::protocol::choose(p, &candidates, defaults, uninformative_below)).collect::<Result<_>>()?;
-    let fitted = candidates.iter().map(|_| None).collect();
-    Ok(super::eval::DetectorStudy { name: ODIN.into(), candidates, defaults, fitted, choices })
+    Ok(super::model_detectors::ModelSets { id_train: &sets.id_train, id_val: &sets.id_val, val, id_test: &sets.id_test, ood: &sets.ood })
 }
 
 /// CSV export and import of long-form tables (they live in [`crate::results`]).

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-/// One group of a [`Scatter`]: (label, points, marker size, shown in the legend).
+/// One group of a [`ScatterPlot`]: (label, points, marker size, shown in the legend).
 pub type Group = (String, Vec<(f64, f64)>, u32, bool);
 
 /// Points in groups; each group gets its own colour (100+ distinguishable).

@@ -26,7 +26,9 @@ pub const STAGE_TAPS: [&str; 5] = ["stem", "layer1.1", "layer2.1", "layer3.1", "
 /// OOD (or adversarial) samples; with no OOD data at fit time, oodnc
 /// standardises each layer's score on ID train and weights them equally (as
 /// OpenOOD's MDSEns with equal `alpha`). The input-noise variant needs the
-/// network (not implemented). Needs the layer taps: the OOD study extracts them
+/// network: it is the model-based
+/// [`mahalanobis_noise`](crate::ood::model_detectors::mahalanobis_noise), equal to
+/// this one at `eps = 0`. Needs the layer taps: the OOD study extracts them
 /// when this detector is asked for. No hyperparameters.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct MahalanobisLayers;

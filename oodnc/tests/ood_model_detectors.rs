@@ -1,0 +1,342 @@
+//! The model-based detectors beside ODIN and i-ODIN (`ood_odin.rs`): RankFeat, Gram and
+//! the noisy multi-layer Mahalanobis against
+//! pytorch-ood and OpenOOD's formulas on the same network (a PyTorch state dict
+//! loaded by both), against independent formulations, and their registry, grids,
+//! candidates and errors.
+
+mod common;
+
+use common::{run_python, TempDir};
+use oodnc::data::Dataset;
+use oodnc::model::{load_checkpoint, ResNet18, ResNetConfig};
+use oodnc::ood::model_detectors::{self, gram, rankfeat, ModelSets, Params};
+use oodnc::ood::{DetectorSpec, Protocol};
+use oodnc::Error;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+const CPU: Device = Device::Cpu;
+const CLASSES: i64 = 10;
+const WIDTH: f64 = 0.25;
+
+/// A network initialised by PyTorch (torch_resnet.py, BN statistics made non-trivial), loaded here.
+fn exported(t: &TempDir) -> (VarStore, ResNet18, std::path::PathBuf) {
+    exported_as(t, WIDTH, 4)
+}
+
+fn exported_as(t: &TempDir, width: f64, seed: u64) -> (VarStore, ResNet18, std::path::PathBuf) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../python/torch_resnet.py");
+    let code = format!("import runpy, sys; sys.argv = ['torch_resnet.py'] + sys.argv[1:]; runpy.run_path('{script}', run_name='__main__')");
+    let dir = t.path().to_str().unwrap();
+    run_python(
+        &code,
+        &["export", "--out", dir, "--classes", &CLASSES.to_string(), "--width", &width.to_string(), "--seed", &seed.to_string()],
+    );
+    let mut vs = VarStore::new(CPU);
+    let m = ResNet18::new(&vs.root(), ResNetConfig { num_classes: CLASSES, width, bottleneck: None }).unwrap();
+    let path = t.path().join("model.safetensors");
+    load_checkpoint(&path, &mut vs).unwrap();
+    (vs, m, path)
+}
+
+fn random_model() -> (VarStore, ResNet18) {
+    tch::manual_seed(21);
+    let vs = VarStore::new(CPU);
+    let m = ResNet18::new(&vs.root(), ResNetConfig { num_classes: CLASSES, width: 0.125, bottleneck: None }).unwrap();
+    (vs, m)
+}
+
+fn dataset(name: &str, n: i64, seed: i64) -> Dataset {
+    tch::manual_seed(seed);
+    Dataset {
+        name: name.into(),
+        images: Tensor::randint(256, [n, 3, 32, 32], (Kind::Uint8, CPU)),
+        labels: Tensor::arange(n, (Kind::Int64, CPU)).remainder(CLASSES),
+        class_names: (0..CLASSES).map(|i| format!("c{i}")).collect(),
+    }
+}
+
+fn vec(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double)).unwrap()
+}
+
+fn params(p: &[(&str, f64)]) -> Params {
+    p.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+fn run_peer(t: &TempDir, model: &std::path::Path, tensors: &[(String, Tensor)], spec: &str) -> std::collections::HashMap<String, Tensor> {
+    let inp = t.path().join("in.safetensors");
+    let norm = oodnc::data::Normalize::default();
+    let mut all: Vec<(String, Tensor)> = tensors.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+    all.push(("mean".into(), Tensor::from_slice(&norm.mean)));
+    all.push(("std".into(), Tensor::from_slice(&norm.std)));
+    oodnc::tensor_io::save(&inp, &all, &Default::default()).unwrap();
+    let out = t.path().join("peer.safetensors");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../python/model_peer.py");
+    let code = format!("import runpy, sys; sys.argv = ['model_peer.py'] + sys.argv[1:]; runpy.run_path('{script}', run_name='__main__')");
+    run_python(&code, &[model.to_str().unwrap(), inp.to_str().unwrap(), out.to_str().unwrap(), spec]);
+    oodnc::tensor_io::load(&out).unwrap().tensors.into_iter().collect()
+}
+
+fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().map(|x| x.abs()).fold(1e-12, f64::max);
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale
+}
+
+#[test]
+fn rank1_removal_is_the_svd_rank1_part() {
+    tch::manual_seed(2);
+    let x = Tensor::rand([5, 24, 4, 4], (Kind::Double, CPU));
+    let ours = rankfeat::remove_rank1(&x);
+    let m = x.reshape([5, 24, 16]);
+    let (u, s, v) = m.svd(true, true);
+    let rank1 = s.narrow(1, 0, 1).unsqueeze(2) * u.narrow(2, 0, 1).matmul(&v.narrow(2, 0, 1).transpose(1, 2));
+    let svd = (&m - rank1).reshape([5, 24, 4, 4]);
+    assert!((&ours - &svd).abs().max().double_value(&[]) < 1e-10);
+    // What is left has the original's singular values but the first.
+    let left = ours.reshape([5, 24, 16]).svd(true, false).1;
+    assert!((left.narrow(1, 0, 15) - s.narrow(1, 1, 15)).abs().max().double_value(&[]) < 1e-10);
+    // f32 in, f32 out.
+    assert_eq!(rankfeat::remove_rank1(&x.to_kind(Kind::Float)).kind(), Kind::Float);
+}
+
+/// RankFeat (each stage) and Gram against pytorch-ood, RankFeat's fusion against
+/// OpenOOD's formula, on a network PyTorch initialised and both load.
+#[test]
+fn rankfeat_and_gram_match_pytorch_ood() {
+    let t = TempDir::new("model-peer");
+    let (_vs, m, model_path) = exported(&t);
+    let train = dataset("train", 12 * CLASSES, 1);
+    let test = dataset("test", 24, 2);
+    let labels = vec(&train.labels).iter().map(|&v| v as i64).collect::<Vec<_>>();
+    let held = gram::heldout_mask(&labels);
+    assert_eq!(held.iter().filter(|h| **h).count(), CLASSES as usize, "one of every 10 per class");
+    let pick = |want: bool| (0..labels.len() as i64).filter(|&i| held[i as usize] == want).collect::<Vec<_>>();
+    let fit = train.subset(&pick(false), "fit").unwrap();
+    let heldout = train.subset(&pick(true), "heldout").unwrap();
+    let spec = format!("{{\"classes\": {CLASSES}, \"width\": {WIDTH}, \"poles\": [1, 5, 10]}}");
+    let theirs = run_peer(
+        &t,
+        &model_path,
+        &[
+            ("fit".into(), fit.images.shallow_clone()),
+            ("fit_labels".into(), fit.labels.shallow_clone()),
+            ("heldout".into(), heldout.images.shallow_clone()),
+            ("heldout_labels".into(), heldout.labels.shallow_clone()),
+            ("train".into(), train.images.shallow_clone()),
+            ("train_labels".into(), train.labels.shallow_clone()),
+            ("test".into(), test.images.shallow_clone()),
+        ],
+        &spec,
+    );
+
+    // RankFeat: oodnc's network in f32, the peer's in f64.
+    let rf = model_detectors::lookup("rankfeat").unwrap().fit(&m, &train, CPU, 8).unwrap();
+    let ps = [params(&[("block3", 0.0), ("block4", 1.0)]), params(&[("block3", 1.0), ("block4", 0.0)]), params(&[])];
+    let ours = rf.scores(&m, &test, &ps, CPU, 7).unwrap();
+    for (s, key) in ours.iter().zip(["rankfeat_b4", "rankfeat_b3", "rankfeat_b34"]) {
+        let d = max_rel_diff(&vec(s), &vec(&theirs[key]));
+        eprintln!("{key}: max relative difference {d:.2e}");
+        assert!(d < 1e-6, "{key}: relative difference {d}");
+    }
+    // The stages matter: the three scores differ.
+    assert!(max_rel_diff(&vec(&ours[0]), &vec(&ours[1])) > 1e-3);
+
+    // Gram: same split, same bounds, same normalisers.
+    let g = gram::FittedGram::fit(&m, &train, CPU, 16).unwrap();
+    assert_eq!((g.n_fit, g.n_heldout), (fit.len(), heldout.len()));
+    assert_eq!(g.mins.len(), 9, "the stem and the 8 blocks");
+    let ps: Vec<Params> = [1.0, 5.0, 10.0].iter().map(|&p| params(&[("poles", p)])).collect();
+    let ours = model_detectors::ModelScorer::scores(&g, &m, &test, &ps, CPU, 5).unwrap();
+    for (s, p) in ours.iter().zip([1, 5, 10]) {
+        let r = vec(&theirs[&format!("gram_{p}")]);
+        let d = max_rel_diff(&vec(s), &r);
+        eprintln!("gram P = {p}: max relative difference {d:.2e}");
+        assert!(d < 3e-5, "gram P = {p}: relative difference {d} (ours {:?}, theirs {:?})", &vec(s)[..3], &r[..3]);
+        assert!(r.iter().any(|v| *v < -1e-3), "gram P = {p}: every test image inside the bounds, a weak check");
+    }
+    // The training images that gave the bounds are inside them: deviation 0 against their own class.
+    let x = oodnc::data::Normalize::default().apply(&fit.images);
+    let devs = tch::no_grad(|| g.deviations(&m, &x, &fit.labels)).unwrap();
+    let worst = devs.iter().flatten().map(|d| d.abs().max().double_value(&[])).fold(0.0, f64::max);
+    assert!(worst < 1e-9, "a fitting image outside its own class's bounds: {worst}");
+}
+
+/// Gram's row sums through `F^p (F^p^T 1)` equal the Gram matrix's row sums.
+#[test]
+fn gram_vectors_are_the_row_sums_of_the_gram_matrices() {
+    tch::manual_seed(3);
+    let map = Tensor::rand([3, 6, 5, 5], (Kind::Float, CPU)) * 3.0;
+    let gs = gram::gram_vectors(&map, 4);
+    for (i, g) in gs.iter().enumerate() {
+        let p = (i + 1) as f64;
+        let f = map.to_kind(Kind::Double).reshape([3, 6, 25]).pow_tensor_scalar(p);
+        let full = f.matmul(&f.transpose(1, 2)).sum_dim_intlist(&[2i64][..], false, Kind::Double).pow_tensor_scalar(1.0 / p);
+        assert!((g - full).abs().max().double_value(&[]) < 1e-9, "pole {p}");
+    }
+    // The deviation by hand: below, inside and above the bounds.
+    let g = Tensor::from_slice(&[0.5, 2.0, 5.0]).view([1, 3]);
+    let mins = Tensor::from_slice(&[1.0, 1.0, 1.0]).view([1, 3]);
+    let maxs = Tensor::from_slice(&[4.0, 4.0, 4.0]).view([1, 3]);
+    let d = gram::deviation(&g, &mins, &maxs).double_value(&[0]);
+    let want = 0.5 / (1.0 + 1e-6) + 1.0 / (4.0 + 1e-6);
+    assert!((d - want).abs() < 1e-12, "{d} vs {want}");
+    // The held-out split: the 10th, 20th, ... image of each class, in dataset order.
+    let labels = [0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let held = gram::heldout_mask(&labels);
+    assert_eq!(held.iter().enumerate().filter(|(_, h)| **h).map(|(i, _)| i).collect::<Vec<_>>(), vec![10]);
+}
+
+#[test]
+fn registry_grids_defaults_and_bad_parameters() {
+    assert_eq!(model_detectors::names(), vec!["odin", "iodin", "rankfeat", "gram", "mahalanobis_noise"]);
+    let sizes: Vec<usize> = model_detectors::REGISTRY.iter().map(|d| d.grid().len()).collect();
+    assert_eq!(sizes, vec![20, 8, 3, 4, 14]);
+    for d in model_detectors::REGISTRY {
+        for p in d.grid() {
+            assert_eq!(d.check(&p).unwrap(), p, "{} grid entry {p:?} is not checked-stable", d.name());
+        }
+        assert!(!d.summary().is_empty());
+        // Each is usable by name, like the feature-based ones, and refused by the feature path.
+        let spec = DetectorSpec::new(d.name(), &[]).unwrap();
+        assert_eq!(spec.params(), &d.defaults());
+        assert!(spec.detector().is_err());
+    }
+    assert_eq!(DetectorSpec::new("gram", &[]).unwrap().label(), "gram(poles=10)");
+    assert_eq!(DetectorSpec::new("iodin", &[]).unwrap().label(), "iodin(epsilon=0.0014,t=1000)");
+    assert_eq!(DetectorSpec::new("rankfeat", &[]).unwrap().label(), "rankfeat(block3=1,block4=1)");
+    let bad: [(&str, &[(&str, f64)]); 10] = [
+        ("mahalanobis_noise", &[("epsilon", -0.1)]),
+        ("mahalanobis_noise", &[("ensemble", 2.0)]),
+        ("gram", &[("poles", 0.0)]),
+        ("gram", &[("poles", 11.0)]),
+        ("gram", &[("poles", 2.5)]),
+        ("gram", &[("layers", 1.0)]),
+        ("rankfeat", &[("block3", 0.0), ("block4", 0.0)]),
+        ("rankfeat", &[("block3", 0.5)]),
+        ("iodin", &[("t", 0.0)]),
+        ("iodin", &[("epsilon", f64::NAN)]),
+    ];
+    for (name, p) in bad {
+        let e = DetectorSpec::new(name, p).unwrap_err();
+        assert!(matches!(e, Error::InvalidParam { .. }), "{name} {p:?}: {e}");
+    }
+    assert!(matches!(model_detectors::lookup("nope"), Err(Error::Unknown { .. })));
+}
+
+#[test]
+fn candidates_cover_the_grid_and_studies_choose_on_held_out_data() {
+    let (_vs, m) = random_model();
+    let train = dataset("train", 4 * CLASSES, 5);
+    let id_val = dataset("id-val", 12, 6);
+    let ood_val = dataset("ood-val", 12, 7);
+    let id_test = dataset("id-test", 10, 8);
+    let ood = vec![dataset("svhn", 9, 9), dataset("textures", 8, 10)];
+    let sets = ModelSets { id_train: &train, id_val: &id_val, val: vec![(Protocol::Jigsaw, &ood_val)], id_test: &id_test, ood: &ood };
+    let all = [("iodin", 8, true), ("rankfeat", 3, true), ("gram", 4, true), ("mahalanobis_noise", 14, true), ("odin", 21, false)];
+    for (name, n, defaults_in_grid) in all {
+        let det = model_detectors::lookup(name).unwrap();
+        let (cands, d) = model_detectors::candidates(det, &m, &sets, CPU, 8).unwrap();
+        assert_eq!(cands.len(), n, "{name}");
+        assert_eq!(cands[d].spec.params(), &det.defaults(), "{name}");
+        assert_eq!(cands[d].in_grid, defaults_in_grid, "{name}");
+        for c in &cands {
+            assert_eq!(c.id.len(), id_test.len());
+            assert_eq!(c.ood.iter().map(|(n, s)| (n.as_str(), s.len())).collect::<Vec<_>>(), vec![("svhn", 9), ("textures", 8)]);
+            assert!(c.val_auroc.contains_key(&Protocol::Jigsaw));
+        }
+        let protocols = [Protocol::Jigsaw, Protocol::Defaults, Protocol::Oracle];
+        let st = model_detectors::study(det, &m, &sets, &protocols, 0.0, CPU, 8).unwrap();
+        assert_eq!(st.choices.len(), 3);
+        // The jigsaw choice is the best validation AUROC among the grid (first on ties).
+        let best = st.candidates.iter().filter(|c| c.in_grid).map(|c| c.val_auroc[&Protocol::Jigsaw]).fold(f64::MIN, f64::max);
+        for (_, i) in &st.choices[0].per_dataset {
+            assert_eq!(st.candidates[*i].val_auroc[&Protocol::Jigsaw], best, "{name}");
+        }
+        for (_, i) in &st.choices[1].per_dataset {
+            assert_eq!(*i, d, "{name}: the defaults protocol takes the defaults");
+        }
+    }
+}
+
+#[test]
+fn gram_refuses_a_class_without_training_images_and_bad_labels() {
+    let (_vs, m) = random_model();
+    let mut train = dataset("train", 30, 5);
+    train.labels = train.labels.clamp_max(CLASSES - 2); // class 9 has no image
+    let e = gram::FittedGram::fit(&m, &train, CPU, 8).unwrap_err();
+    assert!(matches!(e, Error::InvalidData { .. }) && e.to_string().contains("class 9"), "{e}");
+    let mut train = dataset("train", 30, 5);
+    train.labels += 5; // labels up to 14 for a 10-class model
+    let e = gram::FittedGram::fit(&m, &train, CPU, 8).unwrap_err();
+    assert!(e.to_string().contains("outside the model's 10 classes"), "{e}");
+    let empty = Dataset {
+        name: "empty".into(),
+        images: Tensor::zeros([0, 3, 32, 32], (Kind::Uint8, CPU)),
+        labels: Tensor::zeros([0], (Kind::Int64, CPU)),
+        class_names: vec![],
+    };
+    let e = model_detectors::lookup("rankfeat").unwrap().fit(&m, &empty, CPU, 4).unwrap().scores(&m, &empty, &[params(&[])], CPU, 4);
+    assert!(e.is_err());
+}
+
+/// The noisy multi-layer Mahalanobis: each layer against pytorch-ood's MahalanobisODIN
+/// (encoder: that tap, pooled), and without noise equal to the feature-based ensemble.
+#[test]
+fn mahalanobis_noise_matches_pytorch_ood_per_layer_and_the_feature_ensemble_without_noise() {
+    use oodnc::ood::model_detectors::mahalanobis_noise::{FittedMahalanobisNoise, TAPS};
+    let t = TempDir::new("mahalanobis-noise-peer");
+    // Narrow enough (64 features at the last stage) for 400 training images to give a
+    // well-conditioned covariance: pytorch-ood inverts it with a 1e-6 ridge, oodnc takes a pseudo-inverse.
+    let (_vs, m, model_path) = exported_as(&t, 0.125, 6);
+    let train = dataset("train", 40 * CLASSES, 11);
+    let test = dataset("test", 16, 12);
+    let fitted = FittedMahalanobisNoise::fit(&m, &train, CPU, 64).unwrap();
+    let eps = [0.0, 0.002];
+    let spec = format!("{{\"classes\": {CLASSES}, \"width\": 0.125, \"mahalanobis_eps\": {eps:?}}}");
+    let theirs = run_peer(
+        &t,
+        &model_path,
+        &[
+            ("fit".into(), train.images.narrow(0, 0, 10)),
+            ("fit_labels".into(), train.labels.narrow(0, 0, 10)),
+            ("heldout".into(), train.images.narrow(0, 0, 10)),
+            ("heldout_labels".into(), train.labels.narrow(0, 0, 10)),
+            ("train".into(), train.images.shallow_clone()),
+            ("train_labels".into(), train.labels.shallow_clone()),
+            ("test".into(), test.images.shallow_clone()),
+        ],
+        &spec,
+    );
+    let x = oodnc::data::Normalize::default().apply(&test.images);
+    let std = Tensor::from_slice(&oodnc::data::CIFAR100_STD.map(|v| v as f32)).view([1, 3, 1, 1]);
+    let raw = fitted.noisy_scores(&m, &x, &eps, &std).unwrap();
+    for (li, &tap) in TAPS.iter().enumerate() {
+        for (k, e) in eps.iter().enumerate() {
+            let r = vec(&theirs[&format!("mahalanobis_{tap}_{e:?}")]);
+            let d = max_rel_diff(&vec(&raw[li][k]), &r);
+            eprintln!("mahalanobis tap {tap} eps {e}: max relative difference {d:.2e}");
+            assert!(d < 5e-4, "tap {tap} eps {e}: relative difference {d}");
+        }
+        // The step brings every test image closer to its nearest class.
+        assert!(bool::try_from((&raw[li][1] - &raw[li][0]).ge(-1e-9).all()).unwrap(), "tap {tap}: the noise lowered a score");
+    }
+    // eps = 0, ensemble = 1 is the feature-based `mahalanobis_layers` on the same network.
+    let opts = oodnc::features::ExtractOptions { taps: true, pool2x2: false };
+    let ftrain = oodnc::features::extract(&m, &train, opts, CPU, 64).unwrap();
+    let ftest = oodnc::features::extract(&m, &test, opts, CPU, 64).unwrap();
+    let (w, b) = m.head();
+    let fd = oodnc::ood::FitData::new(&ftrain, None, &w, &b);
+    let feature_based = DetectorSpec::new("mahalanobis_layers", &[]).unwrap().fit(&fd).unwrap().score(&ftest).unwrap();
+    let ours = model_detectors::ModelScorer::scores(&fitted, &m, &test, &[params(&[("epsilon", 0.0)])], CPU, 64).unwrap().remove(0);
+    let d = max_rel_diff(&vec(&ours), &vec(&feature_based));
+    assert!(d < 1e-9, "eps = 0 against mahalanobis_layers: {d}");
+    // ensemble = 0 is the last stage alone, standardised.
+    let last = model_detectors::ModelScorer::scores(&fitted, &m, &test, &[params(&[("epsilon", 0.002), ("ensemble", 0.0)])], CPU, 64)
+        .unwrap()
+        .remove(0);
+    let g = &fitted.taps[4];
+    let want = (&raw[4][1] - g.train_mean) / g.train_std;
+    assert!(max_rel_diff(&vec(&last), &vec(&want)) < 1e-9);
+}
