@@ -2,6 +2,7 @@
 same network (a PyTorch state dict, loaded by oodnc too) and the same images.
 
     python model_peer.py MODEL.safetensors IN.safetensors OUT.safetensors SPEC_JSON
+    python model_peer.py bench --width 1.0 --classes 100 --n-fit 1000 --n-score 500 --reps 3 [--threads T] [--device cpu]
 
 SPEC_JSON: {"classes": K, "width": w, "poles": [P, ...], "mahalanobis_eps": [E, ...]}. IN holds
 u8 images "fit", "heldout", "train" (both, in dataset order) and "test" ([N, 3, 32, 32]), int64
@@ -9,6 +10,8 @@ u8 images "fit", "heldout", "train" (both, in dataset order) and "test" ([N, 3, 
 per-channel "mean" and "std" of the normalisation. OUT holds, in oodnc's convention
 (higher = more in-distribution, so pytorch-ood's scores negated):
 
+- odin_1000, odin_10: pytorch-ood's ODIN (T = 1000, eps = 0.0014; T = 10, eps = 0.004; norm_std), as log
+  max softmax (oodnc's form of its -max softmax);
 - rankfeat_b4, rankfeat_b3: pytorch-ood's RankFeat with the network split after layer4
   (head: pool + fc) and after layer3 (head: layer4 + pool + fc);
 - rankfeat_b34: OpenOOD's rankfeat postprocessor's fusion (logits of both averaged,
@@ -28,10 +31,12 @@ per-channel "mean" and "std" of the normalisation. OUT holds, in oodnc's convent
 
 The model runs in float64 here (oodnc in f32): the differences left are f32 rounding.
 """
+import argparse
 import copy
 import json
 import os
 import sys
+import time
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -54,7 +59,95 @@ def remove_rank1(x):
     return (m - s[:, 0:1].unsqueeze(2) * u[:, :, 0:1].bmm(v[:, 0:1, :])).reshape(b, c, h, w)
 
 
+CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
+CIFAR100_STD = (0.2675, 0.2565, 0.2761)
+
+
+def bench(argv):
+    """Fit + score time of each detector alone (median of --reps after a warm-up), batch 128, on a freshly
+    initialised network: the work `oodnc bench ood-model` times on its side."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--classes", type=int, default=100)
+    ap.add_argument("--n-fit", type=int, default=1000)
+    ap.add_argument("--n-score", type=int, default=500)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    torch.manual_seed(0)
+    model = ResNet18(a.classes, a.width).to(dev).eval()
+    mean = torch.tensor(CIFAR100_MEAN, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR100_STD, device=dev).view(1, 3, 1, 1)
+
+    def batches(n):
+        x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+        y = torch.arange(n) % a.classes
+        for i in range(0, n, 128):
+            yield (x[i : i + 128].to(dev).float() / 255.0 - mean) / std, y[i : i + 128].to(dev)
+
+    train = list(batches(a.n_fit))
+    test = [x for x, _ in batches(a.n_score)]
+    stem = nn.Sequential(model.conv1, model.bn1, nn.ReLU())
+    blocks = [b for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for b in layer]
+    pool_fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), model.fc)
+
+    def to_stage4(x):
+        h = stem(x)
+        for b in blocks:
+            h = b(h)
+        return h
+
+    def penultimate(x):
+        return to_stage4(x).mean(dim=(2, 3))
+
+    def score_all(det):
+        for x in test:
+            det.predict(x)
+
+    def odin():
+        score_all(pd.ODIN(model, eps=0.0014, temperature=1000.0, norm_std=list(CIFAR100_STD)))
+
+    def rankfeat():
+        with torch.no_grad():
+            score_all(pd.RankFeat(backbone=to_stage4, head=pool_fc))
+
+    def gram():
+        det = pd.Gram(head=pool_fc, feature_layers=[stem] + blocks, num_classes=a.classes, num_poles_list=list(range(1, 11)))
+        det.to(dev)
+        det.fit(train)
+        with torch.no_grad():
+            score_all(det)
+
+    def mahalanobis():
+        det = pd.MahalanobisODIN(penultimate, eps=0.0014, norm_std=list(CIFAR100_STD))
+        det.to(dev)
+        det.fit(train)
+        score_all(det)
+
+    out = {}
+    for key, f in [("odin", odin), ("rankfeat_b4", rankfeat), ("gram", gram), ("mahalanobis_odin", mahalanobis)]:
+        f()
+        ts = []
+        for _ in range(a.reps):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            f()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            ts.append(time.perf_counter() - t)
+        out[key] = sorted(ts)[len(ts) // 2]
+        print(f"pytorch-ood {key}: {out[key]:.3f} s", file=sys.stderr)
+    print(json.dumps(out))
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "bench":
+        return bench(sys.argv[2:])
     model_path, in_path, out_path, spec = sys.argv[1:5]
     spec = json.loads(spec)
     torch.manual_seed(0)
@@ -80,6 +173,9 @@ def main():
 
     out = {}
     test = norm(data["test"])
+    for t, e in [(1000.0, 0.0014), (10.0, 0.004)]:
+        odin = pd.ODIN(model, eps=e, temperature=t, norm_std=data["std"].tolist())
+        out[f"odin_{int(t)}"] = torch.log(-odin.predict(test.clone()))
     with torch.no_grad():
         b4 = pd.RankFeat(backbone=lambda x: to_stage(x, 4), head=pool_fc)
         out["rankfeat_b4"] = -b4.predict(test)

@@ -25,7 +25,7 @@ mkdir -p "$tmp/bin" "$tmp/python"
 # Copied at once: the next main release build re-links target/release/oodnc.
 cp "$repo/target/release/oodnc" "$tmp/bin/oodnc"
 strip "$tmp/bin/oodnc"
-cp "$repo/python/torch_resnet.py" "$repo/python/ood_numpy.py" "$repo/python/ood_peer.py" "$tmp/python/"
+cp "$repo/python/torch_resnet.py" "$repo/python/ood_numpy.py" "$repo/python/ood_peer.py" "$repo/python/model_peer.py" "$tmp/python/"
 cp "$repo/scripts/gpu_check.sh" "$tmp/gpu_check.sh"
 cat > "$tmp/oodnc" <<'LAUNCHER'
 #!/usr/bin/env bash

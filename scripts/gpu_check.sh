@@ -9,14 +9,16 @@
 #   4. 2 epochs of the coursework recipe (ResNet-18, 100 classes, batch 128, the
 #      300-epoch cosine schedule) on CIFAR-100 or on synthetic 100-class images
 #      written in its format, and the projected 300-epoch time;
-#   5. `oodnc bench ood` (each detector against pytorch-ood / numpy when present).
+#   5. `oodnc bench ood` (each detector against pytorch-ood / numpy when present);
+#   6. `oodnc bench ood-model` (ODIN, RankFeat, Gram and the noisy Mahalanobis on the
+#      network, against pytorch-ood when present).
 # Everything goes to one folder: the log, the run, the selftest and bench outputs.
 #
 #   scripts/gpu_check.sh [--quick] [OUT_DIR]      (default OUT_DIR: gpu-check/)
 #
 # --quick (meant to take under 4 minutes on an H100/H200): 10 timed steps, bf16 only; the
 # 2 epochs on 10,000 + 2,000 images (5,000 of them train after the validation split; the
-# projection uses the measured throughput); bench ood --quick.
+# projection uses the measured throughput); bench ood --quick and bench ood-model --quick.
 # The full check (under 10 minutes there): 50 steps in both precisions, 2 epochs on
 # 50,000 + 10,000 images, the full-size detector benchmark.
 #
@@ -112,8 +114,10 @@ step "2 epochs of the coursework recipe (data: $root)" two_epochs
 
 if [ $quick = 1 ]; then
   step "detectors: oodnc vs pytorch-ood / numpy (quick sizes)" "$bin" bench ood --quick
+  step "model-based detectors: oodnc vs pytorch-ood (width 0.25)" "$bin" bench ood-model --quick
 else
   step "detectors: oodnc vs pytorch-ood / numpy (CIFAR-100 sizes)" "$bin" bench ood
+  step "model-based detectors: oodnc vs pytorch-ood (the full ResNet-18)" "$bin" bench ood-model
 fi
 
 echo "gpu_check: $failed failed step(s), $(($(date +%s) - started)) s in total; log: $log"

@@ -128,4 +128,9 @@ def test_the_six_notebooks_run_on_the_ci_profile(tmp_path):
         assert t in figs, t
     with open(os.path.join(REPO, "figures", run, "ood_table.md")) as f:
         assert any(line.startswith("| ") for line in f.read().splitlines()), "ood_table.md holds a Markdown table"
+    # Notebook 02's model-based detectors: their table, and their rows merged into the run's metrics.
+    assert "model_based_table.md" in figs
+    with open(os.path.join(rd, "ood", "metrics.csv")) as f:
+        detectors = {line.split(",")[2] for line in f.read().splitlines()[1:] if line.count(",") > 3}
+    assert {"odin", "iodin", "rankfeat", "gram", "mahalanobis_noise", "vim"} <= detectors, sorted(detectors)
     assert "bottleneck_vs_main_nc.md" in os.listdir(os.path.join(REPO, "figures", run + "-bottleneck4"))

@@ -441,6 +441,85 @@ pub fn ood(device: Device, n_train: i64, dim: i64, classes: i64, n_test: i64, n_
     Ok(lines)
 }
 
+/// `oodnc bench ood-model`: the model-based detectors that pytorch-ood also has,
+/// each fitted (Gram, the noisy Mahalanobis) and scored alone on random images
+/// through a freshly initialised ResNet-18 of `width` with `classes` outputs
+/// (`n_fit` ID training images, `n_score` scored, batch 128), median of `reps`
+/// after a warm-up, against pytorch-ood 0.4.0 on the same network shape, sizes,
+/// device and threads (python/model_peer.py). The work compared: ODIN (T = 1000,
+/// eps = 0.0014), RankFeat on the stage-4 map (pytorch-ood edits one map),
+/// Gram with P = 10 over the stem and the 8 blocks, and the last stage's
+/// Mahalanobis with input noise (pytorch-ood's MahalanobisODIN, encoder = the
+/// penultimate features).
+pub fn ood_model(device: Device, width: f64, classes: i64, n_fit: i64, n_score: i64, reps: usize) -> Result<Vec<BenchLine>> {
+    use crate::ood::model_detectors::{self, Params};
+    tch::manual_seed(0);
+    let vs = tch::nn::VarStore::new(device);
+    let model = crate::model::ResNet18::new(&vs.root(), crate::model::ResNetConfig { num_classes: classes, width, bottleneck: None })?;
+    let data = |name: &str, n: i64| crate::data::Dataset {
+        name: name.into(),
+        images: Tensor::randint(256, [n, 3, 32, 32], (Kind::Uint8, Device::Cpu)),
+        labels: Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(classes),
+        class_names: (0..classes).map(|c| format!("c{c}")).collect(),
+    };
+    let (train, test) = (data("train", n_fit), data("test", n_score));
+    let p = |kv: &[(&str, f64)]| -> Params { kv.iter().map(|(k, v)| (k.to_string(), *v)).collect() };
+    let cases: [(&str, &str, Params, &str); 4] = [
+        ("odin", "odin T=1000 eps=0.0014", p(&[("t", 1000.0), ("epsilon", 0.0014)]), "odin"),
+        ("rankfeat", "rankfeat stage 4", p(&[("block3", 0.0), ("block4", 1.0)]), "rankfeat_b4"),
+        ("gram", "gram P=10", p(&[("poles", 10.0)]), "gram"),
+        ("mahalanobis_noise", "mahalanobis_noise last stage", p(&[("ensemble", 0.0), ("epsilon", 0.0014)]), "mahalanobis_odin"),
+    ];
+    let mut ours = Vec::new();
+    for (name, label, params, _) in &cases {
+        let det = model_detectors::lookup(name)?;
+        let t = time_median(reps, || {
+            let scorer = det.fit(&model, &train, device, 128)?;
+            scorer.scores(&model, &test, std::slice::from_ref(params), device, 128)?;
+            Ok(())
+        })?;
+        println!("bench ood-model: {label} {t:.3} s (fit on {n_fit}, {n_score} scored, width {width}, {classes} classes)");
+        ours.push(t);
+    }
+    let peer = run_python_json(
+        "model_peer.py",
+        &[
+            "bench".into(),
+            "--width".into(),
+            width.to_string(),
+            "--classes".into(),
+            classes.to_string(),
+            "--n-fit".into(),
+            n_fit.to_string(),
+            "--n-score".into(),
+            n_score.to_string(),
+            "--reps".into(),
+            reps.to_string(),
+            "--threads".into(),
+            tch::get_num_threads().to_string(),
+            "--device".into(),
+            if device.is_cuda() { "cuda".into() } else { "cpu".into() },
+        ],
+    )
+    .unwrap_or_else(|e| {
+        eprintln!("bench ood-model: pytorch-ood baseline unavailable ({e}); no ratios in this run");
+        serde_json::json!({})
+    });
+    let mut lines = Vec::new();
+    let (mut ours_total, mut peer_total) = (0.0, 0.0);
+    for ((_, label, _, key), t) in cases.iter().zip(&ours) {
+        if let Some(ps) = peer[*key].as_f64() {
+            lines.push(BenchLine::seconds(format!("ood-model {label}"), *t, ps, "pytorch-ood"));
+            ours_total += t;
+            peer_total += ps;
+        }
+    }
+    if lines.len() > 1 {
+        lines.push(BenchLine::seconds(format!("ood-model these {} (total)", lines.len()), ours_total, peer_total, "pytorch-ood"));
+    }
+    Ok(lines)
+}
+
 /// Repetitions for a detector whose first timing took `first` seconds: enough
 /// for about half a second in all, at least `min`, at most 31 (odd, so the
 /// median is one of the timings).

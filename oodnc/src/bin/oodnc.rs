@@ -210,6 +210,8 @@ enum BenchWhat {
     Data,
     Train,
     Ood,
+    /// The model-based detectors pytorch-ood has (ODIN, RankFeat, Gram, Mahalanobis with noise).
+    OodModel,
     Nc,
     All,
 }
@@ -704,6 +706,10 @@ fn run(cli: Cli) -> oodnc::Result<()> {
                     if detectors == "all" { all } else { detectors.split(',').map(str::trim).filter(|s| !s.is_empty()).collect() };
                 let (n, t, o) = if quick { (5000, 2000, 3000) } else { (45_000, 10_000, 26_032) };
                 lines.extend(oodnc::bench::ood(device, n, 512, 100, t, o, &names)?);
+            }
+            if what == BenchWhat::OodModel || all {
+                let (width, n_fit, n_score) = if quick { (0.25, 1000, 500) } else { (1.0, 1000, 500) };
+                lines.extend(oodnc::bench::ood_model(device, width, 100, n_fit, n_score, 3)?);
             }
             if what == BenchWhat::Nc || all {
                 lines.extend(oodnc::bench::nc(if quick { 5000 } else { 45_000 }, 100, if quick { 2 } else { 13 })?);

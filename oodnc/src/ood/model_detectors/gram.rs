@@ -26,8 +26,9 @@
 //!
 //! The row sums are computed as `F^p (F^p^T 1)`, `O(C HW)` per pole instead of the
 //! `O(C^2 HW)` of forming the Gram matrix (same numbers: a sum re-associated), in
-//! f64 (the 10th power of an activation overflows f32 quickly). The `1e-6` inside
-//! `|min + 1e-6|` is pytorch-ood's guard, kept so that the two agree.
+//! f32 on each image's map divided by its largest entry (powers in [0, 1]: no
+//! overflow at p = 10), the scale put back in f64; bounds and deviations in f64.
+//! The `1e-6` inside `|min + 1e-6|` is pytorch-ood's guard, kept so that the two agree.
 
 use super::{known_only, ModelDetector, ModelScorer, Params};
 use crate::data::Dataset;
@@ -77,15 +78,27 @@ impl ModelDetector for Gram {
 }
 
 /// Gram vectors `g_{l,p}` (f64 `[B, C_l]`) of one map `[B, C, H, W]` for p = 1..=`poles`.
+///
+/// Each image's map is first divided by its largest |entry| `s`, so that its
+/// powers stay in [0, 1] and f32 neither overflows (the 10th power of an
+/// activation of 30 would) nor loses the large entries:
+/// `g_p(F) = s^2 g_p(F / s)`, since the row sums of `F^p F^p^T` are of degree `2p`.
 pub fn gram_vectors(map: &Tensor, poles: i64) -> Vec<Tensor> {
     let s = map.size();
-    let f = map.to_kind(Kind::Double).reshape([s[0], s[1], s[2] * s[3]]);
+    let f = map.to_kind(Kind::Float).reshape([s[0], s[1], s[2] * s[3]]);
+    let scale = f.abs().amax(&[1i64, 2][..], true).clamp_min(f32::MIN_POSITIVE as f64);
+    let f = &f / &scale;
+    let scale2 = scale.to_kind(Kind::Double).squeeze_dim(2).square();
+    let mut fp = f.copy(); // its own storage: it is multiplied in place below
     (1..=poles)
         .map(|p| {
-            let fp = f.pow_tensor_scalar(p);
+            if p > 1 {
+                fp *= &f; // F^p by one product per pole, not a pow
+            }
             // Row sums of F^p F^p^T = F^p (column sums of F^p).
-            let rows = fp.matmul(&fp.sum_dim_intlist(&[1i64][..], true, Kind::Double).transpose(1, 2)).squeeze_dim(2);
-            rows.sign() * rows.abs().pow_tensor_scalar(1.0 / p as f64)
+            let rows = fp.matmul(&fp.sum_dim_intlist(&[1i64][..], true, Kind::Float).transpose(1, 2)).squeeze_dim(2).to_kind(Kind::Double);
+            let g = if p == 1 { rows } else { rows.sign() * rows.abs().pow_tensor_scalar(1.0 / p as f64) };
+            g * &scale2
         })
         .collect()
 }
@@ -213,10 +226,10 @@ impl FittedGram {
     /// against the bounds of `classes` (`[B]`, on the bounds' device).
     pub fn deviations(&self, model: &ResNet18, x: &Tensor, classes: &Tensor) -> Result<Vec<Vec<Tensor>>> {
         let taps = model.forward_taps(x, false)?;
-        self.deviations_of(&taps.maps, classes)
+        self.deviations_of(&taps.maps, classes, MAX_POLES)
     }
 
-    fn deviations_of(&self, maps: &[Tensor], classes: &Tensor) -> Result<Vec<Vec<Tensor>>> {
+    fn deviations_of(&self, maps: &[Tensor], classes: &Tensor, poles: i64) -> Result<Vec<Vec<Tensor>>> {
         if maps.len() != self.mins.len() {
             return Err(Error::shape("gram maps", format!("{} maps, fitted on {}", maps.len(), self.mins.len())));
         }
@@ -224,7 +237,7 @@ impl FittedGram {
             .iter()
             .enumerate()
             .map(|(l, map)| {
-                gram_vectors(map, MAX_POLES)
+                gram_vectors(map, poles)
                     .iter()
                     .enumerate()
                     .map(|(p, g)| deviation(g, &self.mins[l][p].index_select(0, classes), &self.maxs[l][p].index_select(0, classes)))
@@ -253,11 +266,12 @@ impl ModelScorer for FittedGram {
     fn scores(&self, model: &ResNet18, data: &Dataset, params: &[Params], device: Device, batch: usize) -> Result<Vec<Tensor>> {
         let poles: Vec<i64> = params.iter().map(poles_of).collect::<Result<_>>()?;
         let norms: Vec<Vec<f64>> = poles.iter().map(|&p| self.layer_norms(p)).collect();
+        let most = poles.iter().copied().max().unwrap_or(1);
         super::per_batch(data, device, batch, poles.len(), |x| {
             tch::no_grad(|| {
                 let taps = model.forward_taps(x, false)?;
                 let pred = taps.logits.argmax(1, false);
-                let devs = self.deviations_of(&taps.maps, &pred)?;
+                let devs = self.deviations_of(&taps.maps, &pred, most)?;
                 Ok(poles
                     .iter()
                     .zip(&norms)

@@ -145,18 +145,23 @@ impl FittedMahalanobisNoise {
         Ok(FittedMahalanobisNoise { taps })
     }
 
-    /// `M_l(x~_l)` for each tap (`[tap][eps]`, each `[B]`, not standardised) of
-    /// normalised images `x`, for each of `epsilons`.
-    pub fn noisy_scores(&self, model: &ResNet18, x: &Tensor, epsilons: &[f64], std: &Tensor) -> Result<Vec<Vec<Tensor>>> {
+    /// `M_l(x~_l)` for each of `layers` (indices into [`taps`](Self::taps);
+    /// `[layer][eps]`, each `[B]`, not standardised) of normalised images `x`,
+    /// for each of `epsilons`.
+    pub fn noisy_scores(&self, model: &ResNet18, x: &Tensor, layers: &[usize], epsilons: &[f64], std: &Tensor) -> Result<Vec<Vec<Tensor>>> {
+        if let Some(&bad) = layers.iter().find(|&&l| l >= self.taps.len()) {
+            return Err(Error::param("mahalanobis_noise layer", format!("{bad} (fitted on {} taps)", self.taps.len())));
+        }
         let x = x.detach().set_requires_grad(true);
         let taps = model.forward_taps(&x, false)?;
-        let last = self.taps.len() - 1;
-        let mut out = Vec::with_capacity(self.taps.len());
-        for (li, g) in self.taps.iter().enumerate() {
+        let mut out = Vec::with_capacity(layers.len());
+        for (k, &li) in layers.iter().enumerate() {
+            let g = &self.taps[li];
             let m = g.score(&pooled(&taps.maps[g.tap]));
             let mut per_eps = Vec::with_capacity(epsilons.len());
             let step = if epsilons.iter().any(|&e| e > 0.0) {
-                let grads = Tensor::f_run_backward(&[m.sum(Kind::Double)], &[&x], li < last, false)?;
+                // The graph is kept for the next layer's gradient.
+                let grads = Tensor::f_run_backward(&[m.sum(Kind::Double)], &[&x], k + 1 < layers.len(), false)?;
                 Some(grads[0].sign() / std)
             } else {
                 None
@@ -185,17 +190,19 @@ impl ModelScorer for FittedMahalanobisNoise {
         let norm = crate::data::Normalize::default();
         let std = Tensor::from_slice(&norm.std.map(|v| v as f32)).to_device(device).view([1, 3, 1, 1]);
         let last = self.taps.len() - 1;
+        // Only the last stage when no parameter set asks for the ensemble.
+        let layers: Vec<usize> = if ps.iter().any(|p| p.ensemble) { (0..=last).collect() } else { vec![last] };
         super::per_batch(data, device, batch, ps.len(), |x| {
-            let raw = self.noisy_scores(model, x, &eps, &std)?;
+            let raw = self.noisy_scores(model, x, &layers, &eps, &std)?;
             Ok(ps
                 .iter()
                 .map(|p| {
                     let e = eps.iter().position(|&v| v == p.epsilon).expect("every eps scored");
-                    let z = |li: usize| (&raw[li][e] - self.taps[li].train_mean) / self.taps[li].train_std;
+                    let z = |k: usize| (&raw[k][e] - self.taps[layers[k]].train_mean) / self.taps[layers[k]].train_std;
                     if p.ensemble {
-                        (1..=last).fold(z(0), |acc, li| acc + z(li))
+                        (1..layers.len()).fold(z(0), |acc, k| acc + z(k))
                     } else {
-                        z(last)
+                        z(layers.len() - 1)
                     }
                 })
                 .collect())
