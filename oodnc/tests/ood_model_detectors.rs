@@ -236,6 +236,14 @@ fn registry_grids_defaults_and_bad_parameters() {
         assert!(matches!(e, Error::InvalidParam { .. }), "{name} {p:?}: {e}");
     }
     assert!(matches!(model_detectors::lookup("nope"), Err(Error::Unknown { .. })));
+    // The CLI's list: groups expand in place, repeats dropped, unknown names refused.
+    let e = oodnc::ood::expand_detector_list("seed, model ,msp,gram,knn").unwrap();
+    let want: Vec<String> = oodnc::ood::SEED_SIX.iter().chain(&model_detectors::names()).chain(&["knn"]).map(|s| s.to_string()).collect();
+    assert_eq!(e, want);
+    assert_eq!(oodnc::ood::expand_detector_list("all").unwrap().len(), oodnc::ood::detector_names().len());
+    let e = oodnc::ood::expand_detector_list("msp,nope").unwrap_err();
+    assert!(matches!(&e, Error::Unknown { name, known, .. } if name == "nope" && known.contains("model")), "{e}");
+    assert!(matches!(oodnc::ood::expand_detector_list(" , "), Err(Error::InvalidParam { .. })));
 }
 
 #[test]

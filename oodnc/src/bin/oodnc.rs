@@ -612,17 +612,8 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             }
             let r = oodnc::run::Run::open_named(&runs, &run)?;
             let eps = r.parse_epochs(&epochs)?;
-            let mut names: Vec<&str> = Vec::new();
-            for d in detectors.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-                match d {
-                    "all" => names.extend(oodnc::ood::detector_names()),
-                    "seed" => names.extend(oodnc::ood::SEED_SIX),
-                    "model" => names.extend(oodnc::ood::model_detectors::names()),
-                    other => names.push(other),
-                }
-            }
-            let mut seen = std::collections::BTreeSet::new();
-            names.retain(|d| seen.insert(*d));
+            let expanded = oodnc::ood::expand_detector_list(&detectors)?;
+            let names: Vec<&str> = expanded.iter().map(String::as_str).collect();
             let study = oodnc::ood::pipeline::study(&r, &eps, &names, bootstrap, oodnc::device::best_device())?;
             let last = oodnc::report::last_epoch(&study.rows)?;
             let head = study.headline;

@@ -70,6 +70,40 @@ pub fn detector_summaries() -> Vec<(&'static str, Vec<&'static str>, &'static st
     v
 }
 
+/// A comma-separated detector list as the CLI takes it, expanded and checked:
+/// `all` (every feature-based detector), `seed` (the original's six) and
+/// `model` (every model-based one) expand in place; repeats are dropped (first
+/// kept); an unknown name is an error listing the valid ones.
+pub fn expand_detector_list(list: &str) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for d in list.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let names: Vec<&str> = match d {
+            "all" => detector_names(),
+            "seed" => SEED_SIX.to_vec(),
+            "model" => model_detectors::names(),
+            other => {
+                if model_detectors::find(other).is_none() {
+                    detectors::lookup(other).map_err(|_| Error::Unknown {
+                        kind: "detector".into(),
+                        name: other.into(),
+                        known: format!("all, seed, model, {}, {}", detector_names().join(", "), model_detectors::names().join(", ")),
+                    })?;
+                }
+                vec![other]
+            }
+        };
+        for n in names {
+            if !out.iter().any(|o| o == n) {
+                out.push(n.to_string());
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::param("--detectors", "is empty; name at least one: all, seed, model, or a detector"));
+    }
+    Ok(out)
+}
+
 /// The original project's six (done right).
 pub const SEED_SIX: [&str; 6] = ["msp", "maxlogit", "energy", "mahalanobis", "vim", "neco"];
 
