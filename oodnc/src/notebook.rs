@@ -293,7 +293,7 @@ impl Session {
         self.ood_study_of(&[], &crate::ood::detector_names())
     }
 
-    /// The OOD study of `detectors` (registry names, `odin` included) at `epochs`
+    /// The OOD study of `detectors` (feature-based and model-based registry names) at `epochs`
     /// (every checkpoint when empty).
     pub fn ood_study_of(&self, epochs: &[i64], detectors: &[&str]) -> Result<OodStudy> {
         crate::ood::pipeline::run(&self.run_dir, epochs, detectors, NOTEBOOK_BOOTSTRAP, self.device)
