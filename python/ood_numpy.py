@@ -273,6 +273,17 @@ def fit_score(name, p, tr_h, tr_y, tr_z, W, b, val_z, val_y, te_h, te_z, bench=F
             rel = np.maximum(fq[i : i + 1024] @ ft.T, 0) * (pq[i : i + 1024] @ pt.T)
             out.append((np.where(rel > 0.03, rel, 0) ** int(p["pow"])).sum(1))
         return np.concatenate(out)
+    if name == "pnml":
+        # The regret of Bibas et al. (2021) as written: probabilities of the network's logits,
+        # the projection the pseudo-inverse of the normalised training features' Gram matrix.
+        unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        xt = unit(tr_h)
+        proj = np.linalg.pinv(xt.T @ xt, rcond=1e-10, hermitian=True)
+        x = unit(te_h)
+        xpx = ((x @ proj) * x).sum(1)
+        kappa = (xpx / (1 + xpx))[:, None]
+        q = softmax(te_z, axis=1)
+        return -np.log((q / (q + (1 - q) * q**kappa)).sum(1)) / np.log(C)
     raise SystemExit(f"unknown detector {name}")
 
 

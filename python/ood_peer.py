@@ -31,10 +31,14 @@ PEER_FORM = {
 }
 
 # pytorch-ood computes these in float32 whatever it is given (`.float()` inside): they get f32 inputs.
-F32_ONLY = {"mahalanobis", "rmds", "fdbd", "nci", "nnguide", "she"}
+F32_ONLY = {"mahalanobis", "rmds", "fdbd", "nci", "nnguide", "she", "pnml"}
 
 # Detectors compared only through a documented transformation or not at all (why).
 DIFFERENCES = {
+    "pnml": (
+        "pytorch-ood applies the head to the L2-normalised features (the paper's code uses the network's logits, "
+        "as oodnc) and clamps probabilities to [1e-12, 1 - 1e-12]; compared through a head that returns the logits"
+    ),
     "tempscale": "pytorch-ood stops LBFGS after 50 steps of lr 0.01, short of the NLL minimum oodnc finds",
     "gen": "pytorch-ood clamps probabilities to [1e-8, 1 - 1e-8] and averages over M instead of summing",
     "vra": "pytorch-ood's VRA is per dimension on the training split (oodnc's per_dim = 1); oodnc's default is OpenOOD's",
@@ -122,6 +126,18 @@ def build(name, p, W, b):
         # pytorch-ood's class means and tails use every training sample of a class (oodnc's correct = 0).
         d = pd.OpenMax(None, tailsize=int(p["tail"]), alpha=int(p["alpha"]), euclid_weight=p["w"])
         return (lambda h, z, y: d.fit_logits(z, y)), (lambda h, z: d.predict_logits(z))
+    if name == "pnml":
+        # pytorch-ood feeds the L2-normalised features to its head; the paper's code (and oodnc) takes the
+        # probabilities of the network's own logits. The head given here returns, for the normalised
+        # features of the rows being scored, the logits of those rows: everything else is pytorch-ood's.
+        rows = {}
+        d = pd.PNML(None, lambda zn: rows["z"])
+
+        def predict(h, z):
+            rows["z"] = z
+            return d.predict_features(h)
+
+        return (lambda h, z, y: d.fit_features(h, y)), predict
     if name == "gradnorm":
         d = pd.GradNorm(head, param_filter=lambda n: n == "weight", temperature=p["t"], micro_batch_size=256)
         return none, lambda h, z: d.predict(h)

@@ -194,6 +194,7 @@ fn matches_numpy_and_scikit_learn() {
         ("mahalanobis_layers", vec![]),
         ("openmax", vec![]),
         ("openmax", vec![("tail", 5.0), ("alpha", 2.0), ("w", 0.3), ("correct", 0.0)]),
+        ("pnml", vec![]),
         ("react", vec![("p", 80.0), ("score", 1.0)]),
         ("ash_s", vec![("p", 50.0), ("score", 2.0)]),
     ]
@@ -568,6 +569,39 @@ fn she_patterns_by_hand_with_a_class_never_classified_correctly() {
 }
 
 #[test]
+fn pnml_regret_by_hand() {
+    // Normalised training features e1 and e2 (once each, any length): X^T X = I, so for a test
+    // feature along e1, x^T (X^T X)^+ x = 1 and k = 1/2. With W = 0, b = 0, p = (1/2, 1/2) and
+    // each term is 0.5 / (0.5 + 0.5 * 0.5^k) = 1 / (1 + 2^-1/2): regret = log2(2 / (1 + 2^-1/2)).
+    // Along e1 + e2 (normalised): x^T x = 1 as well. A confident network (p_c -> 1 for one
+    // class) has a regret near 0.
+    let d = |v: &[f64], r: i64, c: i64| Tensor::from_slice(v).view([r, c]);
+    let train_h = d(&[3.0, 0.0, 0.0, 0.5], 2, 2);
+    let z0 = Tensor::zeros([2, 2], (Kind::Double, tch::Device::Cpu));
+    let y = Tensor::from_slice(&[0i64, 1]);
+    let test = FeatureSet::new("x", z0.shallow_clone(), d(&[2.0, 0.0, 1.0, 1.0], 2, 2), Tensor::from_slice(&[0i64, 1])).unwrap();
+    let f = Fixture {
+        train: FeatureSet::new("t", z0.shallow_clone(), train_h.shallow_clone(), y.shallow_clone()).unwrap(),
+        val: FeatureSet::new("v", z0.shallow_clone(), train_h, y).unwrap(),
+        test,
+        w: z0,
+        b: Tensor::zeros([2], (Kind::Double, tch::Device::Cpu)),
+    };
+    let spec = DetectorSpec::new("pnml", &[]).unwrap();
+    let s = vec(&fit(&spec, &f).unwrap().score(&f.test).unwrap());
+    let want = -(2.0 / (1.0 + 0.5f64.sqrt())).log2();
+    assert!((s[0] - want).abs() < 1e-12 && (s[1] - want).abs() < 1e-12, "{s:?} vs {want}");
+    // A confident network (the logits are its own, not the head's): logits (100, 0) give a
+    // regret of about e^-50 / ln 2 (score ~ 0), logits (50, 0) about e^-25 / ln 2.
+    let mut sure = f;
+    sure.test =
+        FeatureSet::new("x", d(&[100.0, 0.0, 50.0, 0.0], 2, 2), sure.test.penultimate.shallow_clone(), Tensor::from_slice(&[0i64, 1]))
+            .unwrap();
+    let s = vec(&fit(&spec, &sure).unwrap().score(&sure.test).unwrap());
+    assert!(s[0] > -1e-20 && s[0] <= 0.0 && s[1] < s[0] && s[1] > -1e-10, "{s:?}");
+}
+
+#[test]
 fn ash_b_keeps_exactly_k_units_at_s1_over_k() {
     // h = [2, 0, 0, 0], p = 50 -> k = 2: the paper's ASH-B sets the top-2 units
     // (2 and the first zero) to s1 / k = 1, so z = (1, 1) and the energy is
@@ -668,6 +702,7 @@ fn matches_pytorch_ood() {
         ("nnguide", vec![("k", 5.0)]),
         ("gradnorm", vec![("t", 2.0)]),
         ("openmax", vec![("tail", 10.0), ("alpha", 3.0), ("w", 0.5), ("correct", 0.0)]),
+        ("pnml", vec![]),
     ]
     .iter()
     .map(|(n, p)| DetectorSpec::new(n, p).unwrap())
@@ -695,7 +730,8 @@ fn matches_pytorch_ood() {
             // f64 where both sides keep it; 1e-5 where either computes in f32: pytorch-ood
             // whatever it is given (F32_ONLY in ood_peer.py), oodnc for the similarity
             // products of KNN and NNGuide, and every detector in the float32 run.
-            let f32_inside = ["mahalanobis", "rmds", "fdbd", "nci", "nnguide", "she", "vim", "dice", "vra", "knn"].contains(&spec.name());
+            let f32_inside =
+                ["mahalanobis", "rmds", "fdbd", "nci", "nnguide", "she", "vim", "dice", "vra", "knn", "pnml"].contains(&spec.name());
             let tol = match (precision, spec.name()) {
                 // pytorch-ood clips probabilities at 1e-7 before the log: absolute, not relative.
                 (_, "entropy") => 1e-5 / scale,

@@ -20,6 +20,7 @@ pub mod nci;
 pub mod neco;
 pub mod nnguide;
 pub mod openmax;
+pub mod pnml;
 pub mod shaping;
 pub mod she;
 pub mod tempscale;
@@ -65,6 +66,7 @@ pub static REGISTRY: &[Entry] = &[
     entry::<shaping::Lts>(),
     entry::<mahalanobis_layers::MahalanobisLayers>(),
     entry::<openmax::OpenMax>(),
+    entry::<pnml::Pnml>(),
 ];
 
 /// The registry line of `name`, or an error listing the known names.
