@@ -1,6 +1,6 @@
 //! fDBD.
 
-use super::{feats_in, Head};
+use super::{feats_in, logits_in, Head};
 use crate::error::Result;
 use crate::features::FeatureSet;
 use crate::numerics::centred_rows;
@@ -11,7 +11,9 @@ use tch::{Device, Kind, Tensor};
 /// the mean over j != c of |(w_c - w_j) h + b_c - b_j| / ||w_c - w_j||,
 /// divided by ||h - mean_train(h)||, c the predicted class. No hyperparameters.
 /// f32 under [`Precision::Auto`](crate::ood::Precision) (the training mean
-/// included: libtorch's f32 sums are pairwise), f64 under `F64`.
+/// included: libtorch's f32 sums are pairwise; the logits are the feature set's
+/// own, the network's W h + b), f64 under `F64` (the head applied to the f64
+/// features).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Fdbd;
 
@@ -51,7 +53,9 @@ impl Scorer for FittedFdbd {
         let (c, d) = (self.weight.size()[0], self.weight.size()[1]);
         let kind = self.weight.kind();
         let x = feats_in(f, d, "fdbd score", kind)?;
-        let z = x.matmul(&self.weight.tr()) + &self.bias;
+        // In f32 the network's own logits (W h + b of the same checkpoint: no product to redo);
+        // in f64 the head on the f64 features, exact.
+        let z = if kind == Kind::Float { logits_in(f, c, "fdbd score", kind)? } else { x.matmul(&self.weight.tr()) + &self.bias };
         let pred = z.argmax(1, false);
         let zc = z.gather(1, &pred.unsqueeze(1), false);
         // ||w_c - w_j|| for the predicted c: a row of the [C, C] table.
