@@ -164,3 +164,18 @@ fn bench_ood_model_runs_pytorch_ood_on_a_tiny_network() {
     assert!(names.contains(&"ood-model these 4 (total)"), "{names:?}");
     assert!(lines.iter().all(|l| l.baseline_name == "pytorch-ood" && l.ours > 0.0 && l.baseline > 0.0), "{lines:?}");
 }
+
+/// `oodnc detectors` lists every detector, feature-based and model-based, with what it needs.
+#[test]
+fn detectors_command_lists_every_detector() {
+    let out = oodnc(&["detectors"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for name in oodnc::ood::detector_names().into_iter().chain(oodnc::ood::model_detectors::names()) {
+        assert!(text.lines().any(|l| l.split_whitespace().next() == Some(name)), "{name} missing:\n{text}");
+    }
+    let gram = text.lines().find(|l| l.starts_with("gram ")).unwrap();
+    assert!(gram.contains("network") && gram.contains("poles"), "{gram}");
+    let pnml = text.lines().find(|l| l.starts_with("pnml ")).unwrap();
+    assert!(pnml.contains("features"), "{pnml}");
+}

@@ -21,6 +21,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every OOD detector: its name (what --detectors takes), what it needs (the cached
+    /// features, or the network and the images), its hyperparameters and what it computes.
+    Detectors,
     /// The device-sensitive checks (training step, bf16 autocast, channels-last, fused SGD,
     /// feature extraction, KNN and Mahalanobis, checkpoint round trip), each against the
     /// CPU or an independent formulation: one PASS/FAIL line each; exit status 1 on a failure.
@@ -474,6 +477,19 @@ fn train(a: TrainArgs) -> oodnc::Result<()> {
 
 fn run(cli: Cli) -> oodnc::Result<()> {
     match cli.command {
+        Command::Detectors => {
+            let model = oodnc::ood::model_detectors::names();
+            println!("{:<20} {:<9} {:<28} what it computes", "name", "needs", "hyperparameters");
+            for (name, params, summary) in oodnc::ood::detector_summaries() {
+                let needs = if model.contains(&name) { "network" } else { "features" };
+                let params = if params.is_empty() { "-".to_string() } else { params.join(", ") };
+                println!("{name:<20} {needs:<9} {params:<28} {summary}");
+            }
+            println!(
+                "--detectors takes these names, or the groups all (every feature-based one), seed (the original's six) and \
+                 model (every one that runs the network); formulas, defaults and grids: docs/detectors.md"
+            );
+        }
         Command::Info { json } => {
             let info = oodnc::info();
             if json {
