@@ -132,5 +132,5 @@ def test_the_six_notebooks_run_on_the_ci_profile(tmp_path):
     assert "model_based_table.md" in figs
     with open(os.path.join(rd, "ood", "metrics.csv")) as f:
         detectors = {line.split(",")[2] for line in f.read().splitlines()[1:] if line.count(",") > 3}
-    assert {"odin", "iodin", "rankfeat", "gram", "mahalanobis_noise", "vim"} <= detectors, sorted(detectors)
+    assert {"odin", "iodin", "rankfeat", "gram", "mahalanobis_noise", "nac", "adascale_a", "adascale_l", "vim"} <= detectors, sorted(detectors)
     assert "bottleneck_vs_main_nc.md" in os.listdir(os.path.join(REPO, "figures", run + "-bottleneck4"))

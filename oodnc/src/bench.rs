@@ -450,7 +450,10 @@ pub fn ood(device: Device, n_train: i64, dim: i64, classes: i64, n_test: i64, n_
 /// eps = 0.0014), RankFeat on the stage-4 map (pytorch-ood edits one map),
 /// Gram with P = 10 over the stem and the 8 blocks, and the last stage's
 /// Mahalanobis with input noise (pytorch-ood's MahalanobisODIN, encoder = the
-/// penultimate features).
+/// penultimate features), and NAC over four layers (pytorch-ood's NACUE on
+/// layer1..layer4: the same forward and backward passes and histograms, its own
+/// bins and pooling; oodnc's on pool, layer3, layer2, layer1 as OpenOOD, fitted on
+/// at most 1,000 of the training images).
 pub fn ood_model(device: Device, width: f64, classes: i64, n_fit: i64, n_score: i64, reps: usize) -> Result<Vec<BenchLine>> {
     use crate::ood::model_detectors::{self, Params};
     tch::manual_seed(0);
@@ -464,17 +467,18 @@ pub fn ood_model(device: Device, width: f64, classes: i64, n_fit: i64, n_score: 
     };
     let (train, test) = (data("train", n_fit), data("test", n_score));
     let p = |kv: &[(&str, f64)]| -> Params { kv.iter().map(|(k, v)| (k.to_string(), *v)).collect() };
-    let cases: [(&str, &str, Params, &str); 4] = [
+    let cases: [(&str, &str, Params, &str); 5] = [
         ("odin", "odin T=1000 eps=0.0014", p(&[("t", 1000.0), ("epsilon", 0.0014)]), "odin"),
         ("rankfeat", "rankfeat stage 4", p(&[("block3", 0.0), ("block4", 1.0)]), "rankfeat_b4"),
         ("gram", "gram P=10", p(&[("poles", 10.0)]), "gram"),
         ("mahalanobis_noise", "mahalanobis_noise last stage", p(&[("ensemble", 0.0), ("epsilon", 0.0014)]), "mahalanobis_odin"),
+        ("nac", "nac 4 layers", p(&[]), "nac"),
     ];
     let mut ours = Vec::new();
     for (name, label, params, _) in &cases {
         let det = model_detectors::lookup(name)?;
         let t = time_median(reps, || {
-            let scorer = det.fit(&model, &train, device, 128)?;
+            let scorer = det.fit(&model, model_detectors::FitImages::train(&train), device, 128)?;
             scorer.scores(&model, &test, std::slice::from_ref(params), device, 128)?;
             Ok(())
         })?;

@@ -158,10 +158,10 @@ fn bench_ood_runs_both_baselines_on_tiny_sizes() {
 fn bench_ood_model_runs_pytorch_ood_on_a_tiny_network() {
     let lines = oodnc::bench::ood_model(tch::Device::Cpu, 0.125, 10, 40, 20, 1).unwrap();
     let names: Vec<&str> = lines.iter().map(|l| l.name.as_str()).collect();
-    for d in ["odin", "rankfeat", "gram", "mahalanobis_noise"] {
+    for d in ["odin", "rankfeat", "gram", "mahalanobis_noise", "nac"] {
         assert!(names.iter().any(|n| n.starts_with(&format!("ood-model {d}"))), "{d}: {names:?}");
     }
-    assert!(names.contains(&"ood-model these 4 (total)"), "{names:?}");
+    assert!(names.contains(&"ood-model these 5 (total)"), "{names:?}");
     assert!(lines.iter().all(|l| l.baseline_name == "pytorch-ood" && l.ours > 0.0 && l.baseline > 0.0), "{lines:?}");
 }
 

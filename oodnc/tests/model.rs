@@ -68,6 +68,10 @@ fn taps_shapes_and_consistency() {
     // Bad inputs are errors, not panics.
     assert!(matches!(m.forward_t(&Tensor::zeros([2, 1, 32, 32], (Kind::Float, Device::Cpu)), false), Err(Error::Shape { .. })));
     assert!(m.forward_t(&Tensor::zeros([2, 3, 32, 32], (Kind::Uint8, Device::Cpu)), false).is_err());
+    // An f64 input to f32 weights was a panic inside libtorch; now a typed error naming the fix.
+    let e = m.forward_t(&Tensor::zeros([2, 3, 32, 32], (Kind::Double, Device::Cpu)), false).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("cast the input"), "{e}");
+    assert!(m.forward_taps(&Tensor::zeros([2, 3, 32, 32], (Kind::Double, Device::Cpu)), false).is_err());
     assert!(ResNet18::new(&VarStore::new(Device::Cpu).root(), ResNetConfig { num_classes: 1, width: 1.0, bottleneck: None }).is_err());
 }
 

@@ -107,7 +107,7 @@ fn the_ci_study_end_to_end_through_run() {
     oodnc::ood::pipeline::study(&run, &[last], &["msp"], 0, cpu).unwrap();
     assert_eq!(oodnc::results::read_csv(&run.table(Table::OodMetrics)).unwrap().height(), before);
     // The model-based detectors (the network on the images) by name through the same study, merged in.
-    let model = ["iodin", "rankfeat", "gram", "mahalanobis_noise"];
+    let model = ["iodin", "rankfeat", "gram", "mahalanobis_noise", "nac", "adascale_a", "adascale_l"];
     let ms = oodnc::ood::pipeline::study(&run, &[last], &model, 0, cpu).unwrap();
     let mrows = oodnc::report::long_rows(&ms.frame, "detector").unwrap();
     for p in protocols {

@@ -482,8 +482,27 @@ fn run(cli: Cli) -> oodnc::Result<()> {
             println!("{:<20} {:<9} {:<28} what it computes", "name", "needs", "hyperparameters");
             for (name, params, summary) in oodnc::ood::detector_summaries() {
                 let needs = if model.contains(&name) { "network" } else { "features" };
-                let params = if params.is_empty() { "-".to_string() } else { params.join(", ") };
-                println!("{name:<20} {needs:<9} {params:<28} {summary}");
+                // Long lists (NAC's twelve) wrap inside their column.
+                let mut lines: Vec<String> = vec![String::new()];
+                for p in &params {
+                    let last = lines.last_mut().expect("one line");
+                    if !last.is_empty() && last.len() + 2 + p.len() > 28 {
+                        last.push(',');
+                        lines.push(p.to_string());
+                    } else {
+                        if !last.is_empty() {
+                            last.push_str(", ");
+                        }
+                        last.push_str(p);
+                    }
+                }
+                if params.is_empty() {
+                    lines[0] = "-".into();
+                }
+                println!("{name:<20} {needs:<9} {:<28} {summary}", lines[0]);
+                for l in &lines[1..] {
+                    println!("{:<20} {:<9} {l}", "", "");
+                }
             }
             println!(
                 "--detectors takes these names, or the groups all (every feature-based one), seed (the original's six) and \

@@ -191,6 +191,24 @@ impl ResNet18 {
         if !matches!(x.kind(), Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double) {
             return Err(Error::shape("ResNet18 input", format!("kind {:?}, expected a float tensor", x.kind())));
         }
+        // libtorch panics on a weight / input mismatch; autocast reconciles kinds itself.
+        let w = &self.conv1.ws;
+        if x.device() != w.device() {
+            return Err(Error::shape(
+                "ResNet18 input",
+                format!("on {:?} while the network is on {:?}: move one (`x.to_device(..)`)", x.device(), w.device()),
+            ));
+        }
+        if x.kind() != w.kind() && !crate::amp::is_enabled(x.device()).unwrap_or(false) {
+            return Err(Error::shape(
+                "ResNet18 input",
+                format!(
+                    "kind {:?} while the network's weights are {:?}: cast the input (`x.to_kind(..)`) or run under autocast",
+                    x.kind(),
+                    w.kind()
+                ),
+            ));
+        }
         Ok(())
     }
 

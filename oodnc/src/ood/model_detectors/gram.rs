@@ -30,7 +30,7 @@
 //! overflow at p = 10), the scale put back in f64; bounds and deviations in f64.
 //! The `1e-6` inside `|min + 1e-6|` is pytorch-ood's guard, kept so that the two agree.
 
-use super::{known_only, ModelDetector, ModelScorer, Params};
+use super::{known_only, FitImages, ModelDetector, ModelScorer, Params};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::ResNet18;
@@ -72,8 +72,8 @@ impl ModelDetector for Gram {
     fn grid(&self) -> Vec<Params> {
         POLES.iter().map(|&p| [("poles".to_string(), p as f64)].into_iter().collect()).collect()
     }
-    fn fit(&self, model: &ResNet18, id_train: &Dataset, device: Device, batch: usize) -> Result<Box<dyn ModelScorer>> {
-        Ok(Box::new(FittedGram::fit(model, id_train, device, batch)?))
+    fn fit(&self, model: &ResNet18, data: FitImages, device: Device, batch: usize) -> Result<Box<dyn ModelScorer>> {
+        Ok(Box::new(FittedGram::fit(model, data.id_train, device, batch)?))
     }
 }
 

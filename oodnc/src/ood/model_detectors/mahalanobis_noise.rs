@@ -26,7 +26,7 @@
 //! ID train images (one pass, f64 moments). Per image and layer one backward pass,
 //! then one partial forward per layer and eps.
 
-use super::{known_only, switch, ModelDetector, ModelScorer, Params};
+use super::{known_only, switch, FitImages, ModelDetector, ModelScorer, Params};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::ResNet18;
@@ -87,8 +87,8 @@ impl ModelDetector for MahalanobisNoise {
             .flat_map(|&ensemble| EPSILONS.iter().map(move |&epsilon| MahalanobisNoiseParams { epsilon, ensemble }.to_map()))
             .collect()
     }
-    fn fit(&self, model: &ResNet18, id_train: &Dataset, device: Device, batch: usize) -> Result<Box<dyn ModelScorer>> {
-        Ok(Box::new(FittedMahalanobisNoise::fit(model, id_train, device, batch)?))
+    fn fit(&self, model: &ResNet18, data: FitImages, device: Device, batch: usize) -> Result<Box<dyn ModelScorer>> {
+        Ok(Box::new(FittedMahalanobisNoise::fit(model, data.id_train, device, batch)?))
     }
 }
 

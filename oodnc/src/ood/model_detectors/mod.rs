@@ -1,7 +1,8 @@
 //! Model-based detectors: they need the network and the images, not only the
 //! cached features (ODIN, i-ODIN and the noisy multi-layer Mahalanobis perturb
 //! the input along a gradient, RankFeat edits an inner feature map and runs the
-//! rest of the network, Gram reads every layer's full spatial maps).
+//! rest of the network, Gram reads every layer's full spatial maps, NAC needs
+//! each layer's gradient, AdaSCALE perturbs the input and runs it again).
 //!
 //! Each one is a file here implementing [`ModelDetector`] (its name,
 //! hyperparameters with defaults, search grid, and how it fits and scores) plus
@@ -19,8 +20,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod adascale;
 pub mod gram;
 pub mod mahalanobis_noise;
+pub mod nac;
 pub mod odin;
 pub mod rankfeat;
 
@@ -47,12 +50,34 @@ pub trait ModelDetector: Sync {
     fn check(&self, given: &Params) -> Result<Params>;
     /// The search grid (each entry checked), chosen from on held-out data.
     fn grid(&self) -> Vec<Params>;
-    /// Fits whatever statistics it keeps on ID training images (ODIN and
-    /// RankFeat keep none; Gram keeps per-class bounds).
-    fn fit(&self, model: &ResNet18, id_train: &Dataset, device: Device, batch: usize) -> Result<Box<dyn ModelScorer>>;
+    /// Fits whatever statistics it keeps on ID images (ODIN and RankFeat keep
+    /// none; Gram keeps per-class bounds from the training images, AdaSCALE an
+    /// ECDF over the validation images).
+    fn fit(&self, model: &ResNet18, data: FitImages, device: Device, batch: usize) -> Result<Box<dyn ModelScorer>>;
     /// The defaults: [`check`](Self::check) of nothing.
     fn defaults(&self) -> Params {
         self.check(&Params::new()).expect("a detector's defaults are valid")
+    }
+}
+
+/// The ID images a model-based detector may fit on (never OOD ones).
+#[derive(Clone, Copy)]
+pub struct FitImages<'a> {
+    /// ID training images (class statistics, bounds, coverage).
+    pub id_train: &'a Dataset,
+    /// ID validation images, for the detectors that calibrate on them (AdaSCALE,
+    /// as OpenOOD); the others ignore them.
+    pub id_val: Option<&'a Dataset>,
+}
+
+impl<'a> FitImages<'a> {
+    /// Training and (optionally) validation images.
+    pub fn new(id_train: &'a Dataset, id_val: Option<&'a Dataset>) -> Self {
+        FitImages { id_train, id_val }
+    }
+    /// Training images only.
+    pub fn train(id_train: &'a Dataset) -> Self {
+        FitImages { id_train, id_val: None }
     }
 }
 
@@ -66,8 +91,16 @@ pub trait ModelScorer {
 }
 
 /// Every model-based detector, in table order.
-pub static REGISTRY: &[&dyn ModelDetector] =
-    &[&odin::Odin, &odin::IOdin, &rankfeat::RankFeat, &gram::Gram, &mahalanobis_noise::MahalanobisNoise];
+pub static REGISTRY: &[&dyn ModelDetector] = &[
+    &odin::Odin,
+    &odin::IOdin,
+    &rankfeat::RankFeat,
+    &gram::Gram,
+    &mahalanobis_noise::MahalanobisNoise,
+    &nac::Nac,
+    &adascale::AdaScale(adascale::Variant::A),
+    &adascale::AdaScale(adascale::Variant::L),
+];
 
 /// The model-based detector named `name` (`None` when it is not one).
 pub fn find(name: &str) -> Option<&'static dyn ModelDetector> {
@@ -141,7 +174,7 @@ pub fn candidates(
             params.len() - 1
         }
     };
-    let scorer = det.fit(model, sets.id_train, device, batch)?;
+    let scorer = det.fit(model, FitImages::new(sets.id_train, Some(sets.id_val)), device, batch)?;
     let all = |data: &Dataset| -> Result<Vec<Vec<f64>>> {
         let s = scorer.scores(model, data, &params, device, batch)?;
         s.iter().map(|t| check_scores(det.name(), data, t)).collect()

@@ -27,7 +27,7 @@
 //! ODIN over [`TEMPERATURES`] x [`EPSILONS`] (the paper's range of eps is
 //! 0..0.004), i-ODIN over [`TEMPERATURES`] x [`IODIN_EPSILONS`] (OpenOOD's sweep).
 
-use super::{known_only, ModelDetector, ModelScorer, Params};
+use super::{known_only, FitImages, ModelDetector, ModelScorer, Params};
 use crate::data::{BatchLoader, Dataset};
 use crate::error::{Error, Result};
 use crate::model::ResNet18;
@@ -92,7 +92,7 @@ impl ModelDetector for Odin {
     fn grid(&self) -> Vec<Params> {
         grid(&EPSILONS)
     }
-    fn fit(&self, _: &ResNet18, _: &Dataset, _: Device, _: usize) -> Result<Box<dyn ModelScorer>> {
+    fn fit(&self, _: &ResNet18, _: FitImages, _: Device, _: usize) -> Result<Box<dyn ModelScorer>> {
         Ok(Box::new(OdinScorer(Perturb::All)))
     }
 }
@@ -114,7 +114,7 @@ impl ModelDetector for IOdin {
     fn grid(&self) -> Vec<Params> {
         grid(&IODIN_EPSILONS)
     }
-    fn fit(&self, _: &ResNet18, _: &Dataset, _: Device, _: usize) -> Result<Box<dyn ModelScorer>> {
+    fn fit(&self, _: &ResNet18, _: FitImages, _: Device, _: usize) -> Result<Box<dyn ModelScorer>> {
         Ok(Box::new(OdinScorer(Perturb::Single)))
     }
 }

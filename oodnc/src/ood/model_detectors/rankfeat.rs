@@ -23,7 +23,7 @@
 //! `RankFeat` edits one map (the user splits the network); oodnc's `block3` /
 //! `block4` switches give each single stage (checked against it) and the fusion.
 
-use super::{known_only, switch, ModelDetector, ModelScorer, Params};
+use super::{known_only, switch, FitImages, ModelDetector, ModelScorer, Params};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::ResNet18;
@@ -73,7 +73,7 @@ impl ModelDetector for RankFeat {
     fn grid(&self) -> Vec<Params> {
         [(true, true), (false, true), (true, false)].iter().map(|&(b3, b4)| RankFeatParams { block3: b3, block4: b4 }.to_map()).collect()
     }
-    fn fit(&self, _: &ResNet18, _: &Dataset, _: Device, _: usize) -> Result<Box<dyn ModelScorer>> {
+    fn fit(&self, _: &ResNet18, _: FitImages, _: Device, _: usize) -> Result<Box<dyn ModelScorer>> {
         Ok(Box::new(RankFeatScorer))
     }
 }
