@@ -229,6 +229,17 @@ def fit_score(name, p, tr_h, tr_y, tr_z, W, b, val_z, val_y, te_h, te_z, bench=F
         k = max(1, D - rnd(D * (100 - p["p"]) / 100))
         s = (r.sum(1) / -np.sort(-r, axis=1)[:, :k].sum(1)) ** 2
         return score((te_h @ W.T + b) * s[:, None])
+    if name == "graduncertainty":
+        # By the definition: dL/dz through the softmax Jacobian of L = -sum_c log p_c
+        # (dL/dp_c = -1/p_c), then the head's gradient, dL/dW = dL/dz h^T and dL/db = dL/dz.
+        q = softmax(te_h @ W.T + b, axis=1)
+        if bench:
+            # The same value without the [N, C, C] Jacobian and the [N, C, D] gradient.
+            return ((C * q - 1.0) ** 2).sum(1) * ((te_h**2).sum(1) + 1.0)
+        jac = q[:, :, None] * np.eye(C)[None] - q[:, :, None] * q[:, None, :]
+        dz = np.einsum("ncj,nc->nj", jac, -1.0 / q)
+        g = dz[:, :, None] * te_h[:, None, :]
+        return (g**2).sum((1, 2)) + (dz**2).sum(1)
     if name == "gradnorm":
         # By the definition: the gradient of -(1/C) sum_c log softmax(z/T)_c w.r.t. W, per sample.
         t = p["t"]

@@ -138,6 +138,11 @@ def build(name, p, W, b):
             return d.predict_features(h)
 
         return (lambda h, z, y: d.fit_features(h, y)), predict
+    if name == "graduncertainty":
+        # The head's parameters only (as OpenOOD); its per-sample gradients are [N, C, D], so the
+        # rows go through in chunks.
+        d = pd.GradUncertainty(head)
+        return none, lambda h, z: torch.cat([d.predict(c) for c in h.split(1024)])
     if name == "gradnorm":
         d = pd.GradNorm(head, param_filter=lambda n: n == "weight", temperature=p["t"], micro_batch_size=256)
         return none, lambda h, z: d.predict(h)

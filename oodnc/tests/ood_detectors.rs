@@ -195,6 +195,7 @@ fn matches_numpy_and_scikit_learn() {
         ("openmax", vec![]),
         ("openmax", vec![("tail", 5.0), ("alpha", 2.0), ("w", 0.3), ("correct", 0.0)]),
         ("pnml", vec![]),
+        ("graduncertainty", vec![]),
         ("react", vec![("p", 80.0), ("score", 1.0)]),
         ("ash_s", vec![("p", 50.0), ("score", 2.0)]),
     ]
@@ -654,6 +655,37 @@ fn gradnorm_closed_form_equals_the_autograd_definition() {
 }
 
 #[test]
+fn graduncertainty_closed_form_equals_the_autograd_definition() {
+    // The definition: per sample, the squared L2 norm of the gradient of
+    // BCE(softmax(W h + b), ones) = -sum_c log p_c with respect to W and b.
+    let f = fixture(5, 7, 6);
+    let spec = DetectorSpec::new("graduncertainty", &[]).unwrap();
+    let ours = vec(&fit(&spec, &f).unwrap().score(&f.test).unwrap());
+    let h = f.test.penultimate.to_kind(Kind::Double);
+    for (i, &s) in ours.iter().enumerate() {
+        let w = f.w.to_kind(Kind::Double).detach().set_requires_grad(true);
+        let b = f.b.to_kind(Kind::Double).detach().set_requires_grad(true);
+        let z = h.get(i as i64).unsqueeze(0).matmul(&w.tr()) + &b;
+        let loss = -z.log_softmax(1, Kind::Double).sum(Kind::Double);
+        let g = Tensor::run_backward(&[loss], &[&w, &b], false, false);
+        let sq = g.iter().map(|t| t.square().sum(Kind::Double).double_value(&[])).sum::<f64>();
+        assert!((s - sq).abs() < 1e-12 * sq.max(1.0), "sample {i}: closed form {s}, autograd {sq}");
+    }
+    // A flat softmax has no gradient: C p - 1 = 0.
+    let flat = oodnc::features::FeatureSet::new(
+        "flat",
+        Tensor::zeros([1, 5], (Kind::Float, tch::Device::Cpu)),
+        Tensor::zeros([1, 7], (Kind::Float, tch::Device::Cpu)),
+        Tensor::zeros([1], (Kind::Int64, tch::Device::Cpu)),
+    )
+    .unwrap();
+    let zero_head = Tensor::zeros([5, 7], (Kind::Float, tch::Device::Cpu));
+    let zb = Tensor::zeros([5], (Kind::Float, tch::Device::Cpu));
+    let fitted = spec.fit(&oodnc::ood::FitData::new(&f.train, None, &zero_head, &zb)).unwrap();
+    assert_eq!(vec(&fitted.score(&flat).unwrap()), vec![0.0]);
+}
+
+#[test]
 fn shaping_detectors_compose_with_any_logit_score() {
     let f = fixture(4, 6, 20);
     for name in ["react", "ash_p", "ash_s", "scale", "vra", "lts"] {
@@ -703,6 +735,7 @@ fn matches_pytorch_ood() {
         ("gradnorm", vec![("t", 2.0)]),
         ("openmax", vec![("tail", 10.0), ("alpha", 3.0), ("w", 0.5), ("correct", 0.0)]),
         ("pnml", vec![]),
+        ("graduncertainty", vec![]),
     ]
     .iter()
     .map(|(n, p)| DetectorSpec::new(n, p).unwrap())

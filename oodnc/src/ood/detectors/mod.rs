@@ -11,6 +11,7 @@ pub mod caref;
 pub mod dice;
 pub mod fdbd;
 pub mod gradnorm;
+pub mod graduncertainty;
 pub mod klm;
 pub mod knn;
 pub mod logit;
@@ -67,6 +68,7 @@ pub static REGISTRY: &[Entry] = &[
     entry::<mahalanobis_layers::MahalanobisLayers>(),
     entry::<openmax::OpenMax>(),
     entry::<pnml::Pnml>(),
+    entry::<graduncertainty::GradUncertainty>(),
 ];
 
 /// The registry line of `name`, or an error listing the known names.
