@@ -229,6 +229,22 @@ def fit_score(name, p, tr_h, tr_y, tr_z, W, b, val_z, val_y, te_h, te_z, bench=F
         k = max(1, D - rnd(D * (100 - p["p"]) / 100))
         s = (r.sum(1) / -np.sort(-r, axis=1)[:, :k].sum(1)) ** 2
         return score((te_h @ W.T + b) * s[:, None])
+    if name == "gmm":
+        # One Gaussian per class with its own covariance (ddof 0, plus reg I), weighted by the
+        # class frequencies: scipy's log-density, then the mixture's log-sum-exp.
+        from scipy.special import logsumexp as mixture_lse
+        from scipy.stats import multivariate_normal
+
+        comps = []
+        for c in range(C):
+            rows = tr_y == c
+            if not rows.any():
+                continue
+            x = tr_h[rows]
+            mu = x.mean(0)
+            cov = (x - mu).T @ (x - mu) / len(x) + p["reg"] * np.eye(D)
+            comps.append(np.log(len(x) / len(tr_y)) + multivariate_normal(mu, cov).logpdf(te_h))
+        return mixture_lse(np.stack(comps, 1), axis=1)
     if name == "graduncertainty":
         # By the definition: dL/dz through the softmax Jacobian of L = -sum_c log p_c
         # (dL/dp_c = -1/p_c), then the head's gradient, dL/dW = dL/dz h^T and dL/db = dL/dz.

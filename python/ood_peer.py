@@ -138,6 +138,10 @@ def build(name, p, W, b):
             return d.predict_features(h)
 
         return (lambda h, z, y: d.fit_features(h, y)), predict
+    if name == "gmm":
+        # Its scoring forms a [C, N, D] difference tensor: the rows go through in chunks.
+        d = pd.GMM(None, reg=p["reg"])
+        return (lambda h, z, y: d.fit_features(h, y)), (lambda h, z: torch.cat([d.predict_features(c) for c in h.split(256)]))
     if name == "graduncertainty":
         # The head's parameters only (as OpenOOD); its per-sample gradients are [N, C, D], so the
         # rows go through in chunks.

@@ -196,6 +196,8 @@ fn matches_numpy_and_scikit_learn() {
         ("openmax", vec![("tail", 5.0), ("alpha", 2.0), ("w", 0.3), ("correct", 0.0)]),
         ("pnml", vec![]),
         ("graduncertainty", vec![]),
+        ("gmm", vec![]),
+        ("gmm", vec![("reg", 0.1)]),
         ("react", vec![("p", 80.0), ("score", 1.0)]),
         ("ash_s", vec![("p", 50.0), ("score", 2.0)]),
     ]
@@ -686,6 +688,40 @@ fn graduncertainty_closed_form_equals_the_autograd_definition() {
 }
 
 #[test]
+fn gmm_by_hand_singular_classes_and_missing_classes() {
+    use oodnc::ood::detectors::gmm::FittedGmm;
+    let cpu = tch::Device::Cpu;
+    // One class, D = 1, samples {-1, 1}: mean 0, variance 1 + reg; the score is the normal log-density.
+    let h = Tensor::from_slice(&[-1.0f32, 1.0]).view([2, 1]);
+    let train = oodnc::features::FeatureSet::new("t", Tensor::zeros([2, 2], (Kind::Float, cpu)), h, Tensor::zeros([2], (Kind::Int64, cpu)))
+        .unwrap();
+    let w = Tensor::zeros([2, 1], (Kind::Float, cpu));
+    let b = Tensor::zeros([2], (Kind::Float, cpu));
+    let reg = 0.5;
+    let spec = DetectorSpec::new("gmm", &[("reg", reg)]).unwrap();
+    let fitted = spec.fit(&oodnc::ood::FitData::new(&train, None, &w, &b)).unwrap();
+    // Class 1 has no sample: no component.
+    assert_eq!(fitted.fitted::<FittedGmm>().unwrap().classes, vec![0]);
+    let x = 2.0f64;
+    let test = oodnc::features::FeatureSet::new(
+        "x",
+        Tensor::zeros([1, 2], (Kind::Float, cpu)),
+        Tensor::from_slice(&[x as f32]).view([1, 1]),
+        Tensor::zeros([1], (Kind::Int64, cpu)),
+    )
+    .unwrap();
+    let var = 1.0 + reg;
+    let want = -0.5 * (x * x / var + var.ln() + (2.0 * std::f64::consts::PI).ln());
+    let got = fitted.score_vec(&test).unwrap()[0];
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    // Fewer samples per class (3) than dimensions (6): singular covariances, finite scores through reg.
+    let f = fixture(2, 6, 3);
+    let s = fit(&DetectorSpec::new("gmm", &[]).unwrap(), &f).unwrap().score_vec(&f.test).unwrap();
+    assert!(s.iter().all(|v| v.is_finite()), "{s:?}");
+    assert!(matches!(DetectorSpec::new("gmm", &[("reg", 0.0)]), Err(oodnc::Error::InvalidParam { .. })));
+}
+
+#[test]
 fn shaping_detectors_compose_with_any_logit_score() {
     let f = fixture(4, 6, 20);
     for name in ["react", "ash_p", "ash_s", "scale", "vra", "lts"] {
@@ -736,6 +772,7 @@ fn matches_pytorch_ood() {
         ("openmax", vec![("tail", 10.0), ("alpha", 3.0), ("w", 0.5), ("correct", 0.0)]),
         ("pnml", vec![]),
         ("graduncertainty", vec![]),
+        ("gmm", vec![("reg", 1e-3)]),
     ]
     .iter()
     .map(|(n, p)| DetectorSpec::new(n, p).unwrap())

@@ -10,6 +10,7 @@
 pub mod caref;
 pub mod dice;
 pub mod fdbd;
+pub mod gmm;
 pub mod gradnorm;
 pub mod graduncertainty;
 pub mod klm;
@@ -69,6 +70,7 @@ pub static REGISTRY: &[Entry] = &[
     entry::<openmax::OpenMax>(),
     entry::<pnml::Pnml>(),
     entry::<graduncertainty::GradUncertainty>(),
+    entry::<gmm::Gmm>(),
 ];
 
 /// The registry line of `name`, or an error listing the known names.
