@@ -18,7 +18,7 @@ run() { # NAME BIN LIBDIR
   [ ! -e "$runs" ] || { echo "error: $runs exists; give another OUT_DIR or remove it" >&2; exit 1; }
   LD_LIBRARY_PATH=$3 "$2" info | sed -n 2,3p
   LD_LIBRARY_PATH=$3 "$2" train --profile ci --run c --runs "$runs" >/dev/null
-  LD_LIBRARY_PATH=$3 "$2" ood --run c --runs "$runs" --epochs last --bootstrap 0 >/dev/null
+  LD_LIBRARY_PATH=$3 "$2" ood --run c --runs "$runs" --epochs last --bootstrap 0 --detectors all,model >/dev/null
   LD_LIBRARY_PATH=$3 "$2" nc --run c --runs "$runs" --epochs all >/dev/null
 }
 run torch211 "$variant" "$lib211"
