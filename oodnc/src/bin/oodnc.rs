@@ -213,7 +213,7 @@ enum BenchWhat {
     Data,
     Train,
     Ood,
-    /// The model-based detectors pytorch-ood has (ODIN, RankFeat, Gram, Mahalanobis with noise).
+    /// The model-based detectors pytorch-ood has (ODIN, RankFeat, Gram, Mahalanobis with noise, NAC).
     OodModel,
     Nc,
     All,

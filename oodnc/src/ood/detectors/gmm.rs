@@ -26,8 +26,9 @@ use tch::{Kind, Tensor};
 ///
 /// f64 throughout (pytorch-ood too): the covariances are ill-conditioned by
 /// construction, and f32 cannot hold `L^-1` when `reg` is small. Scoring is one
-/// `[N, D] x [D, D]` product per class on the whitening `L_c^-1`, expanded as
-/// `h L_c^-T - mu_c L_c^-T`, without pytorch-ood's `[C, N, D]` difference tensor.
+/// `[N, D + 1] x [D + 1, D]` product per class, `[h, 1]` against the whitening
+/// `L_c^-T` with the whitened mean folded in as a last row, then one norm pass:
+/// no `[N, D]` difference (pytorch-ood forms a `[C, N, D]` one).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Gmm {
     /// Ridge added to every class covariance, > 0.
@@ -40,15 +41,15 @@ impl Default for Gmm {
     }
 }
 
-/// The fitted mixture: per component (present class), the whitening
-/// `L_c^-1` `[K, D, D]`, the whitened means `L_c^-1 mu_c` `[K, D]`, and
+/// The fitted mixture: per component (present class), the projection
+/// `[L_c^-T; -(L_c^-1 mu_c)^T]` `[K, D + 1, D]` (so that `[h, 1]` times it is
+/// `L_c^-1 (h - mu_c)`, one product with the mean folded in) and
 /// `log pi_c - (log det Sigma_c + D log 2 pi) / 2` `[K]`.
 #[derive(Debug)]
 pub struct FittedGmm {
     /// The classes that have a component.
     pub classes: Vec<i64>,
-    pub whitening: Tensor,
-    pub means_whitened: Tensor,
+    pub projection: Tensor,
     pub offsets: Tensor,
     pub dim: i64,
 }
@@ -83,7 +84,7 @@ impl Registered for Gmm {
         let n = labels.len() as f64;
         let eye = Tensor::eye(d, (Kind::Double, x.device()));
         let log_2pi = (2.0 * std::f64::consts::PI).ln();
-        let (mut classes, mut ws, mut mws, mut offs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut classes, mut ws, mut offs) = (Vec::new(), Vec::new(), Vec::new());
         for k in 0..c {
             let rows: Vec<i64> = (0..labels.len() as i64).filter(|&i| labels[i as usize] == k).collect();
             if rows.is_empty() {
@@ -103,32 +104,26 @@ impl Registered for Gmm {
             let w = Tensor::linalg_solve_triangular(&l, &eye, false, true, false);
             let log_det = 2.0 * l.diagonal(0, 0, 1).log().sum(Kind::Double).double_value(&[]);
             offs.push((rows.len() as f64 / n).ln() - 0.5 * (log_det + d as f64 * log_2pi));
-            mws.push(w.matmul(&mu));
-            ws.push(w);
+            ws.push(Tensor::cat(&[w.tr(), -w.matmul(&mu).unsqueeze(0)], 0));
             classes.push(k);
         }
         if classes.is_empty() {
             return Err(Error::data(ctx, "no training sample"));
         }
-        Ok(FittedGmm {
-            classes,
-            whitening: Tensor::stack(&ws, 0),
-            means_whitened: Tensor::stack(&mws, 0),
-            offsets: Tensor::from_slice(&offs).to_device(x.device()),
-            dim: d,
-        })
+        Ok(FittedGmm { classes, projection: Tensor::stack(&ws, 0), offsets: Tensor::from_slice(&offs).to_device(x.device()), dim: d })
     }
 }
 
 impl Scorer for FittedGmm {
     fn score(&self, f: &FeatureSet) -> Result<Tensor> {
         let x = feats(f, self.dim, "gmm score")?;
+        let x1 = Tensor::cat(&[x.shallow_clone(), Tensor::ones([x.size()[0], 1], (Kind::Double, x.device()))], 1);
         let k = self.classes.len() as i64;
         let mut cols = Vec::with_capacity(k as usize);
         for j in 0..k {
-            // ||L^-1 (h - mu)||^2 with L^-1 h as one product.
-            let y = x.matmul(&self.whitening.get(j).tr()) - self.means_whitened.get(j);
-            cols.push(y.square().sum_dim_intlist(&[1i64][..], false, Kind::Double) * -0.5);
+            // ||L^-1 (h - mu)||^2: one product (the mean folded in), then one pass for the norm.
+            let y = x1.matmul(&self.projection.get(j));
+            cols.push(y.norm_scalaropt_dim(2.0, [1i64], false).square() * -0.5);
         }
         let ll = Tensor::stack(&cols, 1) + self.offsets.unsqueeze(0);
         Ok(ll.logsumexp([1i64], false))
