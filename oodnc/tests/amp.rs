@@ -104,8 +104,11 @@ fn sorted(vs: &VarStore) -> Vec<(String, Tensor)> {
 
 #[test]
 fn train_step_fast_paths_agree_with_fp32() {
-    let x = Tensor::randn([16, 3, 32, 32], (Kind::Float, CPU));
-    let y = Tensor::randint(10, [16], (Kind::Int64, CPU));
+    // Fixed inputs: drawn from the global generator they changed with the order in which
+    // the tests of this binary ran (in threads), and the bf16 bound below then failed now and
+    // then (a loss difference of 0.053 against 0.046 on a fresh clone).
+    let x = (Tensor::arange(16 * 3 * 32 * 32, (Kind::Float, CPU)) * 0.37).sin().view([16, 3, 32, 32]) * 1.5;
+    let y = Tensor::arange(16, (Kind::Int64, CPU)).remainder(10);
     let step = |fast: FastPath| {
         let (vs, m) = model(9);
         if fast.channels_last {
@@ -127,6 +130,7 @@ fn train_step_fast_paths_agree_with_fp32() {
     assert!((l32 - lcl).abs() < 1e-4, "{l32} vs {lcl}");
     assert!(max_abs_diff(&w32, &wcl) < 1e-5);
     // bf16: same loss to bf16 accuracy, and a different (but close) update.
+    eprintln!("loss f32 {l32}, bf16 {l16}");
     assert!((l32 - l16).abs() < 2e-2 * l32.abs().max(1.0), "{l32} vs {l16}");
     let dw = max_abs_diff(&w32, &w16);
     assert!(dw > 0.0 && dw < 1e-2, "{dw}");
