@@ -719,6 +719,44 @@ fn gmm_by_hand_singular_classes_and_missing_classes() {
     let s = fit(&DetectorSpec::new("gmm", &[]).unwrap(), &f).unwrap().score_vec(&f.test).unwrap();
     assert!(s.iter().all(|v| v.is_finite()), "{s:?}");
     assert!(matches!(DetectorSpec::new("gmm", &[("reg", 0.0)]), Err(oodnc::Error::InvalidParam { .. })));
+    // D = 150 spans three blocks of the triangular product (64, 64, 22): against the dense
+    // precision-matrix formulation h^T P h (pytorch-ood's), with singular class covariances
+    // (40 < 150). With a small reg the last block's bound prunes most components; with a large
+    // one the classes overlap and nothing is pruned: both give the dense result.
+    // Class 0 never fires in dimensions 0..5 (a dead ReLU unit): zero variance there, which
+    // the per-class ordering by variance moves into the bounding rows.
+    let (c, d) = (3, 150);
+    let f = fixture(c, d, 40);
+    let mut h = f.train.penultimate.shallow_clone();
+    let dead = f.train.labels.eq(0).unsqueeze(1).logical_and(&Tensor::arange(d, (Kind::Int64, cpu)).lt(5).unsqueeze(0));
+    let _ = h.masked_fill_(&dead, 0.0);
+    let x = f.train.penultimate.to_kind(Kind::Double);
+    let q = f.test.penultimate.to_kind(Kind::Double);
+    let y = Vec::<i64>::try_from(&f.train.labels).unwrap();
+    let n = f.test.len() as i64;
+    for (reg, pruned) in [(1e-2, true), (1e3, false)] {
+        let fitted = fit(&DetectorSpec::new("gmm", &[("reg", reg)]).unwrap(), &f).unwrap();
+        let (s, completed) = fitted.fitted::<FittedGmm>().unwrap().score_counted(&f.test).unwrap();
+        let s = vec(&s);
+        assert_eq!(completed < c * n, pruned, "reg {reg}: {completed} of {} (component, sample) pairs completed", c * n);
+        assert!(completed >= n);
+        let comps: Vec<Tensor> = (0..c)
+            .map(|k| {
+                let rows: Vec<i64> = (0..y.len() as i64).filter(|&i| y[i as usize] == k).collect();
+                let xc = x.index_select(0, &Tensor::from_slice(&rows));
+                let mu = xc.mean_dim(0, false, Kind::Double);
+                let cov = (&xc - &mu).tr().matmul(&(&xc - &mu)) / rows.len() as f64 + Tensor::eye(d, (Kind::Double, cpu)) * reg;
+                let diff = &q - &mu;
+                let maha = diff.matmul(&cov.inverse()).multiply(&diff).sum_dim_intlist(&[1i64][..], false, Kind::Double);
+                let (_, logdet) = cov.slogdet();
+                (maha + logdet + d as f64 * (2.0 * std::f64::consts::PI).ln()) * -0.5 + (1.0 / c as f64).ln()
+            })
+            .collect();
+        let want = vec(&Tensor::stack(&comps, 1).logsumexp(&[1i64][..], false));
+        let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
+        let diff = s.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(diff < 1e-9 * scale, "reg {reg}: blocked, pruned GMM against the dense form: {diff} (scale {scale})");
+    }
 }
 
 #[test]
