@@ -317,7 +317,7 @@ impl Bank {
     }
 
     /// `[M, N]` f32 inner products of a block of queries with the bank, dense, on the bank's device.
-    fn similarities(&self, q: &Tensor) -> Tensor {
+    pub(crate) fn similarities(&self, q: &Tensor) -> Tensor {
         if let Some(w) = &self.onednn {
             let fast = q
                 .contiguous()

@@ -131,10 +131,11 @@ impl Default for Relation {
     }
 }
 
-/// The normalised ID training features and their softmax, f32.
+/// The normalised ID training features (a [`Bank`], searched exactly: every
+/// similarity is used) and their softmax, f32.
 #[derive(Debug)]
 pub struct FittedRelation {
-    pub feats: Tensor,
+    pub bank: Bank,
     pub probs: Tensor,
     pub weight: Tensor,
     pub bias: Tensor,
@@ -168,7 +169,8 @@ impl Registered for Relation {
         check_2d(&data.train.penultimate, Some(h.d), &h.ctx)?;
         let x = data.train.penultimate_f64(&h.ctx)?;
         let probs = (x.matmul(&h.w.tr()) + &h.b).softmax(1, Kind::Double).to_kind(Kind::Float);
-        Ok(FittedRelation { feats: normalized_f32(&x, 1e-10), probs, weight: h.w, bias: h.b, pow: self.pow })
+        let bank = Bank::with_search(&normalized_f32(&x, 1e-10), crate::device::best_device(), super::knn::Search::Exact);
+        Ok(FittedRelation { bank, probs, weight: h.w, bias: h.b, pow: self.pow })
     }
 }
 
@@ -177,16 +179,78 @@ impl Scorer for FittedRelation {
         let x = feats(f, self.weight.size()[1], "relation score")?;
         let p = (x.matmul(&self.weight.tr()) + &self.bias).softmax(1, Kind::Double).to_kind(Kind::Float);
         let q = normalized_f32(&x, 1e-10);
-        let (ft, pt) = (self.feats.tr(), self.probs.tr());
+        let probs = self.probs.to_device(self.bank.device()).tr();
         let n = q.size()[0];
-        let block = 64.min(BLOCK);
         let mut parts = Vec::new();
-        for s in (0..n).step_by(block as usize) {
-            let len = block.min(n - s);
-            let rel = q.narrow(0, s, len).matmul(&ft).clamp_min(0.0) * p.narrow(0, s, len).matmul(&pt);
-            let kept = rel.gt(RELATION_THRESHOLD).to_kind(Kind::Float) * rel.pow_tensor_scalar(self.pow);
-            parts.push(kept.sum_dim_intlist(&[1i64][..], false, Kind::Double));
+        for s in (0..n).step_by(BLOCK as usize) {
+            let len = BLOCK.min(n - s);
+            let qb = q.narrow(0, s, len).to_device(self.bank.device());
+            let sim = self.bank.similarities(&qb);
+            let agree = p.narrow(0, s, len).to_device(self.bank.device()).matmul(&probs);
+            parts.push(relation_sums(&sim, &agree, self.pow).to_device(q.device()));
         }
         Ok(Tensor::cat(&parts, 0))
+    }
+}
+
+/// `sum_j r_j^pow [r_j > RELATION_THRESHOLD]` per row, `r = max(0, sim) * agree`
+/// (`[M, N]` f32 each), in f64. On the CPU one fused pass per row (the tensor
+/// route makes six passes over `[M, N]`: clamp, product, mask, cast, power,
+/// product); elsewhere those tensor operations.
+fn relation_sums(sim: &Tensor, agree: &Tensor, pow: i64) -> Tensor {
+    let thr = RELATION_THRESHOLD as f32;
+    if sim.device() != tch::Device::Cpu {
+        let rel = sim.clamp_min(0.0) * agree;
+        let kept = rel.gt(RELATION_THRESHOLD).to_kind(Kind::Double) * rel.to_kind(Kind::Double).pow_tensor_scalar(pow);
+        return kept.sum_dim_intlist(&[1i64][..], false, Kind::Double);
+    }
+    let (m, n) = (sim.size()[0] as usize, sim.size()[1] as usize);
+    let mut out = vec![0.0f64; m];
+    let parts = crate::numerics::Disjoint::new(&mut out);
+    let pow = pow as i32;
+    crate::numerics::with_f32_data(sim, |a| {
+        crate::numerics::with_f32_data(agree, |b| {
+            crate::numerics::parallel_for(m, 4, |lo, hi| {
+                // SAFETY: parallel_for's ranges do not overlap.
+                let out = unsafe { parts.part(lo, hi) };
+                for (i, o) in (lo..hi).zip(out.iter_mut()) {
+                    let (a, b) = (&a[i * n..(i + 1) * n], &b[i * n..(i + 1) * n]);
+                    let mut acc = 0.0f64;
+                    for (&s, &g) in a.iter().zip(b) {
+                        let r = s.max(0.0) * g;
+                        if r > thr {
+                            acc += (r as f64).powi(pow);
+                        }
+                    }
+                    *o = acc;
+                }
+            })
+        })
+    });
+    Tensor::from_slice(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused CPU pass against the tensor formulation (the route off the CPU):
+    /// negative similarities, relations on both sides of the threshold, rows split
+    /// between threads.
+    #[test]
+    fn relation_sums_fused_pass_matches_the_tensor_route() {
+        tch::manual_seed(3);
+        let sim = Tensor::rand([37, 1001], (Kind::Float, tch::Device::Cpu)) * 2.0 - 0.5;
+        let agree = Tensor::rand([37, 1001], (Kind::Float, tch::Device::Cpu)) * 0.2;
+        for pow in [1, 2, 8] {
+            let fused = Vec::<f64>::try_from(relation_sums(&sim, &agree, pow)).unwrap();
+            let rel = sim.clamp_min(0.0) * &agree;
+            let kept = rel.gt(RELATION_THRESHOLD).to_kind(Kind::Double) * rel.to_kind(Kind::Double).pow_tensor_scalar(pow);
+            let want = Vec::<f64>::try_from(kept.sum_dim_intlist(&[1i64][..], false, Kind::Double)).unwrap();
+            assert!(want.iter().any(|&w| w > 0.0));
+            for (a, b) in fused.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-12 * b.abs().max(1e-30), "pow {pow}: {a} vs {b}");
+            }
+        }
     }
 }
