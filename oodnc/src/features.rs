@@ -67,6 +67,14 @@ struct F64Cache {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureId(TensorKey);
 
+impl FeatureId {
+    /// The identity of any tensor (a classifier head's weight, say), as a key
+    /// for values derived from it.
+    pub fn of(t: &Tensor) -> Self {
+        FeatureId(TensorKey::of(t))
+    }
+}
+
 /// Identity of a tensor: its data pointer and layout. The key also holds a
 /// reference to the tensor, so that its memory cannot be freed and reused by
 /// another tensor (which could then match the pointer) while the key lives.

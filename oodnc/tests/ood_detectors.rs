@@ -1145,3 +1145,39 @@ fn openmax_weibull_tail_is_the_maximum_likelihood_fit() {
     let s = vec(&fitted.score(&f.test).unwrap());
     assert!(s.iter().all(|x| x.is_finite() && *x <= 0.0 && *x >= -1.0), "{s:?}");
 }
+
+#[test]
+fn relation_grid_prepared_once_per_set_equals_direct_scoring_and_keeps_heads_apart() {
+    let f = fixture(4, 6, 20);
+    let pows = [1.0, 2.0, 4.0, 6.0, 8.0];
+    let direct = |w: &Tensor, b: &Tensor| -> Vec<Vec<f64>> {
+        // A fresh copy of the test set: nothing prepared on it.
+        let test = FeatureSet::new("t", f.test.logits.copy(), f.test.penultimate.copy(), f.test.labels.copy()).unwrap();
+        pows.iter()
+            .map(|&p| {
+                let spec = DetectorSpec::new("relation", &[("pow", p)]).unwrap();
+                vec(&spec.fit(&FitData::new(&f.train, Some(&f.val), w, b)).unwrap().score(&test).unwrap())
+            })
+            .collect()
+    };
+    let want = direct(&f.w, &f.b);
+    let entry = oodnc::ood::detectors::lookup("relation").unwrap();
+    let grid = (entry.grid)(&oodnc::ood::GridContext { d: 6, c: 4, n: f.train.len() as i64 }).unwrap();
+    let data = FitData::new(&f.train, Some(&f.val), &f.w, &f.b);
+    (entry.prepare_grid)(&grid, &data, &[&f.test]).unwrap();
+    for (i, &p) in pows.iter().enumerate() {
+        let got = vec(&DetectorSpec::new("relation", &[("pow", p)]).unwrap().fit(&data).unwrap().score(&f.test).unwrap());
+        assert_eq!(got, want[i], "pow {p}: prepared against direct");
+    }
+    // Another head on the same features: the sums kept for the first head are not used.
+    let w2 = &f.w * 1.5;
+    let other = direct(&w2, &f.b);
+    assert_ne!(other[4], want[4]);
+    let got = vec(&DetectorSpec::new("relation", &[])
+        .unwrap()
+        .fit(&FitData::new(&f.train, Some(&f.val), &w2, &f.b))
+        .unwrap()
+        .score(&f.test)
+        .unwrap());
+    assert_eq!(got, other[4]);
+}

@@ -267,8 +267,9 @@ pub trait Registered: std::fmt::Debug + Default + Send + Sync + Sized + 'static 
         Self::default()
     }
     /// Work shared by the whole grid before it is scored on `sets` (KNN keeps
-    /// each set's largest similarities once for every k).
-    fn prepare_grid(_grid: &[&Self], _train: &FeatureSet, _sets: &[&FeatureSet]) -> Result<()> {
+    /// each set's largest similarities once for every k, Relation its sums for
+    /// every power), with what the grid is fitted on.
+    fn prepare_grid(_grid: &[&Self], _data: &FitData, _sets: &[&FeatureSet]) -> Result<()> {
         Ok(())
     }
 }
@@ -289,7 +290,7 @@ pub struct Entry {
     /// The checked search grid.
     pub grid: fn(&GridContext) -> Result<Vec<BoxedDetector>>,
     /// See [`Registered::prepare_grid`].
-    pub prepare_grid: fn(&[BoxedDetector], &FeatureSet, &[&FeatureSet]) -> Result<()>,
+    pub prepare_grid: fn(&[BoxedDetector], &FitData, &[&FeatureSet]) -> Result<()>,
     /// See [`Registered::NEEDS_TAPS`].
     pub needs_taps: bool,
     /// See [`Registered::AUTO_F32`].
@@ -316,9 +317,9 @@ fn grid<T: Registered>(ctx: &GridContext) -> Result<Vec<Box<dyn Detector>>> {
         .collect()
 }
 
-fn prepare<T: Registered>(g: &[Box<dyn Detector>], train: &FeatureSet, sets: &[&FeatureSet]) -> Result<()> {
+fn prepare<T: Registered>(g: &[Box<dyn Detector>], data: &FitData, sets: &[&FeatureSet]) -> Result<()> {
     let typed: Vec<&T> = g.iter().filter_map(|d| (**d).as_any().downcast_ref::<T>()).collect();
-    T::prepare_grid(&typed, train, sets)
+    T::prepare_grid(&typed, data, sets)
 }
 
 fn defaults<T: Registered>(ctx: &GridContext) -> Result<Box<dyn Detector>> {

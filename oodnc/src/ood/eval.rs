@@ -67,7 +67,7 @@ pub fn select_hyperparameters(name: &str, inputs: &EvalInputs) -> Result<Selecti
     let c = inputs.weight.size()[0];
     let entry = super::detectors::lookup(name)?;
     let grid = (entry.grid)(&super::GridContext { d, c, n })?;
-    (entry.prepare_grid)(&grid, inputs.train, &[inputs.val, inputs.ood_val])?;
+    (entry.prepare_grid)(&grid, &inputs.fit_data(), &[inputs.val, inputs.ood_val])?;
     let mut candidates = Vec::new();
     for det in grid {
         let spec = DetectorSpec::new(det.name(), &det.params().iter().map(|(k, v)| (*k, v.as_f64())).collect::<Vec<_>>())?;
@@ -296,7 +296,7 @@ pub fn study_detector(name: &str, inputs: &EvalInputs, protocols: &[Protocol], u
     all_sets.extend(vsets.iter().map(|(_, s)| *s));
     all_sets.push(inputs.id_test);
     all_sets.extend(inputs.ood.iter().copied());
-    (entry.prepare_grid)(&grid, inputs.train, &all_sets)?;
+    (entry.prepare_grid)(&grid, &inputs.fit_data(), &all_sets)?;
     let default_spec = DetectorSpec::defaults(entry.name, d, c, n)?;
     let mut specs: Vec<(DetectorSpec, bool)> = grid.iter().map(|d| (DetectorSpec::from_detector(d.as_ref()), true)).collect();
     drop(grid);

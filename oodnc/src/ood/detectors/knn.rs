@@ -63,9 +63,9 @@ impl Registered for Knn {
         Knn { k: Self::default().k.min(ctx.n.max(1)) }
     }
     /// One pass over the bank per set serves the whole grid of k.
-    fn prepare_grid(grid: &[&Self], train: &FeatureSet, sets: &[&FeatureSet]) -> Result<()> {
+    fn prepare_grid(grid: &[&Self], data: &FitData, sets: &[&FeatureSet]) -> Result<()> {
         let k_max = grid.iter().map(|d| d.k).max().unwrap_or(1);
-        let bank = bank(train, crate::device::best_device(), "knn selection")?;
+        let bank = bank(data.train, crate::device::best_device(), "knn selection")?;
         let bank = bank.lock().unwrap_or_else(|e| e.into_inner());
         for s in sets {
             prepare(s, &bank, k_max, &format!("knn selection ({})", s.name))?;

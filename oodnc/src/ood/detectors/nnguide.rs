@@ -3,7 +3,7 @@
 use super::knn::Bank;
 use super::{energy_of, feats, feats_in, Head};
 use crate::error::{Error, Result};
-use crate::features::FeatureSet;
+use crate::features::{FeatureId, FeatureSet};
 use crate::numerics::check_2d;
 use crate::ood::detector::{FitData, GridContext, ParamReader, ParamValue, Registered, Scorer};
 use tch::{Kind, Tensor};
@@ -140,6 +140,24 @@ pub struct FittedRelation {
     pub weight: Tensor,
     pub bias: Tensor,
     pub pow: i64,
+    /// What the fit was made from: the training features and the head (the key
+    /// of the sums [`Relation`]'s `prepare_grid` keeps on each scored set).
+    key: (FeatureId, FeatureId, FeatureId),
+}
+
+/// A scored set's sums for every power of a grid, kept on the set.
+struct RelationMemo {
+    /// (training features, head weight, head bias, this set's features).
+    key: (FeatureId, FeatureId, FeatureId, FeatureId),
+    pows: Vec<i64>,
+    /// `[N, pows.len()]` f64.
+    sums: Tensor,
+}
+
+impl Clone for RelationMemo {
+    fn clone(&self) -> Self {
+        RelationMemo { key: self.key.clone(), pows: self.pows.clone(), sums: self.sums.shallow_clone() }
+    }
 }
 
 /// Relations below this are dropped (OpenOOD's `thres`).
@@ -164,18 +182,41 @@ impl Registered for Relation {
     fn grid(_: &GridContext) -> Vec<Self> {
         [1, 2, 4, 6, 8].iter().map(|&pow| Relation { pow }).collect()
     }
+    /// Every power's sums on each set from one pass over the training set (the
+    /// similarities and the threshold do not depend on the power).
+    fn prepare_grid(grid: &[&Self], data: &FitData, sets: &[&FeatureSet]) -> Result<()> {
+        let mut pows: Vec<i64> = grid.iter().map(|r| r.pow).collect();
+        pows.sort_unstable();
+        pows.dedup();
+        let Some(&first) = grid.first() else { return Ok(()) };
+        let fitted = first.fit(data)?;
+        for f in sets {
+            let (tr, w, b) = fitted.key.clone();
+            let key = (tr, w, b, f.penultimate_id());
+            if let Some(m) = f.memo_get::<RelationMemo>("relation.sums") {
+                if m.key == key && pows.iter().all(|p| m.pows.contains(p)) {
+                    continue;
+                }
+            }
+            let sums = fitted.sums(f, &pows)?;
+            f.memo_put("relation.sums", RelationMemo { key, pows: pows.clone(), sums });
+        }
+        Ok(())
+    }
     fn fit(&self, data: &FitData) -> Result<FittedRelation> {
         let h = Head::of(data, Self::NAME)?;
         check_2d(&data.train.penultimate, Some(h.d), &h.ctx)?;
         let x = data.train.penultimate_f64(&h.ctx)?;
         let probs = (x.matmul(&h.w.tr()) + &h.b).softmax(1, Kind::Double).to_kind(Kind::Float);
         let bank = Bank::with_search(&normalized_f32(&x, 1e-10), crate::device::best_device(), super::knn::Search::Exact);
-        Ok(FittedRelation { bank, probs, weight: h.w, bias: h.b, pow: self.pow })
+        let key = (data.train.penultimate_id(), FeatureId::of(data.weight), FeatureId::of(data.bias));
+        Ok(FittedRelation { bank, probs, weight: h.w, bias: h.b, pow: self.pow, key })
     }
 }
 
-impl Scorer for FittedRelation {
-    fn score(&self, f: &FeatureSet) -> Result<Tensor> {
+impl FittedRelation {
+    /// `[N, pows.len()]` f64: the score of `f` for each power, from one pass.
+    pub fn sums(&self, f: &FeatureSet, pows: &[i64]) -> Result<Tensor> {
         let x = feats(f, self.weight.size()[1], "relation score")?;
         let p = (x.matmul(&self.weight.tr()) + &self.bias).softmax(1, Kind::Double).to_kind(Kind::Float);
         let q = normalized_f32(&x, 1e-10);
@@ -187,47 +228,81 @@ impl Scorer for FittedRelation {
             let qb = q.narrow(0, s, len).to_device(self.bank.device());
             let sim = self.bank.similarities(&qb);
             let agree = p.narrow(0, s, len).to_device(self.bank.device()).matmul(&probs);
-            parts.push(relation_sums(&sim, &agree, self.pow).to_device(q.device()));
+            parts.push(relation_sums(&sim, &agree, pows).to_device(q.device()));
+        }
+        if parts.is_empty() {
+            return Ok(Tensor::zeros([0, pows.len() as i64], (Kind::Double, q.device())));
         }
         Ok(Tensor::cat(&parts, 0))
     }
 }
 
-/// `sum_j r_j^pow [r_j > RELATION_THRESHOLD]` per row, `r = max(0, sim) * agree`
-/// (`[M, N]` f32 each), in f64. On the CPU one fused pass per row (the tensor
-/// route makes six passes over `[M, N]`: clamp, product, mask, cast, power,
-/// product); elsewhere those tensor operations.
-fn relation_sums(sim: &Tensor, agree: &Tensor, pow: i64) -> Tensor {
+impl Scorer for FittedRelation {
+    /// From the sums `prepare_grid` kept on `f` for this fit when they include
+    /// this power, else one pass.
+    fn score(&self, f: &FeatureSet) -> Result<Tensor> {
+        if let Some(m) = f.memo_get::<RelationMemo>("relation.sums") {
+            let (tr, w, b) = self.key.clone();
+            if m.key == (tr, w, b, f.penultimate_id()) {
+                if let Some(i) = m.pows.iter().position(|&p| p == self.pow) {
+                    return Ok(m.sums.select(1, i as i64));
+                }
+            }
+        }
+        Ok(self.sums(f, &[self.pow])?.select(1, 0))
+    }
+}
+
+/// `sum_j r_j^pow [r_j > RELATION_THRESHOLD]` per row and power (`[M, P]`
+/// f64), `r = max(0, sim) * agree` (`[M, N]` f32 each). On the CPU one fused
+/// pass per row for every power (the tensor route makes six passes over
+/// `[M, N]` per power: clamp, product, mask, cast, power, product); elsewhere
+/// those tensor operations.
+fn relation_sums(sim: &Tensor, agree: &Tensor, pows: &[i64]) -> Tensor {
     let thr = RELATION_THRESHOLD as f32;
     if sim.device() != tch::Device::Cpu {
         let rel = sim.clamp_min(0.0) * agree;
-        let kept = rel.gt(RELATION_THRESHOLD).to_kind(Kind::Double) * rel.to_kind(Kind::Double).pow_tensor_scalar(pow);
-        return kept.sum_dim_intlist(&[1i64][..], false, Kind::Double);
+        let (mask, rel) = (rel.gt(RELATION_THRESHOLD).to_kind(Kind::Double), rel.to_kind(Kind::Double));
+        let cols: Vec<Tensor> =
+            pows.iter().map(|&p| (&mask * rel.pow_tensor_scalar(p)).sum_dim_intlist(&[1i64][..], false, Kind::Double)).collect();
+        return Tensor::stack(&cols, 1);
     }
-    let (m, n) = (sim.size()[0] as usize, sim.size()[1] as usize);
-    let mut out = vec![0.0f64; m];
+    let (m, n, np) = (sim.size()[0] as usize, sim.size()[1] as usize, pows.len());
+    let mut out = vec![0.0f64; m * np];
     let parts = crate::numerics::Disjoint::new(&mut out);
-    let pow = pow as i32;
+    let pows: Vec<i32> = pows.iter().map(|&p| p as i32).collect();
     crate::numerics::with_f32_data(sim, |a| {
         crate::numerics::with_f32_data(agree, |b| {
             crate::numerics::parallel_for(m, 4, |lo, hi| {
-                // SAFETY: parallel_for's ranges do not overlap.
-                let out = unsafe { parts.part(lo, hi) };
-                for (i, o) in (lo..hi).zip(out.iter_mut()) {
+                // SAFETY: parallel_for's ranges do not overlap (nor, times np, their rows).
+                let out = unsafe { parts.part(lo * np, hi * np) };
+                for (i, acc) in (lo..hi).zip(out.chunks_mut(np)) {
                     let (a, b) = (&a[i * n..(i + 1) * n], &b[i * n..(i + 1) * n]);
-                    let mut acc = 0.0f64;
-                    for (&s, &g) in a.iter().zip(b) {
-                        let r = s.max(0.0) * g;
+                    if let [p] = pows[..] {
+                        let mut s = 0.0f64;
+                        for (&x, &g) in a.iter().zip(b) {
+                            let r = x.max(0.0) * g;
+                            if r > thr {
+                                s += (r as f64).powi(p);
+                            }
+                        }
+                        acc[0] = s;
+                        continue;
+                    }
+                    for (&x, &g) in a.iter().zip(b) {
+                        let r = x.max(0.0) * g;
                         if r > thr {
-                            acc += (r as f64).powi(pow);
+                            let r = r as f64;
+                            for (s, &p) in acc.iter_mut().zip(&pows) {
+                                *s += r.powi(p);
+                            }
                         }
                     }
-                    *o = acc;
                 }
             })
         })
     });
-    Tensor::from_slice(&out)
+    Tensor::from_slice(&out).view([m as i64, np as i64])
 }
 
 #[cfg(test)]
@@ -242,8 +317,10 @@ mod tests {
         tch::manual_seed(3);
         let sim = Tensor::rand([37, 1001], (Kind::Float, tch::Device::Cpu)) * 2.0 - 0.5;
         let agree = Tensor::rand([37, 1001], (Kind::Float, tch::Device::Cpu)) * 0.2;
-        for pow in [1, 2, 8] {
-            let fused = Vec::<f64>::try_from(relation_sums(&sim, &agree, pow)).unwrap();
+        let all = relation_sums(&sim, &agree, &[1, 2, 8]);
+        for (j, pow) in [1, 2, 8].into_iter().enumerate() {
+            let fused = Vec::<f64>::try_from(relation_sums(&sim, &agree, &[pow]).select(1, 0)).unwrap();
+            assert_eq!(fused, Vec::<f64>::try_from(all.select(1, j as i64)).unwrap(), "one power alone and among several");
             let rel = sim.clamp_min(0.0) * &agree;
             let kept = rel.gt(RELATION_THRESHOLD).to_kind(Kind::Double) * rel.to_kind(Kind::Double).pow_tensor_scalar(pow);
             let want = Vec::<f64>::try_from(kept.sum_dim_intlist(&[1i64][..], false, Kind::Double)).unwrap();
