@@ -270,9 +270,10 @@ pub fn ood(device: Device, n_train: i64, dim: i64, classes: i64, n_test: i64, n_
     let te = (Tensor::randn([n_test + n_ood, dim], opts) + 1.0).relu().to_device(device);
     // Fresh feature sets for every timing: nothing cached by one detector (f64 copies,
     // moments, KNN banks) serves another, or a later repetition.
+    let val_rows = 5000.min(n_train);
     let fresh = || -> Result<(FeatureSet, FeatureSet, FeatureSet)> {
         let train = FeatureSet::new("train", h.matmul(&w.tr()) + &b, h.shallow_clone(), y.shallow_clone())?;
-        let val = train.rows(&(0..5000.min(n_train)).collect::<Vec<i64>>(), "val");
+        let val = train.rows(&(0..val_rows).collect::<Vec<i64>>(), "val");
         let test =
             FeatureSet::new("test", te.matmul(&w.tr()) + &b, te.shallow_clone(), Tensor::zeros([n_test + n_ood], (Kind::Int64, device)))?;
         Ok((train, val, test))
@@ -437,6 +438,34 @@ pub fn ood(device: Device, n_train: i64, dim: i64, classes: i64, n_test: i64, n_
             base_total - bk,
             "numpy/sklearn",
         ));
+    }
+    // The grid hook (`prepare_grid`): a hyperparameter search scores every grid point on the
+    // validation sets; KNN and Relation serve the whole grid from one pass per set. Timed on
+    // the 5,000-row validation set against the same grid scored point by point (fresh sets,
+    // nothing kept), one repetition each.
+    for d in detectors.iter().filter(|d| ["knn", "relation"].contains(d)) {
+        let entry = crate::ood::detectors::lookup(d)?;
+        let ctx = crate::ood::GridContext { d: dim, c: classes, n: n_train };
+        let run = |shared: bool| -> Result<f64> {
+            let (train, val, _) = fresh()?;
+            let data = FitData::new(&train, Some(&val), &w, &b);
+            let grid = (entry.grid)(&ctx)?;
+            let t = std::time::Instant::now();
+            if shared {
+                (entry.prepare_grid)(&grid, &data, &[&val])?;
+            }
+            for det in grid {
+                let _ = crate::ood::Fitted::fit(det, &data)?.score(&val)?;
+            }
+            Ok(t.elapsed().as_secs_f64())
+        };
+        let points = (entry.grid)(&ctx)?.len();
+        match run(true).and_then(|a| Ok((a, run(false)?))) {
+            Ok((shared, alone)) => {
+                lines.push(BenchLine::seconds(format!("ood {d} grid of {points}, {val_rows} rows"), shared, alone, "oodnc, point by point"))
+            }
+            Err(e) => eprintln!("bench ood: {d}'s grid timing failed on {device:?}: {e}"),
+        }
     }
     Ok(lines)
 }

@@ -141,7 +141,10 @@ fn bench_ood_runs_both_baselines_on_tiny_sizes() {
     assert_eq!(oodnc::bench::reps_for(0.125, 3), 5);
     assert_eq!(oodnc::bench::reps_for(2.0, 3), 3);
     assert_eq!(oodnc::bench::reps_for(0.0, 3), 31);
-    let lines = oodnc::bench::ood(tch::Device::Cpu, 300, 16, 5, 40, 60, &["maxlogit", "ash_b", "vim"]).unwrap();
+    let lines = oodnc::bench::ood(tch::Device::Cpu, 300, 16, 5, 40, 60, &["maxlogit", "ash_b", "vim", "relation"]).unwrap();
+    // Relation's grid: one shared pass against each point alone.
+    let grid: Vec<_> = lines.iter().filter(|l| l.name == "ood relation grid of 5, 300 rows").collect();
+    assert!(grid.len() == 1 && grid[0].ours > 0.0 && grid[0].baseline > 0.0, "{lines:?}");
     for d in ["maxlogit", "ash_b", "vim"] {
         let ours: Vec<_> = lines.iter().filter(|l| l.name == format!("ood {d} fit+score")).collect();
         assert!(ours.iter().any(|l| l.baseline_name == "numpy/sklearn"), "{d}: {lines:?}");
