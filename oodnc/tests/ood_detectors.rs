@@ -605,6 +605,73 @@ fn pnml_regret_by_hand() {
 }
 
 #[test]
+fn pnml_chunked_triangular_scoring_equals_the_dense_pseudo_inverse() {
+    use oodnc::ood::detectors::pnml::{FittedPnml, PNML_BLOCK, PNML_ROWS, PNML_SAMPLE};
+    // pNML's fit forms the Gram matrix and its scoring the projection chunk by chunk
+    // (PNML_ROWS rows) and block by block (PNML_BLOCK columns of a triangular factor):
+    // against x^T (X^T X)^+ x from the dense pseudo-inverse (torch's, f64), with more
+    // rows than a chunk and D = 150 (blocks of 64, 64, 22). Three training sets: full
+    // rank (the Cholesky route), dead units (zero columns: rank 145, the Cholesky route
+    // on the live block; the test features are not dead there), a duplicated unit
+    // (rank 149, the eigen route) and fewer samples than dimensions (rank 100). Under
+    // Precision::Auto the first two keep the f32 Gram matrix; the last two go to f64
+    // (in f32 a direction the features do not span gets a noise eigenvalue above the
+    // pseudo-inverse threshold: before that check, "few samples" had rank 123 and
+    // scores off by 75 %).
+    let cpu = (Kind::Float, tch::Device::Cpu);
+    let (c, d, n_test) = (7, 150, PNML_ROWS + 452);
+    assert!(d > 2 * PNML_BLOCK);
+    tch::manual_seed(11);
+    let w = Tensor::randn([c, d], cpu) * 0.1;
+    let b = Tensor::randn([c], cpu) * 0.1;
+    let te = (Tensor::randn([n_test, d], cpu) + 0.8).relu();
+    let z_te = te.matmul(&w.tr()) + &b + Tensor::randn([n_test, c], cpu);
+    let test = FeatureSet::new("test", z_te.shallow_clone(), te.shallow_clone(), Tensor::zeros([n_test], (Kind::Int64, tch::Device::Cpu)))
+        .unwrap();
+    let unit = |x: &Tensor| {
+        let x = x.to_kind(Kind::Double);
+        &x / x.norm_scalaropt_dim(2, &[1i64][..], true)
+    };
+    let n_big = 2 * PNML_SAMPLE + 500;
+    assert!(n_big > 2 * PNML_ROWS);
+    let cases = [
+        ("full rank", n_big, 0, false, d),
+        ("dead units", n_big, 5, false, d - 5),
+        ("duplicated unit", n_big, 0, true, d - 1),
+        ("few samples", 100, 0, false, 100),
+    ];
+    for (case, n, dead, dup, rank) in cases {
+        let mus = Tensor::randn([c, d], cpu);
+        let y = Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)).remainder(c);
+        let h = (mus.index_select(0, &y) + Tensor::randn([n, d], cpu) + 0.5).relu();
+        let _ = h.narrow(1, 0, dead).fill_(0.0);
+        if dup {
+            h.narrow(1, 1, 1).copy_(&h.narrow(1, 0, 1));
+        }
+        let train = FeatureSet::new("train", h.matmul(&w.tr()) + &b, h.shallow_clone(), y).unwrap();
+        let x = unit(&h);
+        let p = x.tr().matmul(&x).linalg_pinv(1e-10, true);
+        let q = unit(&te);
+        let xpx = q.matmul(&p).multiply(&q).sum_dim_intlist(&[1i64][..], true, Kind::Double);
+        let k = &xpx / (&xpx + 1.0);
+        let prob = z_te.to_kind(Kind::Double).softmax(1, Kind::Double);
+        let terms: Tensor = &prob / (&prob + (1.0 - &prob) * prob.pow(&k));
+        let want = vec(&(-terms.sum_dim_intlist(&[1i64][..], false, Kind::Double).log() / (c as f64).ln()));
+        for (precision, tol) in [(Precision::F64, 1e-10), (Precision::Auto, 1e-5)] {
+            let fitted =
+                DetectorSpec::new("pnml", &[]).unwrap().fit(&FitData::new(&train, None, &w, &b).with_precision(precision)).unwrap();
+            let t = &fitted.fitted::<FittedPnml>().unwrap().projection;
+            assert_eq!(t.size(), [d, rank], "{case} {precision:?}: the factor's rank");
+            assert_eq!(f64::try_from(t.triu(1).abs().max()).unwrap(), 0.0, "{case}: not lower trapezoidal");
+            let got = fitted.score_vec(&test).unwrap();
+            let scale = want.iter().map(|v| v.abs()).fold(1e-12, f64::max);
+            let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale;
+            assert!(diff < tol, "{case} {precision:?}: relative max diff {diff:e}");
+        }
+    }
+}
+
+#[test]
 fn ash_b_keeps_exactly_k_units_at_s1_over_k() {
     // h = [2, 0, 0, 0], p = 50 -> k = 2: the paper's ASH-B sets the top-2 units
     // (2 and the first zero) to s1 / k = 1, so z = (1, 1) and the energy is
