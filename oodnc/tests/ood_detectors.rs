@@ -1174,6 +1174,29 @@ fn row_kernels_read_non_contiguous_features() {
     }
 }
 
+/// LTS's f32 CPU route (a row selection, the rows taken a few thousand at a time)
+/// against its f64 tensor route (relu, topk, sums) on more rows than one step, with
+/// negative features (the relu matters) and ties at zero.
+#[test]
+fn lts_chunked_row_selection_equals_the_tensor_route() {
+    let cpu = (Kind::Float, tch::Device::Cpu);
+    tch::manual_seed(4);
+    let (n, d, c) = (5000, 40, 6);
+    let h = Tensor::randn([n, d], cpu) + 0.2;
+    let w = Tensor::randn([c, d], cpu) * 0.3;
+    let b = Tensor::randn([c], cpu) * 0.1;
+    let set = FeatureSet::new("x", h.matmul(&w.tr()) + &b, h.shallow_clone(), Tensor::zeros([n], (Kind::Int64, tch::Device::Cpu))).unwrap();
+    for p in [5.0, 20.0, 100.0] {
+        let spec = DetectorSpec::new("lts", &[("p", p)]).unwrap();
+        let got = vec(&spec.fit(&FitData::new(&set, None, &w, &b).with_precision(Precision::Auto)).unwrap().score(&set).unwrap());
+        let want = vec(&spec.fit(&FitData::new(&set, None, &w, &b).with_precision(Precision::F64)).unwrap().score(&set).unwrap());
+        assert_eq!(got.len(), n as usize);
+        let scale = want.iter().map(|x| x.abs()).fold(1e-12, f64::max);
+        let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(diff < 1e-5 * scale, "p {p}: {diff} (scale {scale})");
+    }
+}
+
 /// OpenMax's tail model against an independent fit: scipy's `weibull_min.fit` with the
 /// location fixed at 0 (it solves the same likelihood equation with its own root finder) on
 /// the tail libMR translates by 10 000; then the CDF at a few distances. Also the

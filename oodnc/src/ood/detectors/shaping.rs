@@ -508,6 +508,11 @@ impl Default for Lts {
     }
 }
 
+/// Rows per step of LTS's CPU scoring: the relu'd rows stay a few MB (a
+/// `[36 032, 512]` f32 copy is 74 MB, which the allocator maps afresh, page by
+/// page, each time).
+const LTS_ROWS: i64 = 2048;
+
 /// LTS's head and score.
 #[derive(Debug)]
 pub struct FittedLts {
@@ -548,15 +553,20 @@ impl Scorer for FittedLts {
         let d = self.weight.size()[1];
         let kind = self.weight.kind();
         let x = feats_in(f, d, "lts score", kind)?;
-        let r = x.relu();
         let k = scale_k(d, 100.0 - self.p);
         let z = x.matmul(&self.weight.tr()) + &self.bias;
         let factor = if kind == Kind::Float && x.device() == tch::Device::Cpu {
-            // f32 on the CPU: one selection per row (see Shaping::apply_rows).
-            let t = row_top_k(&r, k as usize, RowShaping::None);
-            let f: Vec<f64> = t.sum.iter().zip(&t.top_sum).map(|(s1, s2)| (s1 / s2.max(1e-12)).powi(2)).collect();
+            // f32 on the CPU: one selection per row (see Shaping::apply_rows), relu taken
+            // LTS_ROWS rows at a time (no [N, D] copy).
+            let n = x.size()[0];
+            let mut f: Vec<f64> = Vec::with_capacity(n as usize);
+            for r0 in (0..n).step_by(LTS_ROWS as usize) {
+                let t = row_top_k(&x.narrow(0, r0, LTS_ROWS.min(n - r0)).relu(), k as usize, RowShaping::None);
+                f.extend(t.sum.iter().zip(&t.top_sum).map(|(s1, s2)| (s1 / s2.max(1e-12)).powi(2)));
+            }
             Tensor::from_slice(&f).to_kind(kind).view([-1, 1])
         } else {
+            let r = x.relu();
             let s1 = r.sum_dim_intlist(&[1i64][..], true, kind);
             let s2 = r.topk(k, 1, true, false).0.sum_dim_intlist(&[1i64][..], true, kind).clamp_min(1e-12);
             (s1 / s2).square()
