@@ -1197,6 +1197,45 @@ fn lts_chunked_row_selection_equals_the_tensor_route() {
     }
 }
 
+/// KLM fits and scores a few thousand rows at a time: against the direct formula
+/// (templates as per-class means of the softmax over the predicted class, then
+/// -min_k KL(p || d_k) over the whole matrix) on more rows than one step, in f64, with
+/// a class that is never predicted (no template).
+#[test]
+fn klm_over_several_steps_equals_the_direct_formula() {
+    let opts = (Kind::Double, tch::Device::Cpu);
+    tch::manual_seed(9);
+    let (n, c) = (5000, 7);
+    let mut z = Tensor::randn([n, c], opts) * 2.0;
+    let _ = z.narrow(1, 6, 1).fill_(-8.0); // class 6 is never the argmax (its template is above the 1e-12 clamp)
+    let zt = Tensor::randn([4500, c], opts) * 2.0;
+    let h = Tensor::zeros([n, 3], opts);
+    let train = FeatureSet::new("t", z.shallow_clone(), h, Tensor::zeros([n], (Kind::Int64, tch::Device::Cpu))).unwrap();
+    let test =
+        FeatureSet::new("x", zt.shallow_clone(), Tensor::zeros([4500, 3], opts), Tensor::zeros([4500], (Kind::Int64, tch::Device::Cpu)))
+            .unwrap();
+    let (w, b) = (Tensor::zeros([c, 3], opts), Tensor::zeros([c], opts));
+    let fitted = DetectorSpec::new("klm", &[]).unwrap().fit(&FitData::new(&train, None, &w, &b).with_precision(Precision::F64)).unwrap();
+    let got = vec(&fitted.score(&test).unwrap());
+    // The logits as the feature sets keep them (f32).
+    let (z, zt) = (train.logits.to_kind(Kind::Double), test.logits.to_kind(Kind::Double));
+    let p = z.softmax(-1, Kind::Double);
+    let pred = p.argmax(1, false);
+    let templates: Vec<Tensor> = (0..c)
+        .filter_map(|k| {
+            let rows = pred.eq(k).nonzero().squeeze_dim(1);
+            (rows.size()[0] > 0).then(|| p.index_select(0, &rows).mean_dim(&[0i64][..], false, Kind::Double))
+        })
+        .collect();
+    assert_eq!(templates.len(), 6);
+    let pt = zt.softmax(-1, Kind::Double);
+    let kls: Vec<Tensor> =
+        templates.iter().map(|d| (&pt * (pt.log() - d.log().unsqueeze(0))).sum_dim_intlist(&[1i64][..], false, Kind::Double)).collect();
+    let want = vec(&-Tensor::stack(&kls, 1).amin(&[1i64][..], false));
+    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(diff < 1e-10, "{diff}");
+}
+
 /// OpenMax's tail model against an independent fit: scipy's `weibull_min.fit` with the
 /// location fixed at 0 (it solves the same likelihood equation with its own root finder) on
 /// the tail libMR translates by 10 000; then the CDF at a few distances. Also the

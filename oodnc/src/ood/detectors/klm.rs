@@ -13,6 +13,10 @@ use tch::Tensor;
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Klm;
 
+/// Rows per step of KLM's fit and scoring: the `[rows, C]` probabilities and
+/// their products stay in cache.
+const KLM_ROWS: i64 = 2048;
+
 /// The class templates.
 #[derive(Debug)]
 pub struct FittedKlm {
@@ -32,10 +36,18 @@ impl Registered for Klm {
     fn fit(&self, data: &FitData) -> Result<FittedKlm> {
         let h = Head::of(data, Self::NAME)?;
         let (c, ctx, kind) = (h.c, h.ctx, data.precision.kind());
-        let p = logits_in(data.train, c, &ctx, kind)?.softmax(-1, kind);
-        let pred = p.argmax(1, false);
-        let counts = pred.bincount::<Tensor>(None, c).to_kind(kind);
-        let sums = Tensor::zeros([c, c], (kind, p.device())).index_add(0, &pred, &p);
+        let z = logits_in(data.train, c, &ctx, kind)?;
+        let n = z.size()[0];
+        let mut sums = Tensor::zeros([c, c], (kind, z.device()));
+        let mut counts = Tensor::zeros([c], (tch::Kind::Int64, z.device()));
+        // KLM_ROWS rows at a time: the probabilities stay in cache.
+        for r0 in (0..n).step_by(KLM_ROWS as usize) {
+            let p = z.narrow(0, r0, KLM_ROWS.min(n - r0)).softmax(-1, kind);
+            let pred = p.argmax(1, false);
+            counts += pred.bincount::<Tensor>(None, c);
+            let _ = sums.index_add_(0, &pred, &p);
+        }
+        let counts = counts.to_kind(kind);
         let present = counts.gt(0.0).nonzero().squeeze_dim(1);
         if present.size()[0] == 0 {
             return Err(Error::data(&ctx, "no training predictions"));
@@ -48,11 +60,18 @@ impl Registered for Klm {
 impl Scorer for FittedKlm {
     fn score(&self, f: &FeatureSet) -> Result<Tensor> {
         let kind = self.log_templates.kind();
-        let lp = logits_in(f, self.classes, "klm score", kind)?.log_softmax(-1, kind);
-        let p = lp.exp();
-        // KL(p || d_k) = sum p log p - sum p log d_k
-        let self_term = (&p * &lp).sum_dim_intlist(&[1i64][..], true, kind);
-        let kl = self_term - p.matmul(&self.log_templates.tr());
-        Ok(-kl.min_dim(1, false).0)
+        let z = logits_in(f, self.classes, "klm score", kind)?;
+        let n = z.size()[0];
+        let log_t = self.log_templates.tr();
+        let mut scores = Vec::new();
+        for r0 in (0..n).step_by(KLM_ROWS as usize) {
+            let lp = z.narrow(0, r0, KLM_ROWS.min(n - r0)).log_softmax(-1, kind);
+            let p = lp.exp();
+            // KL(p || d_k) = sum p log p - sum p log d_k; -min_k KL = max_k (sum p log d_k) - sum p log p
+            // (the same rounding: a - b is monotone in b).
+            let self_term = (&p * &lp).sum_dim_intlist(&[1i64][..], false, kind);
+            scores.push(p.matmul(&log_t).amax(&[1i64][..], false) - self_term);
+        }
+        Ok(Tensor::cat(&scores, 0))
     }
 }
