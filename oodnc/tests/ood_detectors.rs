@@ -1206,7 +1206,7 @@ fn klm_over_several_steps_equals_the_direct_formula() {
     let opts = (Kind::Double, tch::Device::Cpu);
     tch::manual_seed(9);
     let (n, c) = (5000, 7);
-    let mut z = Tensor::randn([n, c], opts) * 2.0;
+    let z = Tensor::randn([n, c], opts) * 2.0;
     let _ = z.narrow(1, 6, 1).fill_(-8.0); // class 6 is never the argmax (its template is above the 1e-12 clamp)
     let zt = Tensor::randn([4500, c], opts) * 2.0;
     let h = Tensor::zeros([n, 3], opts);
