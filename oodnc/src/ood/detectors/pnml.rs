@@ -160,8 +160,10 @@ fn normalised_gram(x: &Tensor, kind: Kind) -> Tensor {
     let m = (&sample * unit(&sample)).mean_dim(&[0i64][..], false, kind);
     let g = Tensor::zeros([d, d], (kind, dev));
     let mut s = Tensor::zeros([d], (Kind::Double, dev));
-    for r0 in (0..n).step_by(PNML_ROWS as usize) {
-        let xr = x.narrow(0, r0, PNML_ROWS.min(n - r0)).to_kind(kind);
+    // About 4 MB of rows per step in either precision (f64: half as many rows).
+    let step_rows = if kind == Kind::Double { PNML_ROWS / 2 } else { PNML_ROWS };
+    for r0 in (0..n).step_by(step_rows as usize) {
+        let xr = x.narrow(0, r0, step_rows.min(n - r0)).to_kind(kind);
         let xc = (-&m).addcmul(&xr, &unit(&xr)); // x / ||x|| - m in one pass
         s += xc.sum_dim_intlist(&[0i64][..], false, Kind::Double);
         for j in (0..d).step_by(PNML_BLOCK as usize) {
