@@ -1,6 +1,6 @@
 //! KL matching.
 
-use super::{logits_in, Head};
+use super::{logits_in, Head, STEP_ROWS};
 use crate::error::{Error, Result};
 use crate::features::FeatureSet;
 use crate::ood::detector::{FitData, ParamReader, Registered, Scorer};
@@ -12,10 +12,6 @@ use tch::Tensor;
 /// [`Precision::Auto`](crate::ood::Precision), f64 under `F64`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Klm;
-
-/// Rows per step of KLM's fit and scoring: the `[rows, C]` probabilities and
-/// their products stay in cache.
-const KLM_ROWS: i64 = 2048;
 
 /// The class templates.
 #[derive(Debug)]
@@ -37,12 +33,11 @@ impl Registered for Klm {
         let h = Head::of(data, Self::NAME)?;
         let (c, ctx, kind) = (h.c, h.ctx, data.precision.kind());
         let z = logits_in(data.train, c, &ctx, kind)?;
-        let n = z.size()[0];
         let mut sums = Tensor::zeros([c, c], (kind, z.device()));
         let mut counts = Tensor::zeros([c], (tch::Kind::Int64, z.device()));
-        // KLM_ROWS rows at a time: the probabilities stay in cache.
-        for r0 in (0..n).step_by(KLM_ROWS as usize) {
-            let p = z.narrow(0, r0, KLM_ROWS.min(n - r0)).softmax(-1, kind);
+        // STEP_ROWS rows at a time: the probabilities stay in cache.
+        for zr in z.split(STEP_ROWS, 0) {
+            let p = zr.softmax(-1, kind);
             let pred = p.argmax(1, false);
             counts += pred.bincount::<Tensor>(None, c);
             let _ = sums.index_add_(0, &pred, &p);
@@ -61,11 +56,10 @@ impl Scorer for FittedKlm {
     fn score(&self, f: &FeatureSet) -> Result<Tensor> {
         let kind = self.log_templates.kind();
         let z = logits_in(f, self.classes, "klm score", kind)?;
-        let n = z.size()[0];
         let log_t = self.log_templates.tr();
         let mut scores = Vec::new();
-        for r0 in (0..n).step_by(KLM_ROWS as usize) {
-            let lp = z.narrow(0, r0, KLM_ROWS.min(n - r0)).log_softmax(-1, kind);
+        for zr in z.split(STEP_ROWS, 0) {
+            let lp = zr.log_softmax(-1, kind);
             let p = lp.exp();
             // KL(p || d_k) = sum p log p - sum p log d_k; -min_k KL = max_k (sum p log d_k) - sum p log p
             // (the same rounding: a - b is monotone in b).

@@ -82,6 +82,11 @@ pub fn lookup(name: &str) -> Result<&'static Entry> {
     })
 }
 
+/// Rows per step where a detector takes its features a few thousand rows at a
+/// time (pNML, KLM, LTS): the temporaries stay a few MB, where a `[36 032, 512]`
+/// f32 one is 74 MB, which the allocator maps afresh, page by page, each time.
+pub const STEP_ROWS: i64 = 2048;
+
 /// Relative eigenvalue threshold of every pseudo-inverse (documented regularisation
 /// for singular covariances, e.g. fewer samples than dimensions).
 pub const PINV_REL_TOL: f64 = 1e-10;

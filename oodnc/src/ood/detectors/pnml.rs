@@ -1,6 +1,6 @@
 //! pNML.
 
-use super::{feats_in, logits_in, Head, PINV_REL_TOL};
+use super::{feats_in, logits_in, Head, PINV_REL_TOL, STEP_ROWS};
 use crate::error::{Error, Result};
 use crate::features::FeatureSet;
 use crate::numerics::pinv_sqrt;
@@ -94,15 +94,13 @@ impl Scorer for FittedPnml {
         let (c, d) = (self.weight.size()[0], self.weight.size()[1]);
         let x = feats_in(f, d, "pnml score", kind)?;
         let z = logits_in(f, c, "pnml score", kind)?;
-        let (n, r) = (x.size()[0], self.projection.size()[1]);
+        let r = self.projection.size()[1];
         let log_c = (c as f64).ln();
         let mut scores = Vec::new();
-        for r0 in (0..n).step_by(PNML_ROWS as usize) {
-            let rows = PNML_ROWS.min(n - r0);
-            let xr = x.narrow(0, r0, rows);
+        for (xr, zr) in x.split(PNML_ROWS, 0).iter().zip(z.split(PNML_ROWS, 0)) {
             // ||x T||^2 / ||x||^2: the projection of the normalised feature without normalising it.
-            let sq_norm = row_sq_norms(&xr).clamp_min(1e-24);
-            let mut proj = Tensor::zeros([rows, 1], (Kind::Double, x.device()));
+            let sq_norm = row_sq_norms(xr).clamp_min(1e-24);
+            let mut proj = Tensor::zeros([xr.size()[0], 1], (Kind::Double, x.device()));
             for j in (0..r).step_by(PNML_BLOCK as usize) {
                 let b = PNML_BLOCK.min(r - j);
                 // Columns j..j+b of T are zero above row j.
@@ -110,7 +108,7 @@ impl Scorer for FittedPnml {
             }
             let proj = proj / sq_norm;
             let k = &proj / (&proj + 1.0);
-            let log_p = z.narrow(0, r0, rows).log_softmax(1, Kind::Double);
+            let log_p = zr.log_softmax(1, Kind::Double);
             let one_minus_p: Tensor = 1.0 - log_p.exp();
             let terms: Tensor = ((k - 1.0) * &log_p).exp() * one_minus_p + 1.0;
             let regret = terms.reciprocal().sum_dim_intlist(&[1i64][..], false, Kind::Double).log() / log_c;
@@ -120,10 +118,9 @@ impl Scorer for FittedPnml {
     }
 }
 
-/// Rows of features per step of pNML's fit and scoring: the temporaries stay a
-/// few MB (a `[36 032, 512]` f32 one is 74 MB, which the allocator maps afresh,
-/// page by page, each time).
-pub const PNML_ROWS: i64 = 2048;
+/// Rows of features per step of pNML's f32 work ([`STEP_ROWS`]; the f64 Gram
+/// matrix takes half as many, the same bytes).
+pub const PNML_ROWS: i64 = STEP_ROWS;
 
 /// Rows of the strided sample that gives the Gram matrix's reference point (see
 /// `normalised_gram`) and the check before an f32 Gram matrix (see
@@ -162,8 +159,8 @@ fn normalised_gram(x: &Tensor, kind: Kind) -> Tensor {
     let mut s = Tensor::zeros([d], (Kind::Double, dev));
     // About 4 MB of rows per step in either precision (f64: half as many rows).
     let step_rows = if kind == Kind::Double { PNML_ROWS / 2 } else { PNML_ROWS };
-    for r0 in (0..n).step_by(step_rows as usize) {
-        let xr = x.narrow(0, r0, step_rows.min(n - r0)).to_kind(kind);
+    for xr in x.split(step_rows, 0) {
+        let xr = xr.to_kind(kind);
         let xc = (-&m).addcmul(&xr, &unit(&xr)); // x / ||x|| - m in one pass
         s += xc.sum_dim_intlist(&[0i64][..], false, Kind::Double);
         for j in (0..d).step_by(PNML_BLOCK as usize) {

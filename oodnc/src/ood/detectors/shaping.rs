@@ -508,11 +508,6 @@ impl Default for Lts {
     }
 }
 
-/// Rows per step of LTS's CPU scoring: the relu'd rows stay a few MB (a
-/// `[36 032, 512]` f32 copy is 74 MB, which the allocator maps afresh, page by
-/// page, each time).
-const LTS_ROWS: i64 = 2048;
-
 /// LTS's head and score.
 #[derive(Debug)]
 pub struct FittedLts {
@@ -557,11 +552,10 @@ impl Scorer for FittedLts {
         let z = x.matmul(&self.weight.tr()) + &self.bias;
         let factor = if kind == Kind::Float && x.device() == tch::Device::Cpu {
             // f32 on the CPU: one selection per row (see Shaping::apply_rows), relu taken
-            // LTS_ROWS rows at a time (no [N, D] copy).
-            let n = x.size()[0];
-            let mut f: Vec<f64> = Vec::with_capacity(n as usize);
-            for r0 in (0..n).step_by(LTS_ROWS as usize) {
-                let t = row_top_k(&x.narrow(0, r0, LTS_ROWS.min(n - r0)).relu(), k as usize, RowShaping::None);
+            // STEP_ROWS rows at a time (no [N, D] copy).
+            let mut f: Vec<f64> = Vec::with_capacity(x.size()[0] as usize);
+            for xr in x.split(super::STEP_ROWS, 0) {
+                let t = row_top_k(&xr.relu(), k as usize, RowShaping::None);
                 f.extend(t.sum.iter().zip(&t.top_sum).map(|(s1, s2)| (s1 / s2.max(1e-12)).powi(2)));
             }
             Tensor::from_slice(&f).to_kind(kind).view([-1, 1])
