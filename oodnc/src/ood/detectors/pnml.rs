@@ -242,7 +242,7 @@ fn live_spectrum(g: &Tensor) -> Result<((Tensor, Tensor), (f64, f64))> {
     let live = g.diagonal(0, 0, 1).gt(0.0).nonzero().squeeze_dim(1);
     let nl = live.size()[0];
     let gl = if nl == d { g.shallow_clone() } else { g.index_select(0, &live).index_select(1, &live) };
-    let vals = if nl > 0 { gl.linalg_eigvalsh("L") } else { Tensor::zeros([1], (Kind::Double, g.device())) };
+    let vals = if nl > 0 { gl.f_linalg_eigvalsh("L")? } else { Tensor::zeros([1], (Kind::Double, g.device())) };
     let (lo, hi) = (vals.min().double_value(&[]), vals.max().double_value(&[]));
     #[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN must fail too
     if !(hi > 0.0) {
@@ -257,7 +257,7 @@ fn live_spectrum(g: &Tensor) -> Result<((Tensor, Tensor), (f64, f64))> {
 fn reversed_cholesky_inverse(g: &Tensor) -> Option<Tensor> {
     let u = g.flip([0i64, 1]).f_linalg_cholesky(true).ok()?;
     let eye = Tensor::eye(g.size()[0], (Kind::Double, g.device()));
-    let inv = Tensor::linalg_solve_triangular(&u, &eye, true, true, false);
+    let inv = Tensor::f_linalg_solve_triangular(&u, &eye, true, true, false).ok()?;
     bool::try_from(inv.isfinite().all()).unwrap_or(false).then(|| inv.flip([0i64, 1]))
 }
 
@@ -265,7 +265,7 @@ fn reversed_cholesky_inverse(g: &Tensor) -> Option<Tensor> {
 /// `R^T R = L L^T = G^+`, and `R^T` (`[D, r]`) is lower trapezoidal.
 fn eigen_lower_factor(g: &Tensor) -> Result<Tensor> {
     let l = pinv_sqrt(g, PINV_REL_TOL)?;
-    let (_, r) = Tensor::linalg_qr(&l.tr(), "reduced");
+    let (_, r) = Tensor::f_linalg_qr(&l.tr(), "reduced")?;
     Ok(r.tr().contiguous())
 }
 
