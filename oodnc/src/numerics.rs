@@ -147,6 +147,33 @@ impl ClassMoments {
     }
 }
 
+thread_local! {
+    static PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the CPU-only kernels (Rust loops over a tensor's memory, oneDNN and
+/// bf16 search banks) may run on tensors on `device`: on the CPU, except inside
+/// [`portable_route`].
+pub fn cpu_kernels(device: tch::Device) -> bool {
+    device == tch::Device::Cpu && !PORTABLE.with(|p| p.get())
+}
+
+/// Runs `f` with every detector and helper on this thread taking the route it
+/// takes off the CPU (on a GPU): libtorch tensor operations only, none of the
+/// CPU row kernels. The tests run each detector both ways on the CPU, so the
+/// arithmetic a GPU runs is checked on machines without one. Nested calls and
+/// panics restore the previous route.
+pub fn portable_route<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PORTABLE.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(PORTABLE.with(|p| p.replace(true)));
+    f()
+}
+
 /// Percentile (0..100) of all values of `x` (linear interpolation between the
 /// order statistics around `p / 100 * (n - 1)`, like numpy's default), by
 /// selection (O(n)) rather than a full sort: on the CPU through Rust's
@@ -157,7 +184,7 @@ pub fn percentile(x: &Tensor, p: f64) -> f64 {
     let n = v.size()[0];
     let pos = p / 100.0 * (n - 1) as f64;
     let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    let (a, b) = if v.device() == tch::Device::Cpu {
+    let (a, b) = if cpu_kernels(v.device()) {
         match v.kind() {
             Kind::Float => select_pair(Vec::<f32>::try_from(&v).unwrap_or_default(), lo, hi, f32::total_cmp),
             _ => select_pair(Vec::<f64>::try_from(&v.to_kind(Kind::Double)).unwrap_or_default(), lo, hi, f64::total_cmp),

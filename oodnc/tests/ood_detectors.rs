@@ -960,6 +960,34 @@ fn multi_layer_mahalanobis_is_the_standardised_sum_of_per_layer_mahalanobis() {
     assert!(e.to_string().contains("--taps"), "{e}");
 }
 
+/// The defaults, with the dimensions below the 32 of `with_stage_taps(fixture(10, 32, 60))`.
+fn small_spec(name: &str) -> DetectorSpec {
+    match name {
+        "vim" | "residual" => DetectorSpec::new(name, &[("dim", 8.0)]).unwrap(),
+        "neco" | "neco_seed" => DetectorSpec::new(name, &[("d", 8.0)]).unwrap(),
+        _ => DetectorSpec::new(name, &[]).unwrap(),
+    }
+}
+
+/// A copy of `set` with a NaN feature in row 0 and an infinite logit in row 1.
+fn with_non_finite(set: &FeatureSet) -> FeatureSet {
+    let bad = FeatureSet::new("bad", set.logits.copy(), set.penultimate.copy(), set.labels.shallow_clone()).unwrap();
+    let _ = bad.penultimate.get(0).get(0).fill_(f64::NAN);
+    let _ = bad.logits.get(1).get(0).fill_(f64::INFINITY);
+    bad
+}
+
+/// Scores `a` within 1e-5 (relative to the largest |r|) of the reference `r`, and
+/// their AUROCs (the first `n_id` rows ID, the rest OOD) within 1e-6.
+fn assert_within_1e_6_auroc(a: &[f64], r: &[f64], n_id: usize, what: &str) {
+    let auroc = |s: &[f64]| oodnc::ood::metrics::auroc(&s[..n_id], &s[n_id..]).unwrap();
+    let scale = r.iter().map(|x| x.abs()).fold(1e-12, f64::max);
+    let rel = a.iter().zip(r).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale;
+    assert!(rel < 1e-5, "{what}: relative difference {rel}");
+    let (x, y) = (auroc(a), auroc(r));
+    assert!((x - y).abs() <= 1e-6, "{what}: AUROC {x} vs {y} (f64)");
+}
+
 /// `Precision::Auto` computes the detectors marked `AUTO_F32` in f32: their scores
 /// stay within 1e-5 (relative) of the f64 reference and the AUROC within 1e-6 (the
 /// bound of issue #16; `oodnc bench ood` measures the same at CIFAR-100 sizes).
@@ -968,16 +996,9 @@ fn multi_layer_mahalanobis_is_the_standardised_sum_of_per_layer_mahalanobis() {
 fn auto_precision_stays_within_1e_6_auroc_of_f64() {
     let f = with_stage_taps(fixture(10, 32, 60));
     let n_id = f.test.len() / 2;
-    let auroc = |s: &[f64]| oodnc::ood::metrics::auroc(&s[..n_id], &s[n_id..]).unwrap();
-    // The defaults, with the dimensions below the fixture's 32.
-    let spec_for = |name: &str| match name {
-        "vim" | "residual" => DetectorSpec::new(name, &[("dim", 8.0)]).unwrap(),
-        "neco" | "neco_seed" => DetectorSpec::new(name, &[("d", 8.0)]).unwrap(),
-        _ => DetectorSpec::new(name, &[]).unwrap(),
-    };
     let mut f32_ones = Vec::new();
     for e in oodnc::ood::detectors::REGISTRY {
-        let spec = spec_for(e.name);
+        let spec = small_spec(e.name);
         let a = vec(&fit_in(&spec, &f, Precision::Auto).unwrap().score(&f.test).unwrap());
         let r = vec(&fit_in(&spec, &f, Precision::F64).unwrap().score(&f.test).unwrap());
         if !e.auto_f32 {
@@ -985,22 +1006,47 @@ fn auto_precision_stays_within_1e_6_auroc_of_f64() {
             continue;
         }
         f32_ones.push(e.name);
-        let scale = r.iter().map(|x| x.abs()).fold(1e-12, f64::max);
-        let rel = a.iter().zip(&r).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale;
-        assert!(rel < 1e-5, "{}: relative difference {rel}", e.name);
-        let da = (auroc(&a) - auroc(&r)).abs();
-        assert!(da <= 1e-6, "{}: AUROC {} (auto) vs {} (f64)", e.name, auroc(&a), auroc(&r));
+        assert_within_1e_6_auroc(&a, &r, n_id, &format!("{} (auto)", e.name));
     }
     assert!(f32_ones.len() >= 10, "{f32_ones:?}");
     // The f32 path checks finiteness too (it makes no f64 copy that would).
-    let bad = FeatureSet::new("bad", f.test.logits.copy(), f.test.penultimate.copy(), f.test.labels.shallow_clone()).unwrap();
-    let _ = bad.penultimate.get(0).get(0).fill_(f64::NAN);
-    let _ = bad.logits.get(1).get(0).fill_(f64::INFINITY);
+    let bad = with_non_finite(&f.test);
     for name in f32_ones {
-        let fitted = fit_in(&spec_for(name), &f, Precision::Auto).unwrap();
+        let fitted = fit_in(&small_spec(name), &f, Precision::Auto).unwrap();
         let e = fitted.score(&bad).expect_err(name).to_string();
         assert!(e.contains("NaN") || e.contains("non-finite"), "{name}: {e}");
     }
+}
+
+/// The route a GPU takes, checked on the CPU: inside `numerics::portable_route`
+/// every detector runs on libtorch tensor operations only (no CPU row kernels,
+/// no oneDNN or bf16 bank), as it does on CUDA features. Fitted and scored that
+/// way, in both precisions, each stays within 1e-5 (relative) of its f64 CPU
+/// scores and within 1e-6 AUROC, and the f32 detectors still reject non-finite
+/// features with a typed error.
+#[test]
+fn the_tensor_route_a_gpu_takes_matches_the_cpu_kernels() {
+    let f = with_stage_taps(fixture(10, 32, 60));
+    let n_id = f.test.len() / 2;
+    let bad = with_non_finite(&f.test);
+    assert!(oodnc::numerics::cpu_kernels(tch::Device::Cpu));
+    for e in oodnc::ood::detectors::REGISTRY {
+        let spec = small_spec(e.name);
+        let r = vec(&fit_in(&spec, &f, Precision::F64).unwrap().score(&f.test).unwrap());
+        for p in [Precision::Auto, Precision::F64] {
+            let (a, err) = oodnc::numerics::portable_route(|| {
+                assert!(!oodnc::numerics::cpu_kernels(tch::Device::Cpu));
+                let fitted = fit_in(&spec, &f, p).unwrap();
+                (vec(&fitted.score(&f.test).unwrap()), fitted.score(&bad).err())
+            });
+            assert_within_1e_6_auroc(&a, &r, n_id, &format!("{} ({p:?}, tensor route)", e.name));
+            if e.auto_f32 && p == Precision::Auto {
+                let msg = err.map(|e| e.to_string()).unwrap_or_default();
+                assert!(msg.contains("NaN") || msg.contains("non-finite"), "{}: non-finite features gave {msg:?}", e.name);
+            }
+        }
+    }
+    assert!(oodnc::numerics::cpu_kernels(tch::Device::Cpu), "the route is restored");
 }
 
 /// The f32 per-row selection of the shaping detectors (`numerics::row_top_k`)

@@ -3,9 +3,9 @@
 use super::{feats_in, logits_in, Head};
 use crate::error::Result;
 use crate::features::FeatureSet;
-use crate::numerics::centred_rows;
+use crate::numerics::{centred_rows, cpu_kernels};
 use crate::ood::detector::{FitData, ParamReader, Registered, Scorer};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// **fDBD** (Liu & Qin, ICML 2024), feature distance to decision boundaries:
 /// the mean over j != c of |(w_c - w_j) h + b_c - b_j| / ||w_c - w_j||,
@@ -63,7 +63,7 @@ impl Scorer for FittedFdbd {
         // summing over every j is the sum over j != c, with no mask.
         let num = (&zc - &z).abs() / self.weight_distances.index_select(0, &pred);
         let mean = num.sum_dim_intlist(&[1i64][..], false, kind) / (c - 1).max(1) as f64;
-        let dist = if kind == Kind::Float && x.device() == Device::Cpu {
+        let dist = if kind == Kind::Float && cpu_kernels(x.device()) {
             // One pass per row (f64 sums), no [N, D] temporary.
             Tensor::from_slice(&centred_rows(&x, &self.train_mean, None).dist).to_kind(kind)
         } else {

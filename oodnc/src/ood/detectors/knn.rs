@@ -209,7 +209,7 @@ impl Search {
     /// (AVX512-BF16: AMD Zen 4 and later, Intel Cooper Lake / Sapphire Rapids
     /// and later), else [`Search::Exact`] (GPUs: the f32 product is fast there).
     pub fn auto(device: Device) -> Self {
-        if device == Device::Cpu && native_bf16() {
+        if crate::numerics::cpu_kernels(device) && native_bf16() {
             Search::Bf16Rerank
         } else {
             Search::Exact
@@ -277,8 +277,8 @@ impl Bank {
     /// native bf16 it is slower than [`Search::Exact`].
     pub fn with_search(bank: &Tensor, device: Device, search: Search) -> Self {
         let dense = bank.to_kind(Kind::Float).to_device(device).contiguous();
-        let onednn = if device == Device::Cpu && tch::utils::has_mkldnn() { dense.f_to_mkldnn(None).ok() } else { None };
-        let bf16 = (device == Device::Cpu && search == Search::Bf16Rerank && dense.numel() > 0).then(|| {
+        let onednn = if crate::numerics::cpu_kernels(device) && tch::utils::has_mkldnn() { dense.f_to_mkldnn(None).ok() } else { None };
+        let bf16 = (crate::numerics::cpu_kernels(device) && search == Search::Bf16Rerank && dense.numel() > 0).then(|| {
             tch::no_grad(|| {
                 let max_norm = dense.to_kind(Kind::Double).norm_scalaropt_dim(2, &[1i64][..], false).max().double_value(&[]);
                 let b16 = dense.to_kind(Kind::BFloat16);

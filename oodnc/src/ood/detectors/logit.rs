@@ -11,7 +11,7 @@
 use super::{energy_of, log_msp, logits_in, max_dim1, Head};
 use crate::error::{Error, Result};
 use crate::features::FeatureSet;
-use crate::numerics::{check_2d, logit_rows, RowStat};
+use crate::numerics::{check_2d, cpu_kernels, logit_rows, RowStat};
 use crate::ood::detector::{FitData, GridContext, ParamReader, ParamValue, Registered, Scorer};
 use tch::{Kind, Tensor};
 
@@ -38,7 +38,7 @@ impl<T> FittedLogit<T> {
     /// `None` (the caller's libtorch path). The shape is checked, and the kernel's
     /// one read of the logits also rejects non-finite ones (no separate pass).
     fn fused(&self, f: &FeatureSet, ctx: &str, stat: RowStat) -> Result<Option<Tensor>> {
-        if self.kind != Kind::Float || f.logits.device() != tch::Device::Cpu {
+        if self.kind != Kind::Float || !cpu_kernels(f.logits.device()) {
             return Ok(None);
         }
         check_2d(&f.logits, Some(self.classes), ctx)?;

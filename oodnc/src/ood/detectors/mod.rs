@@ -173,7 +173,7 @@ pub(crate) fn max_dim1(x: &Tensor) -> Tensor {
 
 /// log max-softmax, precise for confident samples: -log1p(sum_{j != argmax} exp(z_j - z_max)).
 pub(crate) fn log_msp(z: &Tensor) -> Tensor {
-    if z.kind() == Kind::Float && z.device() == tch::Device::Cpu && z.dim() == 2 {
+    if z.kind() == Kind::Float && crate::numerics::cpu_kernels(z.device()) && z.dim() == 2 {
         // The same formula in one fused pass per row.
         return crate::numerics::row_log_msp(z);
     }

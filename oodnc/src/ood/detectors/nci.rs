@@ -3,9 +3,9 @@
 use super::{feats_in, Head};
 use crate::error::Result;
 use crate::features::FeatureSet;
-use crate::numerics::centred_rows;
+use crate::numerics::{centred_rows, cpu_kernels};
 use crate::ood::detector::{FitData, GridContext, ParamReader, ParamValue, Registered, Scorer};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// **NCI**, neural-collapse inspired (Liu & Qin, CVPR 2025, "Detecting
 /// out-of-distribution through the lens of neural collapse"):
@@ -77,7 +77,7 @@ impl Scorer for FittedNci {
         let kind = self.weight.kind();
         let x = feats_in(f, self.weight.size()[1], "nci score", kind)?;
         let pred = (x.matmul(&self.weight.tr()) + &self.bias).argmax(1, false);
-        if kind == Kind::Float && x.device() == Device::Cpu {
+        if kind == Kind::Float && cpu_kernels(x.device()) {
             // One pass per row (f64 sums), no [N, D] temporaries: the centred norm, the
             // alignment with the predicted class's weight and the L1 norm.
             let r = centred_rows(&x, &self.train_mean, Some((&self.weight, &pred)));

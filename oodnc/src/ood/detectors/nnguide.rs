@@ -260,7 +260,7 @@ impl Scorer for FittedRelation {
 /// those tensor operations.
 fn relation_sums(sim: &Tensor, agree: &Tensor, pows: &[i64]) -> Tensor {
     let thr = RELATION_THRESHOLD as f32;
-    if sim.device() != tch::Device::Cpu {
+    if !crate::numerics::cpu_kernels(sim.device()) {
         let rel = sim.clamp_min(0.0) * agree;
         let (mask, rel) = (rel.gt(RELATION_THRESHOLD).to_kind(Kind::Double), rel.to_kind(Kind::Double));
         let cols: Vec<Tensor> =

@@ -15,7 +15,7 @@
 use super::{energy_of, feats_in, log_msp, max_dim1, Head};
 use crate::error::Result;
 use crate::features::FeatureSet;
-use crate::numerics::{check_2d, check_finite, percentile, row_top_k, RowShaping};
+use crate::numerics::{check_2d, check_finite, cpu_kernels, percentile, row_top_k, RowShaping};
 use crate::ood::detector::{FitData, GridContext, ParamReader, ParamValue, Registered, Scorer};
 use tch::{Kind, Tensor};
 
@@ -90,7 +90,7 @@ impl Shaping {
     /// values, at most half the memory traffic).
     pub fn apply(&self, h: &Tensor, h32: &Tensor) -> Tensor {
         let kind = h.kind();
-        if kind == Kind::Float && h.device() == tch::Device::Cpu {
+        if kind == Kind::Float && cpu_kernels(h.device()) {
             if let Some(shaped) = self.apply_rows(h) {
                 return shaped;
             }
@@ -550,7 +550,7 @@ impl Scorer for FittedLts {
         let x = feats_in(f, d, "lts score", kind)?;
         let k = scale_k(d, 100.0 - self.p);
         let z = x.matmul(&self.weight.tr()) + &self.bias;
-        let factor = if kind == Kind::Float && x.device() == tch::Device::Cpu {
+        let factor = if kind == Kind::Float && cpu_kernels(x.device()) {
             // f32 on the CPU: one selection per row (see Shaping::apply_rows), relu taken
             // STEP_ROWS rows at a time (no [N, D] copy).
             let mut f: Vec<f64> = Vec::with_capacity(x.size()[0] as usize);
