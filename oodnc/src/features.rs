@@ -260,15 +260,28 @@ impl FeatureSet {
         }
     }
 
-    /// A subset of rows (e.g. a seed-compatible OOD subset).
+    /// A subset of rows (e.g. a seed-compatible OOD subset), on the set's device.
     pub fn rows(&self, idx: &[i64], name: impl Into<String>) -> FeatureSet {
-        let i = Tensor::from_slice(idx);
+        let i = Tensor::from_slice(idx).to_device(self.penultimate.device());
         FeatureSet {
             name: name.into(),
             logits: self.logits.index_select(0, &i),
             penultimate: self.penultimate.index_select(0, &i),
             labels: self.labels.index_select(0, &i),
             taps: self.taps.iter().map(|(k, v)| (k.clone(), v.index_select(0, &i))).collect(),
+            f64_cache: F64Cache::default(),
+        }
+    }
+
+    /// The same features (logits, penultimate, labels and taps) on `device`: a
+    /// new set, nothing cached carried over (no copy when already there).
+    pub fn to_device(&self, device: Device) -> FeatureSet {
+        FeatureSet {
+            name: self.name.clone(),
+            logits: self.logits.to_device(device),
+            penultimate: self.penultimate.to_device(device),
+            labels: self.labels.to_device(device),
+            taps: self.taps.iter().map(|(k, v)| (k.clone(), v.to_device(device))).collect(),
             f64_cache: F64Cache::default(),
         }
     }

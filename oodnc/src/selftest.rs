@@ -17,6 +17,7 @@ use crate::config::FastPath;
 use crate::error::{Error, Result};
 use crate::features::{extract, ExtractOptions, FeatureSet};
 use crate::model::{encode_checkpoint, load_checkpoint, CheckpointMeta, ResNet18, ResNetConfig};
+use crate::ood::detectors::mahalanobis_layers::STAGE_TAPS;
 use crate::train::{train_step, Sgd, SgdConfig};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -230,23 +231,14 @@ pub fn run(device: Device) -> Vec<Check> {
         within("taps and penultimate features vs the CPU, relative", worst.max(rel(&a.logits, &b.logits)), FP32_REL)
     }));
     out.push(check("knn", || {
-        let (train, test) = feature_sets(Device::Cpu)?;
+        let (train, _, test) = feature_sets(Device::Cpu)?;
         let on = crate::ood::knn::bank(&train, device, "selftest knn")?;
         let cpu = crate::ood::knn::bank(&train, Device::Cpu, "selftest knn")?;
         let a = on.lock().unwrap_or_else(|e| e.into_inner()).kth_largest(&crate::features::normalize_rows(&test.penultimate), 5)?;
         let b = cpu.lock().unwrap_or_else(|e| e.into_inner()).kth_largest_matmul(&crate::features::normalize_rows(&test.penultimate), 5);
         within("5th-largest cosine similarity, bank on the device vs a CPU matmul", max_abs(&a, &b), 1e-5)
     }));
-    out.push(check("mahalanobis", || {
-        let spec = crate::ood::DetectorSpec::new("mahalanobis", &[])?;
-        let score_on = |dev: Device| -> Result<Tensor> {
-            let (train, test) = feature_sets(dev)?;
-            let (w, b) = head(dev);
-            spec.fit(&crate::ood::FitData::new(&train, None, &w, &b))?.score(&test)
-        };
-        let (a, b) = (score_on(device)?, score_on(Device::Cpu)?);
-        within("scores with features on the device vs the CPU, relative", rel(&a, &b), 1e-6)
-    }));
+    out.push(check("detectors", || detectors_against_the_cpu(device)));
     out.push(check("checkpoint-round-trip", || {
         let (vs, _) = model_on(device)?;
         let meta = CheckpointMeta { epoch: 1, seed: 11, config_hash: "selftest".into(), model: Some(MODEL), metrics: Default::default() };
@@ -277,24 +269,97 @@ pub fn run(device: Device) -> Vec<Check> {
     out
 }
 
-/// Seeded features of two classes (ReLU'd Gaussians) and test features, with
-/// tensors on `device`.
-fn feature_sets(device: Device) -> Result<(FeatureSet, FeatureSet)> {
+/// Seeded features of four classes (ReLU'd Gaussians), with the stage taps the
+/// multi-layer Mahalanobis ensemble reads: train (400 rows), validation (100)
+/// and test (100, shifted), every tensor on `device`.
+fn feature_sets(device: Device) -> Result<(FeatureSet, FeatureSet, FeatureSet)> {
     tch::manual_seed(5);
     let o = (Kind::Float, Device::Cpu);
-    let y = Tensor::arange(400, (Kind::Int64, Device::Cpu)).remainder(4);
     let mus = Tensor::randn([4, 32], o) * 2.0;
-    let h = (mus.index_select(0, &y) + Tensor::randn([400, 32], o)).relu();
-    let t = (Tensor::randn([100, 32], o) + 1.0).relu();
+    let taps: Vec<Tensor> = STAGE_TAPS.iter().enumerate().map(|(l, _)| Tensor::randn([32, 3 + l as i64], o)).collect();
     let (w, b) = head(Device::Cpu);
-    let train = FeatureSet::new("train", (h.matmul(&w.tr()) + &b).to_device(device), h.to_device(device), y.to_device(device))?;
-    let test = FeatureSet::new(
-        "test",
-        (t.matmul(&w.tr()) + &b).to_device(device),
-        t.to_device(device),
-        Tensor::zeros([100], (Kind::Int64, device)),
-    )?;
-    Ok((train, test))
+    let set = |name: &str, h: Tensor, y: Tensor| -> Result<FeatureSet> {
+        let mut f = FeatureSet::new(name, (h.matmul(&w.tr()) + &b).to_device(device), h.to_device(device), y.to_device(device))?;
+        for (tap, r) in STAGE_TAPS.iter().zip(&taps) {
+            f.taps.insert(tap.to_string(), h.matmul(r).relu().to_device(device));
+        }
+        Ok(f)
+    };
+    let y = Tensor::arange(400, (Kind::Int64, Device::Cpu)).remainder(4);
+    let train = set("train", (mus.index_select(0, &y) + Tensor::randn([400, 32], o)).relu(), y)?;
+    let y = Tensor::arange(100, (Kind::Int64, Device::Cpu)).remainder(4);
+    let val = set("val", (mus.index_select(0, &y) + Tensor::randn([100, 32], o)).relu(), y)?;
+    let test = set("test", (Tensor::randn([100, 32], o) + 1.0).relu(), Tensor::zeros([100], (Kind::Int64, Device::Cpu)))?;
+    Ok((train, val, test))
+}
+
+/// Every feature-based detector (the paper's defaults at these sizes), fitted
+/// and scored in both precisions with the features and the head on `device`,
+/// against the same on the CPU. On the CPU itself the device side takes the
+/// route a GPU takes ([`crate::numerics::portable_route`]: libtorch tensor
+/// operations instead of the CPU row kernels). Each detector is run on its own:
+/// the detail names every one that failed or differs, not only the first.
+fn detectors_against_the_cpu(device: Device) -> Result<String> {
+    use crate::ood::{detectors::REGISTRY, DetectorSpec, FitData, Precision};
+    const REL: f64 = 1e-5;
+    let scores = |name: &str, p: Precision, dev: Device| -> Result<Vec<f64>> {
+        let (train, val, test) = feature_sets(dev)?;
+        let (w, b) = head(dev);
+        let spec = DetectorSpec::defaults(name, 32, 4, 400)?;
+        spec.fit(&FitData::new(&train, Some(&val), &w, &b).with_precision(p))?.score_vec(&test)
+    };
+    let (mut worst, mut failed) = ((0.0f64, ""), Vec::new());
+    for e in REGISTRY {
+        for p in [Precision::Auto, Precision::F64] {
+            let on = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if device == Device::Cpu {
+                    crate::numerics::portable_route(|| scores(e.name, p, device))
+                } else {
+                    scores(e.name, p, device)
+                }
+            }));
+            let outcome = match (on, scores(e.name, p, Device::Cpu)) {
+                (Ok(Ok(a)), Ok(r)) => {
+                    let scale = r.iter().map(|x| x.abs()).fold(1e-12, f64::max);
+                    let d = a.iter().zip(&r).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale;
+                    if d > worst.0 {
+                        worst = (d, e.name);
+                    }
+                    if d <= REL && a.len() == r.len() {
+                        Ok(())
+                    } else {
+                        Err(format!("relative difference {d:.2e}"))
+                    }
+                }
+                (Ok(Err(err)), _) => Err(err.to_string()),
+                (Err(panic), _) => Err(format!(
+                    "panicked: {}",
+                    panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default()
+                )),
+                (_, Err(err)) => Err(format!("on the CPU: {err}")),
+            };
+            if let Err(why) = outcome {
+                failed.push(format!("{} ({p:?}): {why}", e.name));
+            }
+        }
+    }
+    let what = if device == Device::Cpu { "the tensor route (a GPU's) vs the CPU kernels" } else { "features on the device vs the CPU" };
+    if !failed.is_empty() {
+        return Err(Error::data(
+            "selftest",
+            format!("{} of {} detector runs, {what}: {}", failed.len(), 2 * REGISTRY.len(), failed.join("; ")),
+        ));
+    }
+    Ok(format!(
+        "{} detectors, Auto and F64, {what}: worst relative score difference {:.2e} ({}) <= {REL:.0e}",
+        REGISTRY.len(),
+        worst.0,
+        worst.1
+    ))
 }
 
 fn head(device: Device) -> (Tensor, Tensor) {

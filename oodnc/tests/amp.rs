@@ -215,7 +215,7 @@ fn selftest_passes_on_the_cpu_and_reports_failures_as_lines() {
         "fused-sgd",
         "feature-extraction",
         "knn",
-        "mahalanobis",
+        "detectors",
         "checkpoint-round-trip",
     ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");

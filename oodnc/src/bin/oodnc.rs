@@ -25,8 +25,9 @@ enum Command {
     /// features, or the network and the images), its hyperparameters and what it computes.
     Detectors,
     /// The device-sensitive checks (training step, bf16 autocast, channels-last, fused SGD,
-    /// feature extraction, KNN and Mahalanobis, checkpoint round trip), each against the
-    /// CPU or an independent formulation: one PASS/FAIL line each; exit status 1 on a failure.
+    /// feature extraction, the KNN bank, every feature-based detector, checkpoint round trip),
+    /// each against the CPU or an independent formulation: one PASS/FAIL line each; exit
+    /// status 1 on a failure.
     Selftest {
         /// cpu | cuda (default: the best available).
         #[arg(long, value_enum)]

@@ -76,14 +76,8 @@ pub fn study(run: &crate::run::Run, epochs: &[i64], opts: NcOptions, device: Dev
     let mut prog = crate::progress::Progress::new("nc", epochs.len() as u64);
     let mut acc = Vec::new();
     for &epoch in &epochs {
-        let mut train = cached(run_dir, epoch, &sets.id_train, x_opts, device)?;
         // Statistics in f64 on the device (the GPU when there is one).
-        train.penultimate = train.penultimate.to_device(device);
-        train.logits = train.logits.to_device(device);
-        train.labels = train.labels.to_device(device);
-        for t in train.taps.values_mut() {
-            *t = t.to_device(device);
-        }
+        let train = cached(run_dir, epoch, &sets.id_train, x_opts, device)?.to_device(device);
         let ood: Vec<_> = sets.ood.iter().map(|d| cached(run_dir, epoch, d, x_opts, device)).collect::<Result<_>>()?;
         let (w, _) = run.head(epoch)?;
         let w = w.to_device(device);
@@ -103,19 +97,7 @@ pub fn study(run: &crate::run::Run, epochs: &[i64], opts: NcOptions, device: Dev
             push(epoch, "penultimate", &o.name, "nc2_maxangle_with_ood_class", ang);
         }
         if opts.layers {
-            let ood_dev: Vec<crate::features::FeatureSet> = ood
-                .iter()
-                .map(|o| {
-                    let mut f = crate::features::FeatureSet::new(
-                        o.name.clone(),
-                        o.logits.to_device(device),
-                        o.penultimate.to_device(device),
-                        o.labels.to_device(device),
-                    )?;
-                    f.taps = o.taps.iter().map(|(k, v)| (k.clone(), v.to_device(device))).collect();
-                    Ok(f)
-                })
-                .collect::<Result<_>>()?;
+            let ood_dev: Vec<crate::features::FeatureSet> = ood.iter().map(|o| o.to_device(device)).collect();
             let oref: Vec<&_> = ood_dev.iter().collect();
             for pooled in [false, true] {
                 if pooled && !opts.pool2x2 {

@@ -67,6 +67,18 @@ pub struct EpochFeatures {
 }
 
 impl EpochFeatures {
+    /// Every set on `device` (see [`FeatureSet::to_device`]).
+    pub fn to_device(&self, device: Device) -> EpochFeatures {
+        EpochFeatures {
+            train: self.train.to_device(device),
+            val: self.val.to_device(device),
+            ood_val: self.ood_val.to_device(device),
+            heldout: self.heldout.as_ref().map(|h| h.to_device(device)),
+            test: self.test.to_device(device),
+            ood: self.ood.iter().map(|o| o.to_device(device)).collect(),
+        }
+    }
+
     /// The detector inputs, with the classifier `w` `[C, D]`, `b` `[C]`.
     pub fn inputs<'a>(&'a self, w: &'a tch::Tensor, b: &'a tch::Tensor) -> EvalInputs<'a> {
         EvalInputs {
@@ -149,8 +161,11 @@ pub fn study(run: &crate::run::Run, epochs: &[i64], detectors: &[&str], reps: us
     // Layer taps only when a detector reads them (the multi-layer Mahalanobis ensemble).
     let taps = feature_detectors.iter().any(|d| super::detectors::lookup(d).map(|e| e.needs_taps).unwrap_or(false));
     for &epoch in &epochs {
-        let feats = epoch_features(run_dir, epoch, &sets, ExtractOptions { taps, pool2x2: false }, device)?;
+        // The features (cached on the CPU) and the head go to the device: every
+        // detector computes there (the GPU when there is one).
+        let feats = epoch_features(run_dir, epoch, &sets, ExtractOptions { taps, pool2x2: false }, device)?.to_device(device);
         let (w, b) = run.head(epoch)?;
+        let (w, b) = (w.to_device(device), b.to_device(device));
         let inputs = feats.inputs(&w, &b);
         let correct = inputs.correct()?;
         for &p in &protocols {

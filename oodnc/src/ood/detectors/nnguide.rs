@@ -103,7 +103,8 @@ impl Scorer for FittedNnGuide {
         let e = energy_of(&(x.matmul(&self.weight.tr()) + &self.bias), 1.0);
         let xf = f.penultimate.to_kind(Kind::Float);
         let q = &xf / xf.norm_scalaropt_dim(2, &[1i64][..], true).clamp_min(1e-12);
-        let guidance = self.bank.top_k_mean(&q, self.k)?.to_kind(self.kind);
+        // The bank answers on the CPU; the energies are on the features' device.
+        let guidance = self.bank.top_k_mean(&q, self.k)?.to_kind(self.kind).to_device(e.device());
         Ok(guidance * e)
     }
 }
