@@ -322,9 +322,9 @@ pub fn ood(device: Device, n_train: i64, dim: i64, classes: i64, n_test: i64, n_
             times.sort_by(f64::total_cmp);
             Ok((times[reps / 2], reps))
         };
-        // One failing detector (e.g. an operation a GPU build lacks) is reported and
-        // left out; the others are still timed.
-        let (s, reps) = match timed() {
+        // One failing detector (e.g. an operation a GPU build lacks: a typed error, or a
+        // panic from libtorch) is reported and left out; the others are still timed.
+        let (s, reps) = match crate::util::catch_panic(timed) {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("bench ood: {d} failed on {device:?}, left out: {e}");
@@ -332,7 +332,7 @@ pub fn ood(device: Device, n_train: i64, dim: i64, classes: i64, n_test: i64, n_
             }
         };
         if crate::ood::detectors::lookup(d).map(|e| e.auto_f32).unwrap_or(false) {
-            match precision_check(&spec, &w, &b, &fresh) {
+            match crate::util::catch_panic(|| precision_check(&spec, &w, &b, &fresh)) {
                 Ok(c) => precision_checks.push((d.to_string(), c)),
                 Err(e) => eprintln!("bench ood: {d}'s precision check failed on {device:?}: {e}"),
             }
@@ -460,7 +460,7 @@ pub fn ood(device: Device, n_train: i64, dim: i64, classes: i64, n_test: i64, n_
             Ok(t.elapsed().as_secs_f64())
         };
         let points = (entry.grid)(&ctx)?.len();
-        match run(true).and_then(|a| Ok((a, run(false)?))) {
+        match crate::util::catch_panic(|| run(true).and_then(|a| Ok((a, run(false)?)))) {
             Ok((shared, alone)) => {
                 lines.push(BenchLine::seconds(format!("ood {d} grid of {points}, {val_rows} rows"), shared, alone, "oodnc, point by point"))
             }

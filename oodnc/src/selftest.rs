@@ -42,14 +42,9 @@ impl std::fmt::Display for Check {
 /// Runs `f` as the check `name`: `Ok(detail)` passes, an error or a panic fails.
 pub fn check(name: &'static str, f: impl FnOnce() -> Result<String>) -> Check {
     let t = std::time::Instant::now();
-    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    let (passed, detail) = match out {
-        Ok(Ok(d)) => (true, d),
-        Ok(Err(e)) => (false, e.to_string()),
-        Err(p) => {
-            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-            (false, format!("panicked: {}", msg.unwrap_or_else(|| "(no message)".into())))
-        }
+    let (passed, detail) = match crate::util::catch_panic(f) {
+        Ok(d) => (true, d),
+        Err(e) => (false, e.to_string()),
     };
     Check { name, passed, detail, seconds: t.elapsed().as_secs_f64() }
 }
@@ -311,15 +306,15 @@ fn detectors_against_the_cpu(device: Device) -> Result<String> {
     let (mut worst, mut failed) = ((0.0f64, ""), Vec::new());
     for e in REGISTRY {
         for p in [Precision::Auto, Precision::F64] {
-            let on = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let on = crate::util::catch_panic(|| {
                 if device == Device::Cpu {
                     crate::numerics::portable_route(|| scores(e.name, p, device))
                 } else {
                     scores(e.name, p, device)
                 }
-            }));
-            let outcome = match (on, scores(e.name, p, Device::Cpu)) {
-                (Ok(Ok(a)), Ok(r)) => {
+            });
+            let outcome = match (on, crate::util::catch_panic(|| scores(e.name, p, Device::Cpu))) {
+                (Ok(a), Ok(r)) => {
                     let scale = r.iter().map(|x| x.abs()).fold(1e-12, f64::max);
                     let d = a.iter().zip(&r).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale;
                     if d > worst.0 {
@@ -331,15 +326,7 @@ fn detectors_against_the_cpu(device: Device) -> Result<String> {
                         Err(format!("relative difference {d:.2e}"))
                     }
                 }
-                (Ok(Err(err)), _) => Err(err.to_string()),
-                (Err(panic), _) => Err(format!(
-                    "panicked: {}",
-                    panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default()
-                )),
+                (Err(err), _) => Err(err.to_string()),
                 (_, Err(err)) => Err(format!("on the CPU: {err}")),
             };
             if let Err(why) = outcome {

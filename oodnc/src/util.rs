@@ -191,3 +191,13 @@ pub fn read_file(path: &std::path::Path, what: &str, hint: &str) -> Result<Vec<u
         }
     }
 }
+
+/// `f()`, with a panic turned into an error whose message holds "panicked: "
+/// and the panic's text (tch panics on a libtorch error outside its `f_`
+/// methods, a device mismatch say).
+pub fn catch_panic<T>(f: impl FnOnce() -> crate::error::Result<T>) -> crate::error::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+        Err(crate::error::Error::Torch(tch::TchError::Torch(format!("panicked: {}", msg.unwrap_or_else(|| "(no message)".into())))))
+    })
+}
