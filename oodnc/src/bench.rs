@@ -503,16 +503,23 @@ pub fn ood_model(device: Device, width: f64, classes: i64, n_fit: i64, n_score: 
         ("mahalanobis_noise", "mahalanobis_noise last stage", p(&[("ensemble", 0.0), ("epsilon", 0.0014)]), "mahalanobis_odin"),
         ("nac", "nac 4 layers", p(&[]), "nac"),
     ];
+    // One failing detector (a typed error or a panic from libtorch) is reported and
+    // left out; the others are still timed.
     let mut ours = Vec::new();
     for (name, label, params, _) in &cases {
         let det = model_detectors::lookup(name)?;
-        let t = time_median(reps, || {
-            let scorer = det.fit(&model, model_detectors::FitImages::train(&train), device, 128)?;
-            scorer.scores(&model, &test, std::slice::from_ref(params), device, 128)?;
-            Ok(())
-        })?;
-        println!("bench ood-model: {label} {t:.3} s (fit on {n_fit}, {n_score} scored, width {width}, {classes} classes)");
-        ours.push(t);
+        let t = crate::util::catch_panic(|| {
+            time_median(reps, || {
+                let scorer = det.fit(&model, model_detectors::FitImages::train(&train), device, 128)?;
+                scorer.scores(&model, &test, std::slice::from_ref(params), device, 128)?;
+                Ok(())
+            })
+        });
+        match &t {
+            Ok(t) => println!("bench ood-model: {label} {t:.3} s (fit on {n_fit}, {n_score} scored, width {width}, {classes} classes)"),
+            Err(e) => eprintln!("bench ood-model: {label} failed on {device:?}, left out: {e}"),
+        }
+        ours.push(t.ok());
     }
     let peer = run_python_json(
         "model_peer.py",
@@ -541,7 +548,7 @@ pub fn ood_model(device: Device, width: f64, classes: i64, n_fit: i64, n_score: 
     let mut lines = Vec::new();
     let (mut ours_total, mut peer_total) = (0.0, 0.0);
     for ((_, label, _, key), t) in cases.iter().zip(&ours) {
-        if let Some(ps) = peer[*key].as_f64() {
+        if let (Some(t), Some(ps)) = (t, peer[*key].as_f64()) {
             lines.push(BenchLine::seconds(format!("ood-model {label}"), *t, ps, "pytorch-ood"));
             ours_total += t;
             peer_total += ps;
