@@ -2,8 +2,8 @@
 # The prepared GPU check, one command (in the GPU bundle: `./gpu_check.sh`):
 #   1. `oodnc info` and the machine (GPU, driver, glibc, CPU count);
 #   2. `oodnc selftest --device cuda` (training step, bf16 autocast, channels-last,
-#      fused SGD, feature extraction, the KNN bank, every feature-based detector
-#      with its features on the GPU, checkpoint round trip, each against the CPU);
+#      fused SGD, feature extraction, the KNN bank, every feature-based and
+#      model-based detector on the GPU, checkpoint round trip, each against the CPU);
 #   3. the training-step benchmark against PyTorch eager on the same device, in
 #      bf16 autocast + channels-last and in plain fp32;
 #   4. 2 epochs of the coursework recipe (ResNet-18, 100 classes, batch 128, the

@@ -216,6 +216,7 @@ fn selftest_passes_on_the_cpu_and_reports_failures_as_lines() {
         "feature-extraction",
         "knn",
         "detectors",
+        "model-detectors",
         "checkpoint-round-trip",
     ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");

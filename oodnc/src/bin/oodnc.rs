@@ -25,7 +25,7 @@ enum Command {
     /// features, or the network and the images), its hyperparameters and what it computes.
     Detectors,
     /// The device-sensitive checks (training step, bf16 autocast, channels-last, fused SGD,
-    /// feature extraction, the KNN bank, every feature-based detector, checkpoint round trip),
+    /// feature extraction, the KNN bank, every detector, checkpoint round trip),
     /// each against the CPU or an independent formulation: one PASS/FAIL line each; exit
     /// status 1 on a failure.
     Selftest {
