@@ -19,6 +19,7 @@ use crate::features::{extract, ExtractOptions, FeatureSet};
 use crate::model::{encode_checkpoint, load_checkpoint, CheckpointMeta, ResNet18, ResNetConfig};
 use crate::ood::detectors::mahalanobis_layers::STAGE_TAPS;
 use crate::train::{train_step, Sgd, SgdConfig};
+use crate::util::SplitMix64;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
@@ -78,9 +79,19 @@ const MODEL: ResNetConfig = ResNetConfig { num_classes: 10, width: 0.125, bottle
 /// The same seeded model on `device` (weights copied from a CPU initialisation,
 /// so every device starts from identical values).
 fn model_on(device: Device) -> Result<(VarStore, ResNet18)> {
-    tch::manual_seed(11);
     let cpu = VarStore::new(Device::Cpu);
     ResNet18::new(&cpu.root(), MODEL)?;
+    // The random initialisers (convolution and classifier weights) replaced by
+    // draws of a local generator (He-normal scale): libtorch's global generator
+    // is shared by every thread of the process, and a test binary's other tests
+    // draw from it too. Batch-norm parameters and biases start constant.
+    let mut vars: Vec<(String, Tensor)> = cpu.variables().into_iter().filter(|(_, v)| v.dim() >= 2).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (i, (_, v)) in vars.iter().enumerate() {
+        let fan_in = v.numel() as f64 / v.size()[0] as f64;
+        let fresh = randn(&v.size(), 11 + i as u64) * (2.0 / fan_in).sqrt();
+        tch::no_grad(|| v.shallow_clone().copy_(&fresh));
+    }
     let mut vs = VarStore::new(device);
     let m = ResNet18::new(&vs.root(), MODEL)?;
     vs.copy(&cpu).map_err(|e| Error::data("selftest model copy", e.to_string()))?;
@@ -88,8 +99,7 @@ fn model_on(device: Device) -> Result<(VarStore, ResNet18)> {
 }
 
 fn batch(device: Device) -> (Tensor, Tensor) {
-    tch::manual_seed(12);
-    let x = Tensor::randn([16, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let x = randn(&[16, 3, 32, 32], 12);
     let y = Tensor::arange(16, (Kind::Int64, Device::Cpu)).remainder(10);
     (x.to_device(device), y.to_device(device))
 }
@@ -117,9 +127,7 @@ const FP32: FastPath = FastPath { autocast: None, channels_last: false, cudnn_be
 pub fn run(device: Device) -> Vec<Check> {
     let mut out = Vec::new();
     out.push(check("tensor-ops", || {
-        tch::manual_seed(1);
-        let a = Tensor::randn([64, 128], (Kind::Float, Device::Cpu));
-        let b = Tensor::randn([128, 32], (Kind::Float, Device::Cpu));
+        let (a, b) = (randn(&[64, 128], 1), randn(&[128, 32], 101));
         let on = a.to_device(device).matmul(&b.to_device(device));
         if on.device() != device {
             return Err(Error::data("selftest", format!("result on {:?}, not {device:?}", on.device())));
@@ -142,9 +150,7 @@ pub fn run(device: Device) -> Vec<Check> {
         Ok(format!("{}; {}", within("loss vs the CPU", dl, FP32_REL)?, within("updated parameters vs the CPU", dp, FP32_REL)?))
     }));
     out.push(check("bf16-autocast", || {
-        tch::manual_seed(2);
-        let a = Tensor::randn([32, 64], (Kind::Float, device));
-        let b = Tensor::randn([64, 16], (Kind::Float, device));
+        let (a, b) = (randn(&[32, 64], 2).to_device(device), randn(&[64, 16], 102).to_device(device));
         if is_enabled(device)? {
             return Err(Error::data("selftest", "autocast already on before the check"));
         }
@@ -180,9 +186,7 @@ pub fn run(device: Device) -> Vec<Check> {
         within("bf16 + channels-last loss vs fp32 on the CPU, relative", (loss - loss32).abs() / loss32.abs().max(1.0), BF16_REL)
     }));
     out.push(check("fused-sgd", || {
-        tch::manual_seed(3);
-        let init: Vec<Tensor> =
-            vec![Tensor::randn([8, 4, 3, 3], (Kind::Float, Device::Cpu)), Tensor::randn([8], (Kind::Float, Device::Cpu))];
+        let init: Vec<Tensor> = vec![randn(&[8, 4, 3, 3], 3), randn(&[8], 103)];
         let params = || -> Vec<(String, Tensor)> {
             init.iter().enumerate().map(|(i, t)| (format!("p{i}"), t.to_device(device).set_requires_grad(true))).collect()
         };
@@ -263,10 +267,8 @@ pub fn run(device: Device) -> Vec<Check> {
 /// multi-layer Mahalanobis ensemble reads: train (400 rows), validation (100)
 /// and test (100, shifted), every tensor on `device`.
 fn feature_sets(device: Device) -> Result<(FeatureSet, FeatureSet, FeatureSet)> {
-    tch::manual_seed(5);
-    let o = (Kind::Float, Device::Cpu);
-    let mus = Tensor::randn([4, 32], o) * 2.0;
-    let taps: Vec<Tensor> = STAGE_TAPS.iter().enumerate().map(|(l, _)| Tensor::randn([32, 3 + l as i64], o)).collect();
+    let mus = randn(&[4, 32], 5) * 2.0;
+    let taps: Vec<Tensor> = STAGE_TAPS.iter().enumerate().map(|(l, _)| randn(&[32, 3 + l as i64], 50 + l as u64)).collect();
     let (w, b) = head(Device::Cpu);
     let set = |name: &str, h: Tensor, y: Tensor| -> Result<FeatureSet> {
         let mut f = FeatureSet::new(name, (h.matmul(&w.tr()) + &b).to_device(device), h.to_device(device), y.to_device(device))?;
@@ -276,20 +278,27 @@ fn feature_sets(device: Device) -> Result<(FeatureSet, FeatureSet, FeatureSet)> 
         Ok(f)
     };
     let y = Tensor::arange(400, (Kind::Int64, Device::Cpu)).remainder(4);
-    let train = set("train", (mus.index_select(0, &y) + Tensor::randn([400, 32], o)).relu(), y)?;
+    let train = set("train", (mus.index_select(0, &y) + randn(&[400, 32], 105)).relu(), y)?;
     let y = Tensor::arange(100, (Kind::Int64, Device::Cpu)).remainder(4);
-    let val = set("val", (mus.index_select(0, &y) + Tensor::randn([100, 32], o)).relu(), y)?;
-    let test = set("test", (Tensor::randn([100, 32], o) + 1.0).relu(), Tensor::zeros([100], (Kind::Int64, Device::Cpu)))?;
+    let val = set("val", (mus.index_select(0, &y) + randn(&[100, 32], 205)).relu(), y)?;
+    let test = set("test", (randn(&[100, 32], 305) + 1.0).relu(), Tensor::zeros([100], (Kind::Int64, Device::Cpu)))?;
     Ok((train, val, test))
 }
 
+/// A `shape` tensor of standard normal f32 values from a local generator
+/// seeded with `seed`: the selftest never draws from libtorch's global
+/// generator, which every thread of the process shares (a test binary runs
+/// its other tests beside it, and two draws under one seed could differ).
+fn randn(shape: &[i64], seed: u64) -> Tensor {
+    let mut g = SplitMix64::new(seed);
+    let v: Vec<f32> = (0..shape.iter().product::<i64>()).map(|_| g.normal() as f32).collect();
+    Tensor::from_slice(&v).view(shape)
+}
+
 /// `n` seeded random images of 10 classes (labels i mod 10).
-fn images(name: &str, n: usize, seed: i64) -> Result<crate::data::Dataset> {
-    tch::manual_seed(seed);
-    let pixels = Tensor::randint(256, [n as i64, 3, 32, 32], (Kind::Uint8, Device::Cpu));
-    let bytes = pixels.numel();
-    let mut px = vec![0u8; bytes];
-    pixels.copy_data(&mut px, bytes);
+fn images(name: &str, n: usize, seed: u64) -> Result<crate::data::Dataset> {
+    let mut g = SplitMix64::new(seed);
+    let px: Vec<u8> = (0..n * 3 * 32 * 32).map(|_| g.below(256) as u8).collect();
     crate::data::Dataset::from_raw(name, px, (0..n as i64).map(|i| i % 10).collect(), (0..10).map(|c| format!("c{c}")).collect())
 }
 
@@ -404,9 +413,7 @@ fn detectors_against_the_cpu(device: Device) -> Result<String> {
 }
 
 fn head(device: Device) -> (Tensor, Tensor) {
-    tch::manual_seed(6);
-    let w = Tensor::randn([4, 32], (Kind::Float, Device::Cpu)) * 0.1;
-    let b = Tensor::randn([4], (Kind::Float, Device::Cpu)) * 0.1;
+    let (w, b) = (randn(&[4, 32], 6) * 0.1, randn(&[4], 106) * 0.1);
     (w.to_device(device), b.to_device(device))
 }
 
