@@ -90,7 +90,7 @@ fn model_on(device: Device) -> Result<(VarStore, ResNet18)> {
     for (i, (_, v)) in vars.iter().enumerate() {
         let fan_in = v.numel() as f64 / v.size()[0] as f64;
         let fresh = randn(&v.size(), 11 + i as u64) * (2.0 / fan_in).sqrt();
-        tch::no_grad(|| v.shallow_clone().copy_(&fresh));
+        tch::no_grad(|| v.shallow_clone().f_copy_(&fresh))?;
     }
     let mut vs = VarStore::new(device);
     let m = ResNet18::new(&vs.root(), MODEL)?;

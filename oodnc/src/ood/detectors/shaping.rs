@@ -467,7 +467,7 @@ impl Registered for Vra {
             let src = data.val.unwrap_or(data.train);
             check_2d(&src.penultimate, Some(h.d), &h.ctx)?;
             check_finite(&src.penultimate, &h.ctx)?;
-            let f = |p: f64| Tensor::from_slice(&[percentile(&src.penultimate, p)]).to_kind(kind).to_device(h.w.device());
+            let f = |p: f64| Tensor::from_slice(&[percentile(&src.penultimate, p)]).to_kind(kind).to_device(src.penultimate.device());
             (f(self.lo), f(self.hi))
         };
         Ok(FittedVra { low, high, score, weight: h.w, bias: h.b })
