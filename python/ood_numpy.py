@@ -30,6 +30,70 @@ def rnd(x):
     return int(np.round(x))
 
 
+def splitmix_normal(seed, n):
+    """oodnc's SplitMix64 standard normals (Box-Muller, two uniforms each), vectorised:
+    output i of SplitMix64 is a function of seed + (i + 1) * golden gamma alone."""
+    gamma = np.uint64(0x9E3779B97F4A7C15)
+    z = np.uint64(seed) + np.arange(1, 2 * n + 1, dtype=np.uint64) * gamma
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    u = (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    u1, u2 = np.maximum(u[0::2], 1e-300), u[1::2]
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
+def weiper(p, tr_h, W, b, te_h):
+    """WeiPer+KLD as OpenOOD's `weiper_kldiv` postprocessor computes it (its
+    `calculate_weiper_space`, `batch_histogram(..., probability=True)`, `UniformKernel`,
+    `kldiv(symmetric=True)`), with one perturbation drawn from oodnc's generator."""
+    C, D = W.shape
+    r, bins = int(p["r"]), int(p["bins"])
+    g = splitmix_normal(int(p["seed"]), r * C * D).reshape(r, C, D)
+    pert = p["delta"] * g / np.linalg.norm(g, axis=2, keepdims=True) * np.linalg.norm(W, axis=1)[None, :, None]
+    Wt = (W[None] + pert).reshape(r * C, D)
+    bt = np.tile(b, r)
+
+    def hist(v, lo, hi):
+        # Per row: the fraction of its values in [e_i, e_i+1), edges linspace(lo, hi + 1e-8, bins + 1);
+        # values outside count in the denominator only.
+        edges = np.linspace(lo, hi + 1e-8, bins + 1)
+        i = np.searchsorted(edges, v, side="right") - 1
+        i = np.where((i >= 0) & (i < bins), i, bins)
+        counts = np.stack([np.bincount(row, minlength=bins + 1) for row in i])
+        return counts[:, :bins] / v.shape[1]
+
+    def smooth(q, s):
+        # Conv1d(kernel s, weights 1/s, padding="same", padding_mode="replicate"): (s - 1) // 2 before.
+        left = (s - 1) // 2
+        qp = np.pad(q, ((0, 0), (left, s - 1 - left)), mode="edge")
+        c = np.cumsum(np.pad(qp, ((0, 0), (1, 0))), axis=1)
+        return (c[:, s:] - c[:, :-s]) / s
+
+    def kl(pm, q, s, eps):
+        qs = smooth(q, s) + eps
+        qs = qs / qs.sum(1, keepdims=True)
+        ps = (pm + eps) / (pm + eps).sum()
+        return -(ps * (np.log(qs) - np.log(ps))).sum(1) - (qs * (np.log(ps) - np.log(qs))).sum(1)
+
+    step = 1024
+    blocks = lambda: (tr_h[i : i + step] @ Wt.T + bt for i in range(0, len(tr_h), step))
+    rh = (tr_h.min(), tr_h.max())
+    zr = [(z.min(), z.max()) for z in blocks()]
+    rz = (min(a for a, _ in zr), max(c for _, c in zr))
+    mh = np.concatenate([hist(tr_h[i : i + step], *rh) for i in range(0, len(tr_h), step)]).mean(0)
+    mz = np.concatenate([hist(z, *rz) for z in blocks()]).mean(0)
+    out = []
+    for i in range(0, len(te_h), step):
+        x = te_h[i : i + step]
+        z = x @ Wt.T + bt
+        msp = softmax(z.reshape(len(x), r, C), axis=2).max(2).mean(1)
+        kh = kl(mh, hist(x, *rh), int(p["s1"]), p["eps1"])
+        kz = kl(mz, hist(z, *rz), int(p["s2"]), p["eps2"])
+        out.append(-(kh + p["lambda1"] * kz - p["lambda2"] * msp))
+    return np.concatenate(out)
+
+
 def fit_score(name, p, tr_h, tr_y, tr_z, W, b, val_z, val_y, te_h, te_z, bench=False, val_h=None, taps=None):
     """Scores of detector `name` on the test rows, in f64 like oodnc.
 
@@ -311,6 +375,8 @@ def fit_score(name, p, tr_h, tr_y, tr_z, W, b, val_z, val_y, te_h, te_z, bench=F
         kappa = (xpx / (1 + xpx))[:, None]
         q = softmax(te_z, axis=1)
         return -np.log((q / (q + (1 - q) * q**kappa)).sum(1)) / np.log(C)
+    if name == "weiper":
+        return weiper(p, tr_h, W, b, te_h)
     raise SystemExit(f"unknown detector {name}")
 
 

@@ -588,6 +588,46 @@ fn softmax_sums<const STAT: u8>(row: &[f32], inv_t: f32) -> (f32, bool, f64, f64
     (top, true, sum, es)
 }
 
+/// Per row of a CPU tensor `v` `[N, M]` (computed in f64), the fraction of its M
+/// values whose bin `floor((x - lo) * scale)` is in `0..bins` (`[N, bins]` f64):
+/// WeiPer's histograms in one pass per row, where the tensor route
+/// (`ood::detectors::weiper::histograms`) makes ten passes over `[N, M]`. The bin
+/// of each value is the same expression in the same f64 operations, so both
+/// routes give identical counts; a NaN falls in no bin.
+pub fn row_histograms(v: &Tensor, lo: f64, scale: f64, bins: usize) -> Tensor {
+    let t = v.to_device(tch::Device::Cpu).to_kind(Kind::Double).contiguous();
+    let (n, m) = (t.size()[0] as usize, t.size()[1] as usize);
+    let out = Tensor::zeros([n as i64, bins as i64], (Kind::Double, tch::Device::Cpu));
+    if n == 0 || m == 0 || bins == 0 {
+        return out;
+    }
+    // SAFETY: `t` is a contiguous f64 CPU tensor of n * m elements, owned here and
+    // only read; `out` is a fresh contiguous f64 CPU tensor of n * bins elements,
+    // not shared, written only through the disjoint row parts below.
+    let data = unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f64, n * m) };
+    let out_data = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f64, n * bins) };
+    let parts = Disjoint::new(out_data);
+    let (limit, len) = (bins as f64, m as f64);
+    parallel_for(n, 8, |b, e| {
+        // SAFETY: parallel_for's ranges do not overlap (nor, times bins, their rows).
+        let out = unsafe { parts.part(b * bins, e * bins) };
+        let mut counts = vec![0u32; bins];
+        for (r, o) in (b..e).zip(out.chunks_mut(bins)) {
+            counts.fill(0);
+            for &x in &data[r * m..(r + 1) * m] {
+                let i = ((x - lo) * scale).floor();
+                if i >= 0.0 && i < limit {
+                    counts[i as usize] += 1;
+                }
+            }
+            for (o, &c) in o.iter_mut().zip(&counts) {
+                *o = c as f64 / len;
+            }
+        }
+    });
+    out
+}
+
 /// Per row i of a finite `[N, D]` f32 CPU tensor `x`, with `center` `[D]` and
 /// `rows` `[N, D']` (the row of `table` `[R, D]` that `index[i]` picks):
 /// ||x_i - center|| (L2), (x_i - center) . table\[index\[i\]\] and ||x_i||_1, in one

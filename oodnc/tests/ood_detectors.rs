@@ -200,6 +200,12 @@ fn matches_numpy_and_scikit_learn() {
         ("gmm", vec![("reg", 0.1)]),
         ("react", vec![("p", 80.0), ("score", 1.0)]),
         ("ash_s", vec![("p", 50.0), ("score", 2.0)]),
+        ("weiper", vec![]),
+        (
+            "weiper",
+            vec![("bins", 12.0), ("r", 3.0), ("delta", 1.5), ("s1", 3.0), ("s2", 4.0), ("lambda1", 2.0), ("lambda2", 0.5), ("seed", 7.0)],
+        ),
+        ("weiper", vec![("bins", 7.0), ("r", 2.0), ("s1", 1.0), ("s2", 7.0), ("eps1", 0.2), ("eps2", 1e-4), ("lambda2", 0.0)]),
     ]
     .iter()
     .map(|(n, p)| DetectorSpec::new(n, p).unwrap())
@@ -1355,4 +1361,126 @@ fn relation_grid_prepared_once_per_set_equals_direct_scoring_and_keeps_heads_apa
         .score(&f.test)
         .unwrap());
     assert_eq!(got, other[4]);
+}
+
+/// WeiPer+KLD's pieces by hand: the histogram on OpenOOD's edges (equal bins of
+/// [lo, hi + 1e-8), so the training maximum is inside; values outside count in
+/// the denominator only), the moving average with replicated edges (PyTorch's
+/// `padding="same"`: (s - 1) / 2 bins before), and the symmetric KL.
+#[test]
+fn weiper_histogram_smoothing_and_divergence_by_hand() {
+    use oodnc::ood::detectors::weiper::{histograms, smoothing_matrix, symmetric_kl};
+    // Edges [0, 0.500000005, 1.00000001): 0, 0.25, 0.5 in bin 0; 1.0 in bin 1; -0.1 and 2 outside.
+    let v = Tensor::from_slice(&[0.0, 0.25, 0.5, 1.0, -0.1, 2.0f64]).view([1, 6]);
+    assert_eq!(vec(&histograms(&v, (0.0, 1.0), 2).view([-1])), vec![3.0 / 6.0, 1.0 / 6.0]);
+    let q = Tensor::from_slice(&[4.0, 0.0, 0.0, 8.0f64]).view([1, 4]);
+    let smooth = |s| vec(&q.matmul(&smoothing_matrix(4, s, tch::Device::Cpu)).view([-1]));
+    // s = 3: (q[i-1] + q[i] + q[i+1]) / 3 with the edge bins repeated.
+    let want3 = [8.0 / 3.0, 4.0 / 3.0, 8.0 / 3.0, 16.0 / 3.0];
+    // s = 2: no bin before, one after: (q[i] + q[i+1]) / 2.
+    let want2 = [2.0, 0.0, 4.0, 8.0];
+    for (got, want) in [(smooth(3), want3), (smooth(2), want2), (smooth(1), [4.0, 0.0, 0.0, 8.0])] {
+        for (a, b) in got.iter().zip(want) {
+            assert!((a - b).abs() < 1e-12, "{got:?} vs {want:?}");
+        }
+    }
+    // p = (1/2, 1/2), q = (1, 0), eps = 0.1: p' = (1/2, 1/2), q' = (11/12, 1/12).
+    let p = Tensor::from_slice(&[0.5, 0.5f64]);
+    let kl = vec(&symmetric_kl(&p, &Tensor::from_slice(&[1.0, 0.0f64]).view([1, 2]), 1, 0.1))[0];
+    let want = (0.5 - 11.0 / 12.0) * (0.5f64.ln() - (11.0f64 / 12.0).ln()) + (0.5 - 1.0 / 12.0) * (0.5f64.ln() - (1.0f64 / 12.0).ln());
+    assert!((kl - want).abs() < 1e-14, "{kl} vs {want}");
+    // Identical histograms: no divergence.
+    assert!(vec(&symmetric_kl(&p, &p.view([1, 2]), 1, 0.1))[0].abs() < 1e-15);
+}
+
+/// WeiPer's perturbation is drawn once from its seed: each perturbed row is its
+/// class row plus a vector of length delta ||W_c||; the same seed gives the same
+/// scores on independent copies of the data, another seed other scores; and the
+/// grid (scoring parameters only) shares one fit and one pass per scored set, yet
+/// gives the scores of fresh fits.
+#[test]
+fn weiper_perturbation_is_seeded_and_the_grid_shares_one_fit() {
+    use oodnc::ood::detectors::weiper::FittedWeiper;
+    let f = fixture(3, 6, 10);
+    let fresh = |x: &FeatureSet| FeatureSet::new(x.name.clone(), x.logits.copy(), x.penultimate.copy(), x.labels.copy()).unwrap();
+    let spec = DetectorSpec::new("weiper", &[("r", 4.0), ("delta", 0.7), ("bins", 20.0), ("s1", 3.0), ("s2", 5.0)]).unwrap();
+    let fitted = fit(&spec, &f).unwrap();
+    let core = &fitted.fitted::<FittedWeiper>().unwrap().core;
+    let (c, d) = (3, 6);
+    let pert = core.weight.view([4, c, d]) - f.w.to_kind(Kind::Double).unsqueeze(0);
+    let lengths = vec(&pert.norm_scalaropt_dim(2, &[2i64][..], false).view([-1]));
+    let rows = vec(&f.w.to_kind(Kind::Double).norm_scalaropt_dim(2, &[1i64][..], false));
+    for (i, l) in lengths.iter().enumerate() {
+        assert!((l - 0.7 * rows[i % 3]).abs() < 1e-12, "copy {} class {}: {l}", i / 3, i % 3);
+    }
+    let ours = vec(&fitted.score(&f.test).unwrap());
+    let (tr, te) = (fresh(&f.train), fresh(&f.test));
+    let again = vec(&spec.fit(&FitData::new(&tr, None, &f.w, &f.b)).unwrap().score(&te).unwrap());
+    assert_eq!(ours, again, "the same seed on a copy of the data");
+    let other =
+        DetectorSpec::new("weiper", &[("r", 4.0), ("delta", 0.7), ("bins", 20.0), ("s1", 3.0), ("s2", 5.0), ("seed", 1.0)]).unwrap();
+    let (tr, te) = (fresh(&f.train), fresh(&f.test));
+    let moved = vec(&other.fit(&FitData::new(&tr, None, &f.w, &f.b)).unwrap().score(&te).unwrap());
+    assert!(ours.iter().zip(&moved).any(|(a, b)| (a - b).abs() > 1e-9), "another seed, the same scores");
+    let grid = DetectorSpec::grid("weiper", d, c, 30).unwrap();
+    assert!(grid.len() >= 12);
+    let first = fit(&grid[0], &f).unwrap();
+    let shared = first.fitted::<FittedWeiper>().unwrap().core.weight.data_ptr();
+    for spec in &grid {
+        let fitted = fit(spec, &f).unwrap();
+        assert_eq!(fitted.fitted::<FittedWeiper>().unwrap().core.weight.data_ptr(), shared, "{}: refitted", spec.label());
+        let cached = vec(&fitted.score(&f.test).unwrap());
+        let (tr, te) = (fresh(&f.train), fresh(&f.test));
+        let reference = vec(&spec.fit(&FitData::new(&tr, None, &f.w, &f.b)).unwrap().score(&te).unwrap());
+        assert_eq!(cached, reference, "{}", spec.label());
+    }
+}
+
+#[test]
+fn weiper_parameters_out_of_range_are_typed_errors() {
+    for (k, v) in [
+        ("bins", 1.0),
+        ("r", 0.0),
+        ("delta", -0.1),
+        ("s1", 101.0),
+        ("s2", 0.0),
+        ("eps1", 0.0),
+        ("eps2", -1.0),
+        ("lambda1", -1.0),
+        ("seed", -1.0),
+        ("r", 2.5),
+    ] {
+        match DetectorSpec::new("weiper", &[(k, v)]) {
+            Err(e @ Error::InvalidParam { .. }) => assert!(e.to_string().contains(&format!("weiper.{k}")), "{k} = {v}: {e}"),
+            other => panic!("{k} = {v}: {other:?}"),
+        }
+    }
+}
+
+/// WeiPer's one-pass CPU histogram kernel gives the counts of the tensor route a
+/// GPU takes, bit for bit, on values on the bin edges, at the range's ends and
+/// outside it.
+#[test]
+fn weiper_histogram_kernel_equals_the_tensor_route() {
+    use oodnc::ood::detectors::weiper::histograms;
+    let mut g = SplitMix64::new(11);
+    let (n, m, bins) = (37i64, 301i64, 13i64);
+    let (lo, hi) = (-1.5, 2.0);
+    let mut v = randn(&mut g, (n * m) as usize);
+    // Every edge, both ends, and values just outside.
+    let width = (hi + 1e-8 - lo) / bins as f64;
+    for (i, x) in v.iter_mut().enumerate().take(40) {
+        *x = match i % 4 {
+            0 => lo + (i % 14) as f64 * width,
+            1 => hi,
+            2 => lo - 1e-12,
+            _ => hi + 2e-8,
+        };
+    }
+    let t = Tensor::from_slice(&v).view([n, m]);
+    let kernel = vec(&histograms(&t, (lo, hi), bins).view([-1]));
+    let tensor = oodnc::numerics::portable_route(|| vec(&histograms(&t, (lo, hi), bins).view([-1])));
+    assert_eq!(kernel, tensor);
+    let total: f64 = kernel.iter().sum();
+    assert!(total < n as f64 && total > 0.5 * n as f64, "{total}");
 }

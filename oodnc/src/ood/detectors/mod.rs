@@ -27,6 +27,7 @@ pub mod shaping;
 pub mod she;
 pub mod tempscale;
 pub mod vim;
+pub mod weiper;
 
 use super::detector::{entry, Entry, FitData};
 use crate::error::{Error, Result};
@@ -71,6 +72,7 @@ pub static REGISTRY: &[Entry] = &[
     entry::<pnml::Pnml>(),
     entry::<graduncertainty::GradUncertainty>(),
     entry::<gmm::Gmm>(),
+    entry::<weiper::Weiper>(),
 ];
 
 /// The registry line of `name`, or an error listing the known names.
