@@ -452,15 +452,19 @@ fn cached_f64_copies_and_moments_follow_replaced_tensors() {
 
 #[test]
 fn knn_bank_blocks_and_fast_path_match_an_f64_reference() {
-    // More queries than one block (1024), the oneDNN path on the CPU when libtorch
-    // has it, k at both ends of its range.
+    // More queries than one block (1024), both CPU products (oneDNN, where libtorch
+    // has it, and BLAS) and the automatic choice, k at both ends of its range.
     tch::manual_seed(7);
     let bank_v = Tensor::randn([300, 24], (Kind::Float, tch::Device::Cpu));
     let queries = Tensor::randn([2500, 24], (Kind::Float, tch::Device::Cpu));
-    let bank = oodnc::ood::knn::Bank::new(&bank_v, tch::Device::Cpu);
-    assert_eq!(bank.len(), 300);
+    use oodnc::ood::knn::{Bank, Product, Search};
     let exact = queries.to_kind(Kind::Double).matmul(&bank_v.to_kind(Kind::Double).tr());
-    for k in [1i64, 7, 300] {
+    for (bank, k) in [Product::OneDnn, Product::Blas]
+        .iter()
+        .flat_map(|&p| [1i64, 7, 300].map(|k| (Bank::with(&bank_v, tch::Device::Cpu, Search::Exact, p), k)))
+        .chain([1i64, 7, 300].map(|k| (Bank::new(&bank_v, tch::Device::Cpu), k)))
+    {
+        assert_eq!(bank.len(), 300);
         let ours = bank.kth_largest(&queries, k).unwrap();
         assert_eq!(ours.size(), vec![2500]);
         let reference = exact.topk(k, 1, true, true).0.select(1, k - 1);

@@ -177,7 +177,7 @@ static NEXT_BANK_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 /// where the CPU multiplies bf16 natively.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Search {
-    /// Every query times every bank vector in f32 (oneDNN or BLAS), then `topk`.
+    /// Every query times every bank vector in f32 (oneDNN or BLAS, see [`Product`]), then `topk`.
     Exact,
     /// A certified two-stage search: every similarity in bf16 (twice the f32
     /// rate on CPUs with AVX512-BF16), then every bank vector whose bf16
@@ -215,6 +215,42 @@ impl Search {
             Search::Exact
         }
     }
+}
+
+/// How a bank on the CPU multiplies a block of f32 queries by the bank: both
+/// are libtorch's, give the same products up to f32 rounding (~1e-7), and
+/// [`Product::auto`] picks the faster one for the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Product {
+    /// oneDNN's `mkldnn_linear` against a oneDNN copy of the bank.
+    OneDnn,
+    /// libtorch's `matmul` (MKL's sgemm in the PyPI builds).
+    Blas,
+}
+
+impl Product {
+    /// [`Product::OneDnn`] on CPUs with AVX-512 (where oneDNN runs its AVX-512
+    /// kernels and MKL, on AMD, does not: 215-330 GFLOP/s against less on the Zen 4
+    /// machine the earlier benchmarks ran on), else [`Product::Blas`] (on an AVX2-only
+    /// AMD EPYC, 8 December 2026: MKL 132 GFLOP/s, oneDNN 112; KNN's whole product
+    /// at CIFAR-100 sizes 12.7 s against 17.4 s), or when libtorch lacks oneDNN.
+    pub fn auto() -> Self {
+        if tch::utils::has_mkldnn() && avx512() {
+            Product::OneDnn
+        } else {
+            Product::Blas
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512() -> bool {
+    false
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -276,8 +312,19 @@ impl Bank {
     /// searched exactly). [`Search::Bf16Rerank`] works on every CPU; without
     /// native bf16 it is slower than [`Search::Exact`].
     pub fn with_search(bank: &Tensor, device: Device, search: Search) -> Self {
+        Self::with(bank, device, search, Product::auto())
+    }
+
+    /// [`Bank::with_search`] with the CPU product chosen too ([`Product::OneDnn`]
+    /// falls back to [`Product::Blas`] where libtorch lacks oneDNN; off the CPU
+    /// the product is always libtorch's `matmul`).
+    pub fn with(bank: &Tensor, device: Device, search: Search, product: Product) -> Self {
         let dense = bank.to_kind(Kind::Float).to_device(device).contiguous();
-        let onednn = if crate::numerics::cpu_kernels(device) && tch::utils::has_mkldnn() { dense.f_to_mkldnn(None).ok() } else { None };
+        let onednn = if crate::numerics::cpu_kernels(device) && product == Product::OneDnn && tch::utils::has_mkldnn() {
+            dense.f_to_mkldnn(None).ok()
+        } else {
+            None
+        };
         let bf16 = (crate::numerics::cpu_kernels(device) && search == Search::Bf16Rerank && dense.numel() > 0).then(|| {
             tch::no_grad(|| {
                 let max_norm = dense.to_kind(Kind::Double).norm_scalaropt_dim(2, &[1i64][..], false).max().double_value(&[]);
