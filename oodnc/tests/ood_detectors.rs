@@ -1488,3 +1488,37 @@ fn weiper_histogram_kernel_equals_the_tensor_route() {
     let total: f64 = kernel.iter().sum();
     assert!(total < n as f64 && total > 0.5 * n as f64, "{total}");
 }
+
+/// The long-row selection of KNN's exact search (`numerics::row_top_k_long`)
+/// against `topk`: on random rows, rows full of ties, rows where the sampled
+/// threshold keeps fewer than k candidates (the whole row is then selected), and
+/// k at both ends of its range.
+#[test]
+fn long_row_top_k_matches_topk_including_its_fallback() {
+    let mut g = SplitMix64::new(5);
+    let check = |x: &Tensor, k: i64, what: &str| {
+        let (kth, mean) = oodnc::numerics::row_top_k_long(x, k as usize);
+        let top = x.to_kind(Kind::Double).topk(k, 1, true, true).0;
+        let want_kth = vec(&top.select(1, k - 1));
+        let want_mean = vec(&top.mean_dim(&[1i64][..], false, Kind::Double));
+        for i in 0..kth.len() {
+            assert_eq!(kth[i] as f64, want_kth[i], "{what}, k = {k}, row {i}");
+            assert!((mean[i] - want_mean[i]).abs() <= 1e-12 * want_mean[i].abs().max(1.0), "{what}, k = {k}, row {i}");
+        }
+    };
+    let random = Tensor::from_slice(&randn(&mut g, 40 * 4500)).view([40, 4500]).to_kind(Kind::Float);
+    let ties = (Tensor::from_slice(&randn(&mut g, 40 * 4500)).view([40, 4500]) * 2.0).round().to_kind(Kind::Float);
+    for k in [1, 3, 50, 100, 4500] {
+        check(&random, k, "random");
+        check(&ties, k, "ties");
+    }
+    // Every 16th entry (the sample) is the row's largest, but there are only 4 of them:
+    // the threshold keeps 4 < k candidates, and the row is selected whole.
+    let mut v = randn(&mut g, 3 * 64);
+    for (i, x) in v.iter_mut().enumerate() {
+        if i % 16 == 0 {
+            *x = 100.0;
+        }
+    }
+    check(&Tensor::from_slice(&v).view([3, 64]).to_kind(Kind::Float), 10, "sample above the rest");
+}

@@ -381,6 +381,14 @@ impl Bank {
     /// The exact search of one block: `[M, k]` (sorted) or `[M]` (k-th, mean) on the CPU.
     fn exact_block(&self, q: &Tensor, k: i64, keep: Keep) -> Tensor {
         let sims = self.similarities(&q.to_device(self.device));
+        if keep != Keep::Sorted && crate::numerics::cpu_kernels(self.device) && sims.kind() == Kind::Float {
+            // The k-th largest or the mean of the k largest without sorting each row.
+            let (kth, mean) = crate::numerics::row_top_k_long(&sims, k as usize);
+            return match keep {
+                Keep::Kth => Tensor::from_slice(&kth),
+                _ => Tensor::from_slice(&mean).to_kind(Kind::Float),
+            };
+        }
         let top = sims.topk(k, 1, true, keep == Keep::Sorted).0;
         match keep {
             Keep::Kth => top.min_dim(1, false).0,
